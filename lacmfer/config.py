@@ -1,0 +1,383 @@
+"""The experiment config: typed pydantic v2 models loaded from YAML.
+
+One schema drives the search (`tune.py`), final training (`python -m lacmfer.train`) and
+the exported best configs. Unknown keys are rejected, every value is range-checked, and
+`--set dotted.key=value` overrides are applied to the raw YAML and re-validated, so an
+override can never bypass a check. Relative paths are resolved against the working
+directory at load time: the resolved config written beside the results then runs from
+anywhere (Ray changes the working directory of trials).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lacmfer.data.domains import DOMAIN_NAMES
+from lacmfer.errors import UserError
+
+DomainName = Literal["CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff"]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthSpec(_Section):
+    """Generate SynthFER into `data.root` on first use (the embedded benchmark)."""
+
+    scale: Literal["tiny", "small", "full"] = "small"
+    seed: int = 0
+
+
+class DomainLists(_Section):
+    """Per-domain list-file overrides, relative to `root` (default: `data.root`)."""
+
+    root: Path | None = None
+    train: str | None = None
+    test: str | None = None
+    val: str | None = Field(None, description="explicit labeled target validation list")
+
+
+class AugmentConfig(_Section):
+    """Training augmentation (SPEC §4); evaluation only resizes and normalises."""
+
+    hflip: bool = True
+    color_jitter: Fraction = 0.2
+    grayscale: Fraction = 0.2
+    rotation: Annotated[float, Field(ge=0.0, le=180.0)] = 15.0
+    translate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    scale_min: Positive = 0.9
+    scale_max: Positive = 1.05
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> AugmentConfig:
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min ({self.scale_min}) must be <= scale_max ({self.scale_max})")
+        return self
+
+
+class DataConfig(_Section):
+    root: Path = Path("data/synthfer-small")
+    synth: SynthSpec | None = None
+    domains: list[DomainName] = Field(default_factory=lambda: list(DOMAIN_NAMES), min_length=2)
+    targets: list[DomainName] = Field(default_factory=lambda: list(DOMAIN_NAMES), min_length=1)
+    lists: dict[DomainName, DomainLists] = Field(default_factory=dict)
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 224
+    cache_size: Annotated[int, Field(ge=16, le=1024)] | None = None
+    cache_dir: Path | None = None
+    source_val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    source_sampling: Literal["pooled", "balanced_domains"] = "pooled"
+    batch_size: Annotated[int, Field(ge=2)] = 128
+    eval_batch_size: Annotated[int, Field(ge=1)] = 256
+    num_workers: Annotated[int, Field(ge=0)] = 4
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    max_list_errors: Annotated[int, Field(ge=1)] = 20
+
+    @model_validator(mode="after")
+    def _targets_are_domains(self) -> DataConfig:
+        missing = [t for t in self.targets if t not in self.domains]
+        if missing:
+            raise ValueError(f"targets {missing} are not in domains {self.domains}")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"domains must not repeat: {self.domains}")
+        return self
+
+    @property
+    def resolved_cache_size(self) -> int:
+        return self.cache_size or self.image_size
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.root / ".cache"
+
+
+class ModelConfig(_Section):
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    global_blocks: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (6, 3)
+    local_blocks: Annotated[int, Field(ge=1)] = 2
+    pretrained: Path | None = Field(None, description="local torchvision-format ResNet-18 state dict")
+    channels_last: bool = False
+
+
+class LossConfig(_Section):
+    adaptation: Literal["lacmfer", "source_only", "mmd_baseline"] = "lacmfer"
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    hyper_align: Annotated[float, Field(ge=0.0)] = 0.4
+    hyper_inter: Annotated[float, Field(ge=0.0)] = 0.02
+    hyper_intra: Annotated[float, Field(ge=0.0)] = 0.5
+    hyper_tgt: Annotated[float, Field(ge=0.0)] = 0.1
+    threshold: Fraction = 0.4
+    ps_threshold: Fraction = 0.9
+    kernel_num: Annotated[int, Field(ge=1, le=16)] = 5
+    kernel_mul: Annotated[float, Field(gt=1.0)] = 2.0
+    # Ablation switches: each term of SPEC §3.8 can be turned off on its own.
+    sample_level: bool = True
+    cluster_level: bool = True
+    mcc: bool = True
+    pseudo_label: bool = True
+    mcc_input: Literal["probs", "logits"] = "probs"
+
+
+class ScheduleConfig(_Section):
+    steps: Annotated[int, Field(ge=1)] = 20000
+    lr: Positive = 0.01
+    trunk_lr_mult: Positive = 0.1
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    nesterov: bool = True
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    lr_gamma: Annotated[float, Field(ge=0.0)] = 10.0
+    lr_power: Annotated[float, Field(ge=0.0)] = 0.75
+    lr_decay_steps: Annotated[int, Field(ge=1)] = 10000
+    cluster_start: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    cluster_ramp: Literal["sigmoid", "linear", "step"] = "sigmoid"
+    cluster_gamma: Positive = 10.0
+
+
+Objective = Literal["source_val_acc", "im", "entropy", "bnm", "snd", "oracle_target_acc"]
+
+
+class EvalConfig(_Section):
+    interval: Annotated[int, Field(ge=1)] = 100
+    objective: Objective = "source_val_acc"
+    snd_temperature: Positive = 0.05
+
+
+# The searchable hyperparameters (DomainBed's registry habit): search-space name → the
+# config field it sets. Defaults live in the sections above, ranges in `search.space`.
+SEARCHABLE: dict[str, str] = {
+    "hyper_align": "loss.hyper_align",
+    "hyper_inter": "loss.hyper_inter",
+    "hyper_intra": "loss.hyper_intra",
+    "hyper_tgt": "loss.hyper_tgt",
+    "threshold": "loss.threshold",
+    "ps_threshold": "loss.ps_threshold",
+    "label_smoothing": "loss.label_smoothing",
+    "cluster_start": "schedule.cluster_start",
+    "cluster_ramp": "schedule.cluster_ramp",
+    "cluster_gamma": "schedule.cluster_gamma",
+    "lr": "schedule.lr",
+}
+
+
+class ParamSpec(_Section):
+    """One search dimension: a distribution with its bounds, or a constant."""
+
+    distribution: Literal["loguniform", "uniform", "int", "choice", "constant"]
+    low: float | None = None
+    high: float | None = None
+    choices: list[Any] | None = None
+    value: Any = None
+    only_if: dict[str, Any] | None = Field(
+        None, description="conditional parameter: sampled only when another parameter has this value"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpec:
+        dist = self.distribution
+        if dist in ("loguniform", "uniform", "int"):
+            if self.low is None or self.high is None:
+                raise ValueError(f"{dist} needs low and high")
+            if not self.low < self.high:
+                raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+            if dist == "loguniform" and self.low <= 0:
+                raise ValueError(f"loguniform needs low > 0 (got {self.low})")
+            if dist == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+                raise ValueError(f"int needs integer bounds (got {self.low}, {self.high})")
+        elif dist == "choice":
+            if not self.choices:
+                raise ValueError("choice needs a non-empty 'choices' list")
+        elif self.value is None:
+            raise ValueError("constant needs 'value'")
+        return self
+
+
+class AshaConfig(_Section):
+    """ASHA on evaluation counts: `max_t` evaluations per trial at most."""
+
+    max_t: Annotated[int, Field(ge=1)] | None = Field(None, description="default: every evaluation of a run")
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
+
+
+class SearchConfig(_Section):
+    num_samples: Annotated[int, Field(ge=1)] = 16
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+    multivariate: bool = True
+    start_from_defaults: bool = True
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+
+    @field_validator("space")
+    @classmethod
+    def _known_names(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        for name, spec in space.items():
+            if name not in SEARCHABLE:
+                raise ValueError(f"unknown search parameter '{name}' (expected one of {sorted(SEARCHABLE)})")
+            for parent, value in (spec.only_if or {}).items():
+                parent_spec = space.get(parent)
+                if parent_spec is None or parent_spec.distribution != "choice":
+                    raise ValueError(f"'{name}'.only_if names '{parent}', which is not a choice parameter")
+                if value not in (parent_spec.choices or []):
+                    raise ValueError(f"'{name}'.only_if value {value!r} is not among {parent}'s choices")
+        return space
+
+
+class ResourcesConfig(_Section):
+    cpu: Annotated[float, Field(gt=0.0)] = 1.0
+    gpu: Annotated[float, Field(ge=0.0)] = 0.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    threads: Annotated[int, Field(ge=1)] | None = Field(None, description="torch CPU threads per trial")
+
+    @field_validator("gpu")
+    @classmethod
+    def _fractional_or_whole(cls, gpu: float) -> float:
+        if gpu > 1 and not gpu.is_integer():
+            raise ValueError(f"a trial uses a fraction of one GPU or whole GPUs (got {gpu})")
+        return gpu
+
+
+class OutputConfig(_Section):
+    results_dir: Path = Path("results")
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
+
+
+class ExperimentConfig(_Section):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.output.results_dir / self.output.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-safe dict (paths as strings), loadable again by `config_from_dict`."""
+        return self.model_dump(mode="json")
+
+    def with_values(self, values: dict[str, Any], source: str = "values") -> ExperimentConfig:
+        """A copy with dotted-key values set, re-validated (used for search samples)."""
+        raw = self.to_dict()
+        for key, value in values.items():
+            _set_dotted(raw, key, value, source)
+        return config_from_dict(raw, source=source)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parts.append(f"{source}: {loc}: {msg}")
+        else:
+            parts.append(f"{source}: {loc}: {msg} (got {e['input']!r})")
+    return "; ".join(parts)
+
+
+def _resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    def absolute(p: Path | None) -> Path | None:
+        return None if p is None else p.expanduser().absolute()
+
+    data = cfg.data
+    data.root = absolute(data.root)
+    data.cache_dir = absolute(data.cache_dir)
+    for lists in data.lists.values():
+        lists.root = absolute(lists.root)
+    cfg.model.pretrained = absolute(cfg.model.pretrained)
+    cfg.output.results_dir = absolute(cfg.output.results_dir)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a raw dict; `source` names where it came from in error messages."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+    return _resolve_paths(cfg)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise UserError(f"{source}: '{key}' is not a dotted key like loss.hyper_align")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{source}: {'.'.join(parts[: i + 1])} is a value, not a section (in '{key}')")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`loss.hyper_align=0.3` → ("loss.hyper_align", 0.3); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected key=value, e.g. loss.hyper_align=0.3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {text!r}: the value is not valid YAML") from None
+    return key.strip(), parsed
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping; a syntax error is reported as `file:line: ...`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read config file ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UserError(f"{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config, apply `--set key=value` overrides, validate everything."""
+    path = Path(path)
+    raw = read_yaml(path)
+    source = str(path)
+    if overrides:
+        for text in overrides:
+            key, value = parse_override(text)
+            _set_dotted(raw, key, value, f"--set {key}")
+        source = f"{path} (with --set overrides)"
+    return config_from_dict(raw, source=source)
+
+
+def save_config(cfg: ExperimentConfig, path: Path, header: str | None = None) -> None:
+    """Write a complete, runnable config (atomically: a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if header:
+        text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

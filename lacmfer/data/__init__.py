@@ -1,0 +1,1 @@
+"""Data layer: list files, SynthFER, the decoded-image cache, splits and loaders."""

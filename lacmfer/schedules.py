@@ -1,0 +1,115 @@
+"""Training schedules: the inverse-decay learning rate and the clustering-term ramp.
+
+Pure functions of the step counter (SPEC §4 and §5). Nothing here reads the config:
+the trainer passes the config values as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+#: Ramp shapes of the clustering schedule; the config schema validates names against it.
+CLUSTER_RAMPS: tuple[str, ...] = ("sigmoid", "linear", "step")
+
+
+@dataclass
+class InverseDecay:
+    """The inverse-decay multiplier `(1 + γ·min(1, t/T_decay))^(−p)` as a callable.
+
+    It is a small object rather than a closure so that `LambdaLR.state_dict()` stores
+    its parameters along with the step counter (LambdaLR saves callable objects, not
+    functions).
+    """
+
+    gamma: float = 10.0
+    power: float = 0.75
+    decay_steps: int = 10000
+
+    def __post_init__(self) -> None:
+        if self.decay_steps <= 0:
+            raise ValueError(f"decay_steps must be positive, got {self.decay_steps}")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be non-negative, got {self.gamma}")
+
+    def __call__(self, step: int) -> float:
+        # The min(1, ·) freezes the rate after T_decay: training may run longer than
+        # the decay horizon (the paper: 20,000 steps, T_decay = 10,000).
+        progress = min(1.0, max(step, 0) / self.decay_steps)
+        return (1.0 + self.gamma * progress) ** (-self.power)
+
+
+def inverse_decay_lr(
+    base_lr: float,
+    step: int,
+    gamma: float = 10.0,
+    power: float = 0.75,
+    decay_steps: int = 10000,
+) -> float:
+    """Learning rate at step t: `lr_t = lr_0 · (1 + γ·min(1, t/T_decay))^(−p)` (SPEC §4).
+
+    With the defaults the rate falls from lr_0 to lr_0 · 11^(−0.75) ≈ 0.166·lr_0 at
+    T_decay and stays there.
+    """
+    return base_lr * InverseDecay(gamma, power, decay_steps)(step)
+
+
+def inverse_decay_scheduler(
+    optimizer: torch.optim.Optimizer,
+    gamma: float = 10.0,
+    power: float = 0.75,
+    decay_steps: int = 10000,
+) -> LambdaLR:
+    """A `LambdaLR` applying the inverse-decay multiplier to every param group.
+
+    Each group keeps its own base rate (LambdaLR records it as `group["initial_lr"]`);
+    the multiplier is shared. Build the optimiser with the trunk group at lr/10 and the
+    branch/classifier groups at lr, and the ratio holds at every step.
+
+    Contract: call `optimizer.step()` then `scheduler.step()` once per training step;
+    during training step t (counting from 0) the groups then run at
+    `inverse_decay_lr(base, t, ...)`. To resume, build optimiser and scheduler as for a
+    fresh run, then load both state dicts: the step counter and the schedule's
+    parameters come back with the scheduler's state.
+    """
+    return LambdaLR(optimizer, lr_lambda=InverseDecay(gamma, power, decay_steps))
+
+
+def cluster_weight(
+    step: int,
+    total_steps: int,
+    start: float,
+    ramp: str,
+    gamma: float = 10.0,
+) -> float:
+    """Clustering-schedule factor r(t) ∈ [0, 1] (SPEC §5); λ_cid(t) = hyper_inter · r(t).
+
+    With f = t/T the fraction of training done: r = 0 while f < start. From f = start
+    on, with q = (f − start)/(1 − start) clamped to [0, 1] (the fraction of the
+    remaining training):
+
+    - `sigmoid`: r = 2/(1 + exp(−γ·q)) − 1  (0 at q = 0, tanh(γ/2) < 1 at q = 1);
+    - `linear`:  r = q;
+    - `step`:    r = 1 (the term switches fully on at f = start).
+
+    `start = 0` ramps from step 0. Raises ValueError for an unknown ramp or values out
+    of range.
+    """
+    if ramp not in CLUSTER_RAMPS:
+        raise ValueError(f"unknown cluster ramp {ramp!r}; expected one of {CLUSTER_RAMPS}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if not 0.0 <= start < 1.0:
+        raise ValueError(f"cluster start must be in [0, 1), got {start}")
+    fraction = step / total_steps
+    if fraction < start:
+        return 0.0
+    if ramp == "step":
+        return 1.0
+    q = min(1.0, max(0.0, (fraction - start) / (1.0 - start)))
+    if ramp == "linear":
+        return q
+    return 2.0 / (1.0 + math.exp(-gamma * q)) - 1.0

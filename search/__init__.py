@@ -1,0 +1,1 @@
+"""Search spaces, the Tuner builder, the per-split driver and result export (Ray Tune + Optuna)."""
