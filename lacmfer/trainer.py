@@ -1,0 +1,271 @@
+"""The LA-CMFER trainer: one target split, one model, step by step (no Ray here).
+
+Read top to bottom: build data, model, optimiser and schedules; `step()` draws a source
+and a target batch and applies the total loss of SPEC §3.8; `evaluate()` computes every
+validator of SPEC §6. Nothing in `step()` waits for the device: loss values are summed
+on the device and read only by `evaluate()`, so a GPU step is queued without a host sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lacmfer import losses
+from lacmfer.config import ExperimentConfig
+from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, load_split_data
+from lacmfer.data.transforms import eval_transform, train_transform
+from lacmfer.errors import UserError
+from lacmfer.model import LACMFERNet, load_trunk_weights
+from lacmfer.schedules import cluster_weight, inverse_decay_scheduler
+from lacmfer.validators import (
+    OBJECTIVE_METRIC_KEYS,
+    UNSUPERVISED_VALIDATORS,
+    accuracy,
+    pseudo_label_accuracy_and_coverage,
+)
+
+LOSS_TERMS = ("total", "sup", "sid", "cid", "mcc", "mvv", "mvv_kept")
+_SOURCE_STREAM, _TARGET_STREAM = 0, 1
+
+
+def pick_device(choice: str) -> torch.device:
+    """`auto` uses CUDA when torch can see it (never infer it from CUDA_VISIBLE_DEVICES)."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("resources.device: 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(choice)
+
+
+class Trainer:
+    """Trains LA-CMFER on one leave-one-domain-out split.
+
+    `Trainer(config, "RAF")` adapts from the other domains to RAF. `data` may be given to
+    share decoded sets between trainers (tests, final training over seeds).
+    """
+
+    def __init__(self, config: ExperimentConfig, target: str, *, data: SplitData | None = None, progress: bool = False):
+        self.cfg = config
+        self.target = target
+        self.device = pick_device(config.resources.device)
+        if config.resources.threads:
+            torch.set_num_threads(config.resources.threads)
+        self.data = data if data is not None else load_split_data(config, target, progress=progress)
+
+        torch.manual_seed(config.seed)  # model initialisation is part of the seed
+        m = config.model
+        self.model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks)
+        if m.pretrained is not None:
+            load_trunk_weights(self.model, m.pretrained)
+        self.model.to(self.device)
+        if m.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+        s = config.schedule
+        self.optimizer = torch.optim.SGD(
+            self.model.param_groups(s.lr, s.trunk_lr_mult),
+            lr=s.lr,
+            momentum=s.momentum,
+            nesterov=s.nesterov and s.momentum > 0,
+            weight_decay=s.weight_decay,
+        )
+        self.scheduler = inverse_decay_scheduler(self.optimizer, s.lr_gamma, s.lr_power, s.lr_decay_steps)
+
+        d = config.data
+        pin = self.device.type == "cuda"
+        augment = train_transform(d.image_size, d.augment, d.resolved_cache_size)
+        self.source_stream = BatchStream(self.data.source_train, d.batch_size, augment, config.seed,
+                                         _SOURCE_STREAM, d.source_sampling, d.num_workers, pin)
+        self.target_stream = BatchStream(self.data.target_train, d.batch_size, augment, config.seed,
+                                         _TARGET_STREAM, "pooled", d.num_workers, pin)
+        self.eval_transform = eval_transform(d.image_size, d.resolved_cache_size)
+        self.step_count = 0
+        self._loss_sums = torch.zeros(len(LOSS_TERMS), device=self.device)
+        self._loss_steps = 0
+
+    # ------------------------------------------------------------------ training
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.resources.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.model.channels_last else x
+
+    def cluster_weight(self) -> float:
+        """λ_cid(t) = hyper_inter · r(t), r the clustering schedule (SPEC §5)."""
+        s = self.cfg.schedule
+        r = cluster_weight(self.step_count, s.steps, s.cluster_start, s.cluster_ramp, s.cluster_gamma)
+        return self.cfg.loss.hyper_inter * r
+
+    def step(self) -> dict[str, Tensor]:
+        """One SGD step on a source and a target batch; returns the loss terms (on device)."""
+        self.model.train()
+        x_s, y_s, _ = next(self.source_stream)
+        x_t, _, _ = next(self.target_stream)  # the target stream's labels are never used
+        y_s = y_s.to(self.device, non_blocking=True)
+        n_s = x_s.shape[0]
+        # One forward over both domains: half the kernel launches, and BatchNorm sees the
+        # statistics of both domains, as in the MMD-based adaptation methods it follows.
+        with self._autocast():
+            out = self.model(self._to_device(torch.cat([x_s, x_t])))
+        feats = (out.feat_g.float(), out.feat_l.float())
+        logits = (out.logits_g.float(), out.logits_l.float())
+        terms = self._losses(feats, logits, y_s, n_s)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+
+        self._loss_sums += torch.stack([terms[k].detach().float() for k in LOSS_TERMS])
+        self._loss_steps += 1
+        return {k: v.detach() for k, v in terms.items()}
+
+    def _losses(self, feats: tuple[Tensor, Tensor], logits: tuple[Tensor, Tensor], y_s: Tensor, n_s: int) -> dict[str, Tensor]:
+        """L = L_sup + hyper_align·L_inter + hyper_intra·L_mcc + hyper_tgt·L_mvv (SPEC §3.8)."""
+        lc = self.cfg.loss
+        zero = logits[0].new_zeros(())
+        sup = sum(F.cross_entropy(z[:n_s], y_s, label_smoothing=lc.label_smoothing) for z in logits)
+        terms = {"sup": sup, "sid": zero, "cid": zero, "mcc": zero, "mvv": zero, "mvv_kept": zero}
+        total = sup
+        if lc.adaptation == "source_only":
+            terms["total"] = total
+            return terms
+
+        kernel = {"kernel_num": lc.kernel_num, "kernel_mul": lc.kernel_mul}
+        lambda_cid = self.cluster_weight()
+        for f, z in zip(feats, logits, strict=True):
+            f_s, f_t, z_s, z_t = f[:n_s], f[n_s:], z[:n_s], z[n_s:]
+            if lc.adaptation == "mmd_baseline":
+                terms["sid"] = terms["sid"] + losses.multi_kernel_mmd(f_s, f_t, **kernel)
+                continue
+            if lc.sample_level:
+                terms["sid"] = terms["sid"] + losses.sample_level_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
+            if lc.cluster_level and lambda_cid > 0:
+                terms["cid"] = terms["cid"] + losses.cluster_level_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
+        total = total + lc.hyper_align * (terms["sid"] + lambda_cid * terms["cid"])
+
+        z_g_t, z_l_t = logits[0][n_s:], logits[1][n_s:]
+        if lc.mcc:
+            views = (z_g_t, z_l_t) if lc.mcc_input == "logits" else (z_g_t.softmax(1), z_l_t.softmax(1))
+            terms["mcc"] = losses.cross_view_mcc(*views)
+            total = total + lc.hyper_intra * terms["mcc"]
+        if lc.pseudo_label:
+            terms["mvv"], kept = losses.multiview_pseudo_label_loss(z_g_t, z_l_t, lc.ps_threshold)
+            terms["mvv_kept"] = kept.float().mean()
+            total = total + lc.hyper_tgt * terms["mvv"]
+        terms["total"] = total
+        return terms
+
+    def train_until(self, step: int) -> None:
+        while self.step_count < step:
+            self.step()
+
+    # ---------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def _predict(self, samples: SampleSet) -> dict[str, Tensor]:
+        """Global/local logits and labels over a whole set, on the CPU."""
+        self.model.eval()
+        zg, zl, ys = [], [], []
+        d = self.cfg.data
+        for x, y, _ in eval_batches(samples, self.eval_transform, d.eval_batch_size, d.num_workers,
+                                    self.device.type == "cuda"):
+            with self._autocast():
+                out = self.model(self._to_device(x))
+            zg.append(out.logits_g.float().cpu())
+            zl.append(out.logits_l.float().cpu())
+            ys.append(y)
+        return {"g": torch.cat(zg), "l": torch.cat(zl), "y": torch.cat(ys)}
+
+    def evaluate(self) -> dict[str, float]:
+        """Every metric as a flat dict of floats (SPEC §6); higher is better for validators.
+
+        Target accuracies use the test list; the label-free validators use the unlabeled
+        target stream, on softmax of the mean logits (the inference prediction).
+        `pl_acc`/`pl_coverage` read the stream's labels for reporting only.
+        """
+        metrics: dict[str, float] = {"step": float(self.step_count)}
+        lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        metrics["lr"] = float(lrs.get("branches", self.optimizer.param_groups[-1]["lr"]))
+        metrics["lr_trunk"] = float(lrs.get("trunk", metrics["lr"]))
+        metrics["cluster_weight"] = self.cluster_weight()
+        if self._loss_steps:
+            means = (self._loss_sums / self._loss_steps).tolist()  # the one host sync per interval
+            metrics.update({f"loss_{k}": v for k, v in zip(LOSS_TERMS, means, strict=True)})
+            self._loss_sums.zero_()
+            self._loss_steps = 0
+
+        test = self._predict(self.data.target_test)
+        mean_logits = (test["g"] + test["l"]) / 2
+        metrics["target_acc"] = accuracy(mean_logits, test["y"])
+        metrics["target_acc_g"] = accuracy(test["g"], test["y"])
+        metrics["target_acc_l"] = accuracy(test["l"], test["y"])
+
+        stream = test if self.data.split.target_test_is_train else self._predict(self.data.target_train)
+        probs = ((stream["g"] + stream["l"]) / 2).softmax(dim=1)
+        for name, validator in UNSUPERVISED_VALIDATORS.items():
+            kwargs = {"temperature": self.cfg.eval.snd_temperature} if name == "snd" else {}
+            metrics[name] = validator(probs, **kwargs)
+        metrics["pl_acc"], metrics["pl_coverage"] = pseudo_label_accuracy_and_coverage(
+            stream["g"].softmax(1), stream["l"].softmax(1), stream["y"], self.cfg.loss.ps_threshold
+        )
+
+        if self.data.source_val is not None:
+            val = self._predict(self.data.source_val)
+            metrics["source_val_acc"] = accuracy((val["g"] + val["l"]) / 2, val["y"])
+        else:
+            metrics["source_val_acc"] = math.nan
+        if self.data.target_val is not None:
+            tv = self._predict(self.data.target_val)
+            metrics["target_val_acc"] = accuracy((tv["g"] + tv["l"]) / 2, tv["y"])
+        metrics["objective"] = metrics[OBJECTIVE_METRIC_KEYS[self.cfg.eval.objective]]
+        return metrics
+
+    def evaluations(self) -> Iterator[dict[str, float]]:
+        """Train to the end, yielding `evaluate()` every `eval.interval` steps and at the end."""
+        interval, steps = self.cfg.eval.interval, self.cfg.schedule.steps
+        while self.step_count < steps:
+            self.train_until(min(steps, (self.step_count // interval + 1) * interval))
+            yield self.evaluate()
+
+    # ------------------------------------------------------------------- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimiser, schedule, RNG, samplers."""
+        return {
+            "step": self.step_count,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "source_stream": self.source_stream.state_dict(),
+            "target_stream": self.target_stream.state_dict(),
+            "loss_sums": self._loss_sums.cpu(),
+            "loss_steps": self._loss_steps,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.source_stream.load_state_dict(state["source_stream"])
+        self.target_stream.load_state_dict(state["target_stream"])
+        self._loss_sums = state["loss_sums"].to(self.device)
+        self._loss_steps = int(state["loss_steps"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
