@@ -20,3 +20,33 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def synth_tiny(tmp_path_factory) -> Path:
+    """SynthFER `tiny`, generated once per test session."""
+    from lacmfer.data.synth import generate_synthfer
+
+    root = tmp_path_factory.mktemp("synthfer") / "tiny"
+    generate_synthfer(root, scale="tiny", seed=0, progress=False)
+    return root
+
+
+def tiny_config(root: Path, **sections):
+    """A CPU-sized config on SynthFER tiny: narrow net at 48 px, short schedule."""
+    from lacmfer.config import config_from_dict
+
+    raw = {
+        "data": {"root": str(root), "image_size": 48, "batch_size": 16, "eval_batch_size": 64, "num_workers": 0},
+        "model": {"width": 0.125, "global_blocks": [1, 1], "local_blocks": 1},
+        "schedule": {"steps": 20, "lr_decay_steps": 20},
+        "eval": {"interval": 10},
+        "resources": {"threads": 2},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw)
+
+
+NO_AUGMENT = {"hflip": False, "color_jitter": 0.0, "grayscale": 0.0, "rotation": 0.0, "translate": 0.0,
+              "scale_min": 1.0, "scale_max": 1.0}
