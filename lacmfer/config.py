@@ -72,6 +72,8 @@ class DataConfig(_Section):
     cache_size: Annotated[int, Field(ge=16, le=1024)] | None = None
     cache_dir: Path | None = None
     source_val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    # The hold-out is part of the protocol, not of a run's randomness: fixed across seeds.
+    split_seed: int = 0
     source_sampling: Literal["pooled", "balanced_domains"] = "pooled"
     batch_size: Annotated[int, Field(ge=2)] = 128
     eval_batch_size: Annotated[int, Field(ge=1)] = 256

@@ -150,9 +150,13 @@ class Trainer:
             if lc.adaptation == "mmd_baseline":
                 terms["sid"] = terms["sid"] + losses.multi_kernel_mmd(f_s, f_t, **kernel)
                 continue
-            if lc.sample_level:
+            use_cid = lc.cluster_level and lambda_cid > 0
+            if lc.sample_level and use_cid:  # both terms from one distance matrix
+                sid, cid = losses.inter_domain_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
+                terms["sid"], terms["cid"] = terms["sid"] + sid, terms["cid"] + cid
+            elif lc.sample_level:
                 terms["sid"] = terms["sid"] + losses.sample_level_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
-            if lc.cluster_level and lambda_cid > 0:
+            elif use_cid:
                 terms["cid"] = terms["cid"] + losses.cluster_level_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
         total = total + lc.hyper_align * (terms["sid"] + lambda_cid * terms["cid"])
 

@@ -204,7 +204,7 @@ class SplitData:
 def load_split_data(cfg: ExperimentConfig, target: str, progress: bool = True) -> SplitData:
     """Read the lists, plan the split for `target`, and open (or build) its caches."""
     data = cfg.data
-    split = make_split(load_domains(data), target, data.source_val_fraction, cfg.seed)
+    split = make_split(load_domains(data), target, data.source_val_fraction, data.split_seed)
     parts = [*split.source_train, *split.source_val, split.target_train, split.target_test]
     if split.target_val is not None:
         parts.append(split.target_val)
@@ -221,6 +221,7 @@ def load_split_data(cfg: ExperimentConfig, target: str, progress: bool = True) -
                 list_file=m.list_file,
                 line_numbers=m.line_numbers,
                 progress=progress,
+                max_errors=data.max_list_errors,
             )
     domain_ids = {name: i for i, name in enumerate(data.domains)}
 

@@ -1,0 +1,89 @@
+"""TensorBoard logging of one run: scalars, and hyperparameters for the HParams plugin.
+
+The hyperparameters are written when the run starts, with best-so-far values of the
+chosen metrics logged as `hparam/*` scalars at every evaluation: a run stopped early (by
+ASHA, or killed) never executes code after its last report, and its row in the HParams
+table must still be right.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from lacmfer.config import SEARCHABLE, ExperimentConfig
+
+# Metric-name prefix → TensorBoard group, so related curves sit together.
+_GROUPS = (("loss_", "loss/"), ("target_", "target/"), ("source_", "source/"), ("pl_", "pseudo_label/"))
+_VALIDATORS = ("entropy", "im", "bnm", "snd", "objective")
+
+
+def scalar_tag(name: str) -> str:
+    for prefix, group in _GROUPS:
+        if name.startswith(prefix):
+            return group + name.removeprefix(prefix)
+    if name in _VALIDATORS:
+        return f"validators/{name}"
+    return f"train/{name}"
+
+
+def run_hparams(cfg: ExperimentConfig, target: str) -> dict[str, Any]:
+    """The HParams-table columns of a run: split, seed, method, objective and every searchable value."""
+    flat = {"target": target, "seed": cfg.seed, "adaptation": cfg.loss.adaptation, "objective": cfg.eval.objective}
+    for name, dotted in SEARCHABLE.items():
+        section, key = dotted.split(".")
+        flat[name] = getattr(getattr(cfg, section), key)
+    return flat
+
+
+def _hparam_value(value: Any) -> float | int | str | bool:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+class RunLogger:
+    """One TensorBoard run under `logdir`; `best_of` names the metrics tracked as best-so-far."""
+
+    def __init__(
+        self,
+        logdir: Path,
+        hyperparameters: Mapping[str, Any],
+        best_of: Mapping[str, str],
+        purge_step: int | None = None,
+    ):
+        """`best_of` maps a metric name to "max" or "min"; `purge_step` drops events at or
+        after that step, so a resumed run does not draw its curves twice."""
+        self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
+        self.best_of = dict(best_of)
+        self.best: dict[str, float] = {}
+        if purge_step is None:  # a resumed run already has its hparams summary
+            hp = {k: _hparam_value(v) for k, v in hyperparameters.items()}
+            exp, ssi, sei = hparams(hp, {f"hparam/{m}_best": 0.0 for m in self.best_of})
+            for summary in (exp, ssi, sei):
+                self.writer.file_writer.add_summary(summary)
+
+    def restore_best(self, best: Mapping[str, float]) -> None:
+        self.best.update(best)
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        for name, value in metrics.items():
+            if name != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(scalar_tag(name), value, step)
+        for name, mode in self.best_of.items():
+            value = metrics.get(name)
+            if value is None or not math.isfinite(value):
+                continue
+            old = self.best.get(name)
+            if old is None or (value > old if mode == "max" else value < old):
+                self.best[name] = float(value)
+            self.writer.add_scalar(f"hparam/{name}_best", self.best[name], step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
