@@ -1,30 +1,126 @@
-"""Hyperparameter search for LA-CMFER: `python tune.py [--config ...] [--set key=value ...]`."""
+"""Hyperparameter search for LA-CMFER: Optuna TPE proposes, ASHA stops, one study per split.
+
+    python tune.py                                  # embedded SynthFER default, local Ray
+    python tune.py --config configs/cmfer_six.yaml --address auto
+    python tune.py --resume --name EXP              # continue an interrupted search
+    python tune.py --export-only --name EXP         # rewrite best configs, tables, summary
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from lacmfer.config import load_config
-from lacmfer.data.manifest import ensure_data
-from lacmfer.errors import exit_on_user_error
+import yaml
+
+from lacmfer.config import ExperimentConfig, load_config
+from lacmfer.data.domains import DOMAIN_NAMES
+from lacmfer.errors import UserError, exit_on_user_error
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python tune.py", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="experiment YAML")
+    p.add_argument("--targets", nargs="+", choices=DOMAIN_NAMES, help="target splits (default: data.targets)")
+    p.add_argument("--num-samples", type=int, help="trials per split (search.num_samples)")
+    p.add_argument("--name", help="experiment name (output.name)")
+    p.add_argument("--results", type=Path, help="results folder (output.results_dir)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--cpus-per-trial", type=float, help="resources.cpu")
+    p.add_argument("--gpus-per-trial", type=float, help="resources.gpu (fractions pack trials on one GPU)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set loss.hyper_align=0.3")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the experiment --name")
+    mode.add_argument("--export-only", action="store_true", help="only export the results of --name")
+    mode.add_argument("--dry-run", action="store_true", help="print config, splits and search space, then exit")
+    return p.parse_args(argv)
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    """The convenience flags as `--set` overrides, so they are validated the same way."""
+    pairs = {
+        "data.targets": args.targets,
+        "search.num_samples": args.num_samples,
+        "output.name": args.name,
+        "output.results_dir": str(args.results) if args.results else None,
+        "resources.cpu": args.cpus_per_trial,
+        "resources.gpu": args.gpus_per_trial,
+    }
+    return [*args.overrides, *(f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None)]
+
+
+def saved_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The config an existing experiment ran with (for --resume and --export-only)."""
+    base = load_config(args.config, cli_overrides(args))
+    path = base.experiment_dir / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{path}: no experiment '{base.output.name}' here (check --name and --results)")
+    return load_config(path, [o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))])
+
+
+def dry_run(cfg: ExperimentConfig) -> None:
+    from search.spaces import SearchSpace
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    print("splits (target <- sources):")
+    for target in cfg.data.targets:
+        print(f"  {target:<8} <- {', '.join(d for d in cfg.data.domains if d != target)}")
+    print("search space:")
+    for line in SearchSpace(cfg.search.space).describe():
+        print(f"  {line}")
+    oracle = "   (ORACLE: selects on target test labels)" if cfg.eval.objective == "oracle_target_acc" else ""
+    print(f"objective: {cfg.eval.objective} (maximised){oracle}")
+    print(f"results: {cfg.experiment_dir}")
+
+
+def export(cfg: ExperimentConfig) -> None:
+    from search.export import export_experiment
+
+    summary = export_experiment(cfg.experiment_dir)
+    print(summary)
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    ensure_data(cfg.data)
-    print(
-        f"config {args.config} is valid and the data is ready under {cfg.data.root}.\n"
-        "The search is not built yet (no trainer yet): nothing was trained.",
-        file=sys.stderr,
-    )
-    return 1
+    args = parse_args(argv)
+    if args.resume or args.export_only:
+        cfg = saved_config(args)
+    else:
+        cfg = load_config(args.config, cli_overrides(args))
+    if args.dry_run:
+        dry_run(cfg)
+        return 0
+    if cfg.eval.objective == "oracle_target_acc":
+        print("WARNING: objective oracle_target_acc selects on target TEST labels (oracle); "
+              "every export is marked as such.", file=sys.stderr)
+    if args.export_only:
+        export(cfg)
+        return 0
+
+    from lacmfer.data.manifest import ensure_data
+    from search.driver import run_search
+
+    ensure_data(cfg.data)  # generate SynthFER once here, not in every trial
+    outcomes = run_search(cfg, address=args.address, resume=args.resume)
+    export(cfg)
+    unfinished = [o.target for o in outcomes if not o.finished]
+    not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
+    print(f"\nresults:     {cfg.experiment_dir}")
+    print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
+    print(f"final:       python -m lacmfer.train --config {cfg.experiment_dir / 'best'}/<target>.yaml --seeds 0 1 2")
+    if unfinished or not_started:
+        print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
+              f"Continue with: python tune.py --resume --name {cfg.output.name}"
+              + (f" --results {cfg.output.results_dir}" if args.results else ""), file=sys.stderr)
+        return 1
+    print("every split finished.")
+    return 0
 
 
 if __name__ == "__main__":

@@ -209,10 +209,13 @@ class AshaConfig(_Section):
 
 class SearchConfig(_Section):
     num_samples: Annotated[int, Field(ge=1)] = 16
-    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent: Annotated[int, Field(ge=1)] | None = Field(None, description="default: as many as fit")
     seed: int = 0
     multivariate: bool = True
+    startup_trials: Annotated[int, Field(ge=1)] = 10
     start_from_defaults: bool = True
+    scope: Literal["best", "last"] = Field("best", description="a trial's value: its best or its last evaluation")
+    max_failures: Annotated[int, Field(ge=0)] = 1
     asha: AshaConfig = Field(default_factory=AshaConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
 
@@ -265,6 +268,14 @@ class ExperimentConfig(_Section):
     @property
     def experiment_dir(self) -> Path:
         return self.output.results_dir / self.output.name
+
+    def searchable_values(self) -> dict[str, Any]:
+        """The current value of every searchable hyperparameter, keyed by search name."""
+        values = {}
+        for name, dotted in SEARCHABLE.items():
+            section, key = dotted.split(".")
+            values[name] = getattr(getattr(self, section), key)
+        return values
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe dict (paths as strings), loadable again by `config_from_dict`."""

@@ -16,7 +16,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from lacmfer.config import SEARCHABLE, ExperimentConfig
+from lacmfer.config import ExperimentConfig
 
 # Metric-name prefix → TensorBoard group, so related curves sit together.
 _GROUPS = (("loss_", "loss/"), ("target_", "target/"), ("source_", "source/"), ("pl_", "pseudo_label/"))
@@ -35,9 +35,7 @@ def scalar_tag(name: str) -> str:
 def run_hparams(cfg: ExperimentConfig, target: str) -> dict[str, Any]:
     """The HParams-table columns of a run: split, seed, method, objective and every searchable value."""
     flat = {"target": target, "seed": cfg.seed, "adaptation": cfg.loss.adaptation, "objective": cfg.eval.objective}
-    for name, dotted in SEARCHABLE.items():
-        section, key = dotted.split(".")
-        flat[name] = getattr(getattr(cfg, section), key)
+    flat.update(cfg.searchable_values())
     return flat
 
 
