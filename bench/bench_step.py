@@ -1,0 +1,106 @@
+"""What one LA-CMFER training step costs beyond the network itself, on CPU.
+
+Side by side in one process, on the same model and the same fixed batch:
+  network         — forward + backward of the network with the supervised loss only
+  network + SGD   — the same and the optimiser step
+  + losses        — the same plus every adaptation loss of SPEC §3 (both views)
+  trainer.step()  — the above plus drawing and augmenting the two batches
+
+    python bench/bench_step.py [--width 0.25] [--size 64] [--batch 32] [--repeats 30]
+
+Prints a markdown table (median ms per step), the ratio to the network alone, and the
+share the adaptation losses add: (+ losses − network + SGD) / network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lacmfer.config import config_from_dict
+from lacmfer.data.synth import generate_synthfer
+from lacmfer.trainer import Trainer
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms of each function, alternating them every repeat so load changes hit all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32, help="per domain (source and target each)")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "synthfer"
+        generate_synthfer(root, scale="tiny", seed=0, progress=False)
+        cfg = config_from_dict({
+            "data": {"root": str(root), "image_size": args.size, "batch_size": args.batch, "num_workers": 0},
+            "model": {"width": args.width, "global_blocks": [2, 1], "local_blocks": 1},
+            # Thresholds at 0 and a step ramp: every loss term does its full work from step 0.
+            "loss": {"threshold": 0.0, "ps_threshold": 0.0},
+            "schedule": {"steps": 10_000, "cluster_ramp": "step"},
+            "resources": {"threads": args.threads},
+        })
+        trainer = Trainer(cfg, "RAF")
+        x_s, y_s, _ = next(trainer.source_stream)
+        x_t, _, _ = next(trainer.target_stream)
+        x = torch.cat([x_s, x_t])
+        model, n_s = trainer.model, x_s.shape[0]
+
+        def network() -> None:
+            model.zero_grad(set_to_none=True)
+            out = model(x)
+            sum(F.cross_entropy(z[:n_s], y_s, label_smoothing=0.1) for z in (out.logits_g, out.logits_l)).backward()
+
+        def network_sgd() -> None:
+            network()
+            trainer.optimizer.step()
+
+        def with_losses() -> None:
+            out = model(x)
+            terms = trainer._losses((out.feat_g, out.feat_l), (out.logits_g, out.logits_l), y_s, n_s)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            trainer.optimizer.step()
+
+        timed = interleaved_median_ms(
+            {"network": network, "network + SGD": network_sgd, "+ losses": with_losses, "trainer.step()": trainer.step},
+            args.repeats,
+        )
+        rows = list(timed.items())
+
+    base = rows[0][1]
+    print(f"width {args.width}, {args.size} px, batch {args.batch}+{args.batch}, {args.threads} thread(s), "
+          f"median of {args.repeats}")
+    print("| step | ms | × network |\n|---|---:|---:|")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.1f} | {ms / base:.2f} |")
+    added = (rows[2][1] - rows[1][1]) / base
+    print(f"\nthe adaptation losses add {100 * added:.1f} % to the network's forward + backward")
+
+
+if __name__ == "__main__":
+    main()
