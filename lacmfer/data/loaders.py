@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from lacmfer.config import ExperimentConfig
+from lacmfer.config import DataConfig, ExperimentConfig
 from lacmfer.data.cache import DecodedImages, load_or_build
 from lacmfer.data.manifest import load_domains
 from lacmfer.data.splits import Part, Split, make_split
@@ -201,13 +201,8 @@ class SplitData:
     target_val: SampleSet | None
 
 
-def load_split_data(cfg: ExperimentConfig, target: str, progress: bool = True) -> SplitData:
-    """Read the lists, plan the split for `target`, and open (or build) its caches."""
-    data = cfg.data
-    split = make_split(load_domains(data), target, data.source_val_fraction, data.split_seed)
-    parts = [*split.source_train, *split.source_val, split.target_train, split.target_test]
-    if split.target_val is not None:
-        parts.append(split.target_val)
+def open_caches(data: DataConfig, parts: Sequence[Part], progress: bool = True) -> dict[Path, DecodedImages]:
+    """The decoded images of every list file the parts use (built on first use)."""
     decoded: dict[Path, DecodedImages] = {}
     for part in parts:
         m = part.manifest
@@ -223,16 +218,31 @@ def load_split_data(cfg: ExperimentConfig, target: str, progress: bool = True) -
                 progress=progress,
                 max_errors=data.max_list_errors,
             )
-    domain_ids = {name: i for i, name in enumerate(data.domains)}
+    return decoded
+
+
+def domain_ids(data: DataConfig) -> dict[str, int]:
+    return {name: i for i, name in enumerate(data.domains)}
+
+
+def load_split_data(cfg: ExperimentConfig, target: str, progress: bool = True) -> SplitData:
+    """Read the lists, plan the split for `target`, and open (or build) its caches."""
+    data = cfg.data
+    split = make_split(load_domains(data), target, data.source_val_fraction, data.split_seed)
+    parts = [*split.source_train, *split.source_val, split.target_train, split.target_test]
+    if split.target_val is not None:
+        parts.append(split.target_val)
+    decoded = open_caches(data, parts, progress)
+    ids = domain_ids(data)
 
     def samples(ps: Sequence[Part]) -> SampleSet | None:
-        return SampleSet(ps, decoded, domain_ids) if ps else None
+        return SampleSet(ps, decoded, ids) if ps else None
 
     return SplitData(
         split=split,
-        source_train=SampleSet(split.source_train, decoded, domain_ids),
+        source_train=SampleSet(split.source_train, decoded, ids),
         source_val=samples(split.source_val),
-        target_train=SampleSet([split.target_train], decoded, domain_ids),
-        target_test=SampleSet([split.target_test], decoded, domain_ids),
+        target_train=SampleSet([split.target_train], decoded, ids),
+        target_test=SampleSet([split.target_test], decoded, ids),
         target_val=samples([split.target_val] if split.target_val else []),
     )
