@@ -1,0 +1,423 @@
+"""Export of a finished (or interrupted) search: best configs, the trials table, a summary.
+
+`export_experiment(results/<exp>)` reads what the search wrote
+
+    config.yaml       the resolved base config (`load_config` reads it)
+    <target>/         one Tune experiment folder per split (listed in data.targets)
+    optuna.db         Optuna storage, one study per split named `<output.name>/<target>`
+
+and writes, each file atomically (temp file + rename), after everything was computed:
+
+    best/<target>.yaml   a complete config: base + the best trial's values, one target,
+                         runnable as is by `python -m lacmfer.train --config ...`
+    trials.parquet       one row per trial × split (schema: `trials_schema`)
+    summary.md           per split: best value, oracle accuracy, chosen values, counts,
+                         importance and the validator ranking
+
+Works offline: no Ray cluster is started (Tune's files are read as files).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec, load_config, save_config
+from lacmfer.errors import UserError
+from search.analysis import (
+    LABEL_FREE_VALIDATORS,
+    OBJECTIVE_KEY,
+    ORACLE_METRIC,
+    STATUSES,
+    TrialRecord,
+    check_scope,
+    param_importances,
+    read_tune_experiment,
+    select_best,
+    validator_ranking,
+)
+
+ORACLE_OBJECTIVE = "oracle_target_acc"
+SCOPE_TEXT = {
+    "best": "best evaluation (the max of the objective over the trial's evaluations)",
+    "last": "last evaluation (the objective at the trial's last evaluation)",
+}
+ORACLE_BANNER = (
+    "ORACLE SELECTION: the objective is oracle_target_acc, i.e. model selection on target TEST "
+    "labels. Not a valid unsupervised result; for reference only."
+)
+
+
+@dataclass
+class SplitExport:
+    """What the export found and wrote for one split."""
+
+    target: str
+    counts: dict[str, int]
+    best: TrialRecord | None = None
+    best_evaluation: dict[str, float] | None = None
+    best_config: Path | None = None
+    importances: dict[str, float] = field(default_factory=dict)
+    importance_note: str | None = None
+    ranking: list[tuple[str, float]] = field(default_factory=list)
+    ranking_points: int = 0
+
+    @property
+    def best_value(self) -> float | None:
+        return None if self.best_evaluation is None else self.best_evaluation[OBJECTIVE_KEY]
+
+
+@dataclass
+class ExportSummary:
+    """The result of `export_experiment`; `str()` gives the console report."""
+
+    exp_dir: Path
+    objective: str
+    scope: str
+    splits: list[SplitExport]
+    missing_targets: list[str]
+    trials_table: Path
+    summary: Path
+
+    @property
+    def oracle(self) -> bool:
+        return self.objective == ORACLE_OBJECTIVE
+
+    def __str__(self) -> str:
+        lines = [f"export of {self.exp_dir}: objective {self.objective}, scope {self.scope}"]
+        if self.oracle:
+            lines.append(f"!!! {ORACLE_BANNER} !!!")
+        for split in self.splits:
+            counts = ", ".join(f"{split.counts[s]} {s}" for s in STATUSES)
+            if split.best is None:
+                lines.append(f"  {split.target:<8} no trial to export ({counts})")
+                continue
+            oracle = _fmt(split.best_evaluation.get(ORACLE_METRIC, math.nan))
+            lines.append(
+                f"  {split.target:<8} {self.objective} {_fmt(split.best_value)} (trial {split.best.trial_id}, "
+                f"{split.best.status}), target_acc {oracle} -> {split.best_config}   [{counts}]"
+            )
+        if self.missing_targets:
+            lines.append(f"  not run: {', '.join(self.missing_targets)}")
+        lines.append(f"summary: {self.summary}   trials: {self.trials_table}")
+        return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------- the trials table
+
+
+def _arrow_type(values: list[Any]) -> pa.DataType:
+    """Arrow type of a column of Python values (bool, int, float or else string)."""
+    values = [v for v in values if v is not None]
+    if values and all(isinstance(v, bool) for v in values):
+        return pa.bool_()
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return pa.int64()
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return pa.float64()  # also the type of an all-null column
+    return pa.string()
+
+
+def param_type(spec: ParamSpec | None, observed: list[Any]) -> pa.DataType:
+    """A search column's type, from its declared distribution so it does not depend on
+    which trials happened to run; from the observed values for undeclared names."""
+    if spec is None:
+        return _arrow_type(observed)
+    if spec.distribution in ("loguniform", "uniform"):
+        return pa.float64()
+    if spec.distribution == "int":
+        return pa.int64()
+    if spec.distribution == "choice":
+        return _arrow_type(list(spec.choices or []))
+    return _arrow_type([spec.value])
+
+
+def param_columns(cfg: ExperimentConfig, records: list[TrialRecord]) -> dict[str, pa.DataType]:
+    """Search-space names in the config's order, then any other sampled names."""
+    names = list(cfg.search.space)
+    names += [n for n in SEARCHABLE if n not in names and any(n in r.params for r in records)]
+    return {n: param_type(cfg.search.space.get(n), [r.params.get(n) for r in records]) for n in names}
+
+
+def trials_schema(params: dict[str, pa.DataType]) -> pa.Schema:
+    """Column order and types of trials.parquet (stable for a given search space)."""
+    return pa.schema(
+        [("target", pa.string()), ("trial_id", pa.string())]
+        + list(params.items())
+        + [
+            ("status", pa.string()),
+            ("evaluations", pa.int64()),
+            ("objective_best", pa.float64()),
+            ("objective_last", pa.float64()),
+            ("target_acc_best", pa.float64()),
+            ("target_acc_last", pa.float64()),
+            ("target_acc_selected", pa.float64()),
+            ("source_val_acc_last", pa.float64()),
+            ("time_total_s", pa.float64()),
+            ("error", pa.string()),
+            ("exported", pa.bool_()),
+        ]
+    )
+
+
+def _cell(value: Any, dtype: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(dtype):
+        return str(value)
+    if pa.types.is_floating(dtype):
+        return float(value)
+    if pa.types.is_integer(dtype) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def trial_row(record: TrialRecord, scope: str, params: dict[str, pa.DataType], exported: bool) -> dict[str, Any]:
+    """One row of trials.parquet. Absent values are null; a NaN that was reported stays NaN."""
+    last = record.last or {}
+    best_objective = record.best(OBJECTIVE_KEY)
+    best_oracle = record.best(ORACLE_METRIC)
+    selected = record.selected(scope)
+    return {
+        "target": record.target,
+        "trial_id": record.trial_id,
+        **{name: _cell(record.params.get(name), dtype) for name, dtype in params.items()},
+        "status": record.status,
+        "evaluations": record.evaluations,
+        "objective_best": None if best_objective is None else best_objective[OBJECTIVE_KEY],
+        "objective_last": last.get(OBJECTIVE_KEY),
+        "target_acc_best": None if best_oracle is None else best_oracle[ORACLE_METRIC],
+        "target_acc_last": last.get(ORACLE_METRIC),
+        "target_acc_selected": None if selected is None else selected.get(ORACLE_METRIC),
+        "source_val_acc_last": last.get("source_val_acc"),
+        "time_total_s": last.get("time_total_s"),
+        "error": record.error,
+        "exported": exported,
+    }
+
+
+# ---------------------------------------------------------------- best configs
+
+
+def best_config(cfg: ExperimentConfig, record: TrialRecord) -> ExperimentConfig:
+    """The base config with the trial's sampled values and its single target."""
+    values: dict[str, Any] = {SEARCHABLE[name]: value for name, value in record.params.items()}
+    values["data.targets"] = [record.target]
+    return cfg.with_values(values, source=f"trial {record.trial_id} of split {record.target}")
+
+
+def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Path) -> str:
+    """The YAML comment of an exported config: where it came from and what it means."""
+    record, evaluation = split.best, split.best_evaluation
+    assert record is not None and evaluation is not None
+    objective = cfg.eval.objective
+    oracle = objective == ORACLE_OBJECTIVE
+    index = next(i for i, report in enumerate(record.history, start=1) if report is evaluation)
+    step = evaluation.get("step")
+    lines = [f"!!! {ORACLE_BANNER} !!!"] if oracle else []
+    lines += [
+        f"Best config of search '{cfg.output.name}' for target {record.target} (exported by search.export).",
+        f"Run it as is: python -m lacmfer.train --config {path}",
+        f"objective: {objective} (eval.objective, unchanged)",
+        f"scope: {scope} = {SCOPE_TEXT[scope]}",
+        f"value: {evaluation[OBJECTIVE_KEY]:.6g} at evaluation {index} of {record.evaluations}"
+        + (f" (step {int(step)})" if step is not None and math.isfinite(step) else ""),
+        f"trial: {record.trial_id} ({record.status}) in {cfg.experiment_dir / record.target}",
+        f"oracle target accuracy (target_acc, test labels) at that evaluation: "
+        f"{_fmt(evaluation.get(ORACLE_METRIC, math.nan))}"
+        + (" -- USED for selection (oracle objective)" if oracle else " -- reported only, not used for selection"),
+        "searched values: " + (", ".join(f"{k}={v!r}" for k, v in record.params.items()) or "(none)"),
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- importance
+
+
+def split_importances(exp_dir: Path, cfg: ExperimentConfig, target: str) -> tuple[dict[str, float], str | None]:
+    """(importances, note): the note says why there are none, or how many trials were used."""
+    db = exp_dir / "optuna.db"
+    if not db.exists():
+        return {}, f"not available: {db} not found"
+    name = f"{cfg.output.name}/{target}"
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except KeyError:
+        return {}, f"not available: no study '{name}' in {db}"
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    complete = states.count(optuna.trial.TrialState.COMPLETE)
+    counts = f"{complete} complete of {len(states)} Optuna trials"
+    try:
+        importances = param_importances(study)
+    except (ValueError, RuntimeError) as err:  # importance is auxiliary: report, do not abort the export
+        return {}, f"not available: {err}"
+    if not importances:
+        return {}, f"not available: needs at least 2 complete trials and 2 varying parameters ({counts})"
+    return importances, f"from {counts} (pruned and failed trials are left out)"
+
+
+# ---------------------------------------------------------------- summary.md
+
+
+def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str, exp_dir: Path) -> list[str]:
+    objective = cfg.eval.objective
+    oracle = objective == ORACLE_OBJECTIVE
+    total = sum(split.counts.values())
+    lines = [f"## {split.target}", ""]
+    lines.append(f"Trials: {total} — " + ", ".join(f"{split.counts[s]} {s}" for s in STATUSES) + ".")
+    lines.append("")
+    if split.best is None:
+        lines += ["No completed or stopped-early trial with a finite objective: no config exported.", ""]
+    else:
+        ev = split.best_evaluation
+        lines.append(f"- Best {objective} ({scope} evaluation): **{_fmt(split.best_value)}** — trial "
+                     f"`{split.best.trial_id}` ({split.best.status}, {split.best.evaluations} evaluations)")
+        acc = _fmt(ev.get(ORACLE_METRIC, math.nan))
+        if oracle:
+            lines.append(f"- Oracle target accuracy at that evaluation: {acc} — **ORACLE: this IS the selection "
+                         "metric (target test labels)**")
+        else:
+            lines.append(f"- Oracle target accuracy at that evaluation: {acc} (target test labels; reported "
+                         "only, not used for selection)")
+        lines.append(f"- Config: `{split.best_config.relative_to(exp_dir)}` → "
+                     f"`python -m lacmfer.train --config {split.best_config}`")
+        lines += ["", "| hyperparameter | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in split.best.params.items()] or ["| (none searched) | |"]
+        lines.append("")
+    lines += ["### Hyperparameter importance (Optuna, completed trials only)", ""]
+    if split.importances:
+        lines += ["| hyperparameter | importance |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in split.importances.items()]
+        lines.append("")
+    lines += [f"{split.importance_note}.", ""]
+    lines += ["### Validator ranking (which label-free objective to trust)", ""]
+    if all(math.isnan(c) for _, c in split.ranking):
+        lines += ["Not available: needs at least 3 evaluations with target labels (target_acc).", ""]
+    else:
+        lines += ["| validator | weighted Spearman with target_acc |", "|---|---|"]
+        lines += [f"| {name}{' (the objective)' if name == objective else ''} | {_fmt(c)} |"
+                  for name, c in split.ranking]
+        lines += ["", f"Over {split.ranking_points} evaluations of all {total} trials; weights (rank/n)² of the "
+                  "validator score emphasise its top checkpoints (Musgrave et al. 2022). 1 = orders checkpoints "
+                  "exactly like the oracle target accuracy; computed with target labels, for choosing an "
+                  "objective, not a model.", ""]
+    return lines
+
+
+def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: list[str], scope: str,
+                     exp_dir: Path) -> str:
+    objective = cfg.eval.objective
+    lines = [f"# Search summary: {cfg.output.name}", ""]
+    if objective == ORACLE_OBJECTIVE:
+        lines += [f"> **{ORACLE_BANNER}**", ""]
+    lines += [f"Objective: `{objective}` (maximised); a trial's value is its {SCOPE_TEXT[scope]}.", ""]
+    lines += ["| split | trials | completed | stopped early | failed | diverged | best objective | "
+              "target_acc at best (oracle) | trial |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in splits:
+        acc = s.best_evaluation.get(ORACLE_METRIC, math.nan) if s.best_evaluation else None
+        lines.append(f"| {s.target} | {sum(s.counts.values())} | "
+                     + " | ".join(str(s.counts[k]) for k in STATUSES)
+                     + f" | {_fmt(s.best_value)} | {_fmt(acc)} | {s.best.trial_id if s.best else '—'} |")
+    lines.append("")
+    if missing:
+        lines += [f"Not run (no experiment folder): {', '.join(missing)}.", ""]
+    for split in splits:
+        lines += _split_section(cfg, split, scope, exp_dir)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the export
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+                 scope: str = "best", missing: list[str] | None = None) -> ExportSummary:
+    """Write best configs, trials.parquet and summary.md from the records of each split.
+
+    Everything is computed first and written last, each file atomically, so an error
+    leaves the previous export untouched. A split without an exportable trial gets no
+    best config (a stale one from an earlier export is removed).
+    """
+    check_scope(scope)
+    exp_dir = Path(exp_dir)
+    everything = [r for rs in records.values() for r in rs]
+    params = param_columns(cfg, everything)
+    splits, configs, rows = [], {}, []
+    for target, split_records in records.items():
+        counts = {s: sum(r.status == s for r in split_records) for s in STATUSES}
+        split = SplitExport(target, counts)
+        split.best = select_best(split_records, scope)
+        if split.best is not None:
+            split.best_evaluation = split.best.selected(scope)
+            split.best_config = exp_dir / "best" / f"{target}.yaml"
+            configs[target] = (best_config(cfg, split.best), best_header(cfg, split, scope, split.best_config))
+        split.importances, split.importance_note = split_importances(exp_dir, cfg, target)
+        split.ranking = validator_ranking(split_records, LABEL_FREE_VALIDATORS, ORACLE_METRIC)
+        split.ranking_points = sum(
+            math.isfinite(report.get(ORACLE_METRIC, math.nan)) for r in split_records for report in r.history
+        )
+        splits.append(split)
+        rows += [trial_row(r, scope, params, exported=r is split.best) for r in split_records]
+    missing = list(missing or [])
+    schema = trials_schema(params).with_metadata(
+        {"experiment": cfg.output.name, "objective": cfg.eval.objective, "scope": scope,
+         "oracle": str(cfg.eval.objective == ORACLE_OBJECTIVE).lower()}
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    summary_text = summary_markdown(cfg, splits, missing, scope, exp_dir)
+
+    for split in splits:
+        path = exp_dir / "best" / f"{split.target}.yaml"
+        if split.target in configs:
+            config, header = configs[split.target]
+            save_config(config, path, header=header)
+        else:
+            path.unlink(missing_ok=True)
+    trials_path, summary_path = exp_dir / "trials.parquet", exp_dir / "summary.md"
+    _write_atomic(trials_path, lambda tmp: pq.write_table(table, tmp))
+    _write_atomic(summary_path, lambda tmp: tmp.write_text(summary_text, encoding="utf-8"))
+    return ExportSummary(exp_dir, cfg.eval.objective, scope, splits, missing, trials_path, summary_path)
+
+
+def export_experiment(exp_dir: Path, scope: str | None = None) -> ExportSummary:
+    """Export `results/<exp>`: see the module docstring for what is read and written.
+
+    `scope` is how a trial's objective is summarised, `best` (its best evaluation) or
+    `last`; default: the search's own `search.scope`, which is also what Optuna was told.
+    """
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise UserError(f"{exp_dir}: no such experiment folder (run `python tune.py --name NAME` first)")
+    config_path = exp_dir / "config.yaml"
+    if not config_path.exists():
+        raise UserError(f"{config_path}: not found; {exp_dir} does not look like a search written by tune.py")
+    cfg = load_config(config_path)
+    scope = scope or cfg.search.scope
+    check_scope(scope)
+    present = [t for t in cfg.data.targets if (exp_dir / t).is_dir()]
+    if not present:
+        raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
+    records = {t: read_tune_experiment(exp_dir / t, t) for t in present}
+    missing = [t for t in cfg.data.targets if t not in present]
+    return write_export(exp_dir, cfg, records, scope, missing)

@@ -1,0 +1,262 @@
+"""search.analysis: statuses, Tune result files, weighted Spearman, validator ranking, importance."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from lacmfer.errors import UserError
+from search.analysis import (
+    TrialRecord,
+    average_ranks,
+    param_importances,
+    read_result_json,
+    read_trial_dir,
+    select_best,
+    top_weights,
+    trial_status,
+    validator_ranking,
+    weighted_spearman,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def report(i: int, objective: float, final: bool = False, diverged: bool = False, **extra: float) -> dict:
+    return {"training_iteration": float(i), "step": 10.0 * i, "objective": objective,
+            "final_evaluation": float(final), "diverged": float(diverged), **extra}
+
+
+def ray_line(metrics: dict, trial_id: str, config: dict) -> str:
+    """One result.json line as Ray 2.60 writes it (format checked against a real Tuner run)."""
+    line = {**metrics, "timestamp": 1795779566, "checkpoint_dir_name": None, "done": False,
+            "trial_id": trial_id, "date": "2026-11-27_11-39-26", "time_this_iter_s": 0.01,
+            "time_total_s": 0.01 * metrics["training_iteration"], "pid": 1, "hostname": "vm",
+            "node_ip": "192.0.2.2", "config": config, "time_since_restore": 0.01,
+            "iterations_since_restore": int(metrics["training_iteration"])}
+    return json.dumps(line)  # NaN is written as the bare token NaN, as Ray does
+
+
+def test_search_package_does_not_import_torch():
+    code = "import sys, search.analysis, search.export; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- records and statuses
+
+
+def test_status_rules():
+    assert trial_status("ERROR", [report(1, 0.5, final=True)]) == "failed"
+    assert trial_status("TERMINATED", [report(1, 0.5), report(2, math.nan, diverged=True)]) == "diverged"
+    assert trial_status("TERMINATED", [report(1, 0.5), report(2, 0.6, final=True)]) == "completed"
+    assert trial_status("TERMINATED", [report(1, 0.5)]) == "stopped early"  # ASHA
+    assert trial_status("RUNNING", [report(1, 0.5)]) == "stopped early"  # driver interrupted
+    with pytest.raises(ValueError, match="status"):
+        TrialRecord("t", "CK", {}, "finished")
+
+
+def test_record_best_last_and_scopes():
+    r = TrialRecord("t", "CK", {}, "completed",
+                    [report(1, 0.2), report(2, 0.7), report(3, math.nan), report(4, 0.7), report(5, 0.4, final=True)])
+    assert r.evaluations == 5
+    assert r.last["step"] == 50
+    assert r.best("objective")["step"] == 20  # earliest of the tied maxima, NaN skipped
+    assert r.best("objective", mode="min")["step"] == 10
+    assert r.selected("best")["step"] == 20
+    assert r.selected("last")["step"] == 50
+    nan_last = TrialRecord("t", "CK", {}, "diverged", [report(1, 0.2), report(2, math.nan, diverged=True)])
+    assert nan_last.selected("last") is None and nan_last.selected("best")["step"] == 10
+    assert TrialRecord("t", "CK", {}, "failed").last is None
+    with pytest.raises(UserError, match="scope"):
+        r.selected("median")
+
+
+def test_select_best_prefers_completed_then_value_then_evaluations_then_id():
+    def rec(tid, status, values):
+        hist = [report(i + 1, v, final=(status == "completed" and i == len(values) - 1)) for i, v in enumerate(values)]
+        return TrialRecord(tid, "CK", {}, status, hist)
+
+    stopped_high = rec("a", "stopped early", [0.95])
+    completed = [rec("b", "completed", [0.5, 0.8]), rec("c", "completed", [0.9, 0.6]),
+                 rec("d", "completed", [0.1, 0.9, 0.3])]
+    failed = rec("e", "failed", [0.99])
+    diverged = rec("f", "diverged", [0.98, math.nan])
+    pool = [stopped_high, *completed, failed, diverged]
+    # best scope: c and d tie at 0.9; d ran more evaluations
+    assert select_best(pool, "best").trial_id == "d"
+    assert select_best(pool, "last").trial_id == "b"
+    # only stopped-early/failed/diverged: the stopped-early trial is used
+    assert select_best([stopped_high, failed, diverged]).trial_id == "a"
+    assert select_best([failed, diverged]) is None
+    # full tie: smaller trial id
+    assert select_best([rec("z", "completed", [0.5]), rec("y", "completed", [0.5])]).trial_id == "y"
+
+
+def test_read_result_json_tolerates_truncated_tail_and_dedups_resumed_reports(tmp_path):
+    path = tmp_path / "result.json"
+    cfg = {"hyper_align": 0.3}
+    lines = [ray_line(report(1, 0.1), "t1", cfg), ray_line(report(2, 0.2), "t1", cfg),
+             # resumed from the iteration-1 checkpoint: iteration 2 is reported again
+             ray_line(report(2, 0.25), "t1", cfg), ray_line(report(3, math.nan, diverged=True), "t1", cfg)]
+    path.write_text("\n".join(lines) + "\n" + lines[0][:40], encoding="utf-8")  # killed mid-line
+    history = read_result_json(path)
+    assert [h["training_iteration"] for h in history] == [1, 2, 3]
+    assert history[1]["objective"] == 0.25
+    assert math.isnan(history[2]["objective"])
+    assert "config" not in history[0] and "hostname" not in history[0] and history[0]["time_total_s"] == 0.01
+
+    path.write_text(lines[0] + "\n{broken\n" + lines[1] + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"result.json:2"):
+        read_result_json(path)
+    assert read_result_json(tmp_path / "absent.json") == []
+
+
+def test_read_trial_dir_keeps_search_params_and_reads_the_error(tmp_path):
+    trial = tmp_path / "abc_00001"
+    trial.mkdir()
+    config = {"hyper_align": 0.3, "cluster_ramp": "linear", "not_a_search_name": 1}
+    (trial / "result.json").write_text(ray_line(report(1, 0.4), "abc_00001", config) + "\n", encoding="utf-8")
+    (trial / "error.txt").write_text("Failure # 1\nTraceback ...\n  File x\nRuntimeError: boom\n\n", encoding="utf-8")
+    failed = read_trial_dir(trial, "abc_00001", "CK", "ERROR", config)
+    assert failed.status == "failed" and failed.error == "RuntimeError: boom"
+    assert failed.params == {"hyper_align": 0.3, "cluster_ramp": "linear"}
+    assert failed.evaluations == 1 and failed.target == "CK"
+    # the same folder, retried successfully: Tune's status decides, not the stale error.txt
+    assert read_trial_dir(trial, "abc_00001", "CK", "TERMINATED", config).error is None
+
+
+# ---------------------------------------------------------------- weighted Spearman
+
+
+def test_average_ranks_with_ties():
+    assert average_ranks(np.array([10.0, 30.0, 20.0, 30.0])).tolist() == [1.0, 3.5, 2.0, 3.5]
+
+
+def test_weighted_spearman_hand_case():
+    # x ranks 1..4, y swaps the top two; weights w = (rank/4)^2 ∝ [1, 4, 9, 16] (scale-free).
+    # Weighted means: r̄ = (1+8+27+64)/30 = 10/3, s̄ = (1+8+36+48)/30 = 3.1.
+    # Σw(r−r̄)(s−s̄) = 4.9 + 5.8667 − 2.7 − 1.0667 = 7; Σw(r−r̄)² = 62/3; Σw(s−s̄)² = 16.7.
+    x, y_top_swap, y_bottom_swap = [1, 2, 3, 4], [1, 2, 4, 3], [2, 1, 3, 4]
+    w = top_weights(np.array(x, dtype=float))
+    np.testing.assert_allclose(w, [1 / 16, 4 / 16, 9 / 16, 1.0])
+    assert weighted_spearman(x, y_top_swap, w) == pytest.approx(7 / math.sqrt(62 / 3 * 16.7), rel=1e-12)
+    # bottom swap: s̄ = 97/30, Σw(r−r̄)(s−s̄) = 71/3, Σw(s−s̄)² = 941/30
+    assert weighted_spearman(x, y_bottom_swap, w) == pytest.approx((71 / 3) / math.sqrt(62 / 3 * 941 / 30), rel=1e-12)
+    # equal weights: ordinary Spearman 1 − 6Σd²/(n(n²−1)) = 1 − 12/60
+    assert weighted_spearman(x, y_top_swap, [1, 1, 1, 1]) == pytest.approx(0.8)
+
+
+def test_weighted_spearman_properties():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=50)
+    assert weighted_spearman(x, 3 * x + 1, top_weights(x)) == pytest.approx(1.0)
+    assert weighted_spearman(x, np.exp(-x), top_weights(x)) == pytest.approx(-1.0)
+    # same amount of disorder, at the top vs at the bottom of the validator's ranking
+    order = np.argsort(x)
+    top_noise, bottom_noise = x.copy(), x.copy()
+    top_noise[order[-10:]] = x[order[-10:]][::-1]
+    bottom_noise[order[:10]] = x[order[:10]][::-1]
+    w = top_weights(x)
+    assert weighted_spearman(x, top_noise, w) < weighted_spearman(x, bottom_noise, w)
+    # unweighted, the two are the same amount of disorder
+    ones = np.ones_like(x)
+    assert weighted_spearman(x, top_noise, ones) == pytest.approx(weighted_spearman(x, bottom_noise, ones))
+
+
+def test_weighted_spearman_nan_safety():
+    assert math.isnan(weighted_spearman([1, 2], [1, 2], [1, 1]))
+    assert math.isnan(weighted_spearman([1, 2, math.nan, 4], [1, 2, 3, math.inf], [1, 1, 1, 1]))  # 2 points left
+    assert weighted_spearman([1, 2, math.nan, 3, 4], [1, 2, 9, 3, 4], [1, 1, 1, 1, math.nan]) == pytest.approx(1.0)
+    assert math.isnan(weighted_spearman([1, 1, 1], [1, 2, 3], [1, 1, 1]))  # constant validator
+    constant = np.full(12, 0.5)  # non-uniform weights: centring alone would leave rounding noise
+    assert math.isnan(weighted_spearman(constant, np.arange(12.0), top_weights(np.arange(12.0))))
+    with pytest.raises(ValueError, match="shape"):
+        weighted_spearman([1, 2, 3], [1, 2], [1, 1, 1])
+
+
+def test_validator_ranking_orders_validators_by_agreement_with_the_oracle():
+    rng = np.random.default_rng(1)
+    records = []
+    for t in range(6):
+        acc = np.sort(rng.uniform(0.2, 0.9, size=5))
+        history = [
+            report(i + 1, float(a), final=i == 4, target_acc=float(a), source_val_acc=float(a + 0.01 * t),
+                   im=float(a + rng.normal(0, 0.05)), entropy=float(-a), bnm=float(rng.uniform()),
+                   snd=math.nan)
+            for i, a in enumerate(acc)
+        ]
+        records.append(TrialRecord(f"t{t}", "CK", {}, "completed", history))
+    ranking = validator_ranking(records)
+    names = [n for n, _ in ranking]
+    corr = dict(ranking)
+    assert names[:2] == ["source_val_acc", "im"] and names[-2:] == ["entropy", "snd"]
+    assert corr["source_val_acc"] > 0.95 and corr["entropy"] == pytest.approx(-1.0)
+    assert math.isnan(corr["snd"])  # never finite: listed last, not an error
+    assert abs(corr["bnm"]) < 0.5
+
+
+# ---------------------------------------------------------------- importance
+
+
+SPACE = {
+    "hyper_align": FloatDistribution(0.05, 1.6, log=True),
+    "threshold": FloatDistribution(0.2, 0.8),
+    "cluster_ramp": CategoricalDistribution(["sigmoid", "linear"]),
+}
+GAMMA = FloatDistribution(2.0, 20.0, log=True)
+
+
+def _trial(rng, state, value_of):
+    params = {"hyper_align": float(rng.uniform(0.05, 1.6)), "threshold": float(rng.uniform(0.2, 0.8)),
+              "cluster_ramp": str(rng.choice(["sigmoid", "linear"]))}
+    dists = dict(SPACE)
+    if params["cluster_ramp"] == "sigmoid":  # a conditional parameter
+        params["cluster_gamma"], dists["cluster_gamma"] = float(rng.uniform(2, 20)), GAMMA
+    value = value_of(params) if state != TrialState.FAIL else None
+    return create_trial(params=params, distributions=dists, value=value, state=state)
+
+
+def _study(trials):
+    study = optuna.create_study(direction="maximize")
+    for t in trials:
+        study.add_trial(t)
+    return study
+
+
+def test_param_importances_use_complete_trials_only():
+    rng = np.random.default_rng(0)
+    complete = [_trial(rng, TrialState.COMPLETE, lambda p: -abs(math.log(p["hyper_align"] / 0.4)))
+                for _ in range(30)]
+    # pruned trials whose (partial) values follow threshold instead: they must not count
+    pruned = [_trial(rng, TrialState.PRUNED, lambda p: 10 * p["threshold"]) for _ in range(30)]
+    failed = [_trial(rng, TrialState.FAIL, None) for _ in range(5)]
+    only_complete = param_importances(_study(complete))
+    mixed = param_importances(_study(complete + pruned + failed))
+    assert mixed == pytest.approx(only_complete)
+    assert max(mixed, key=mixed.get) == "hyper_align"
+    assert sum(mixed.values()) == pytest.approx(1.0)
+    # the check is sensitive: had the pruned trials counted, the answer would differ
+    as_complete = [create_trial(params=t.params, distributions=t.distributions, value=t.value,
+                                state=TrialState.COMPLETE) for t in pruned]
+    assert param_importances(_study(complete + as_complete)) != pytest.approx(only_complete)
+
+
+def test_param_importances_degenerate_studies_give_empty_dict():
+    rng = np.random.default_rng(0)
+    one = [_trial(rng, TrialState.COMPLETE, lambda p: p["threshold"])]
+    assert param_importances(_study(one + [_trial(rng, TrialState.PRUNED, lambda p: 1.0)] * 3)) == {}
+    assert param_importances(optuna.create_study()) == {}
+    single = optuna.create_study(direction="maximize")
+    for x in (0.3, 0.5, 0.7):
+        single.add_trial(create_trial(params={"threshold": x}, distributions={"threshold": SPACE["threshold"]},
+                                      value=x))
+    assert param_importances(single) == {}
