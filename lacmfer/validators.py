@@ -94,9 +94,12 @@ def bnm(probs: torch.Tensor) -> float:
     same quantity, normalised by the batch size, as a loss). Higher means confident
     and diverse predictions. With this normalisation the value depends on N (balanced
     one-hot predictions give sqrt(C/N)), so compare models on the same evaluation set
-    only, which model selection does.
+    only, which model selection does. NaN for non-finite input (a diverged model), where
+    the SVD would raise.
     """
     p = _as_matrix(probs, "probs")
+    if not torch.isfinite(p).all():
+        return float("nan")
     return (torch.linalg.matrix_norm(p, ord="nuc") / p.shape[0]).item()
 
 

@@ -94,6 +94,9 @@ def run_config(cfg: ExperimentConfig, target: str) -> tune.RunConfig:
         # without a second, duplicate set of TensorBoard curves.
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Upload each trial's working folder (its tb/ events) with its checkpoints: on a
+        # cluster, and for reused actors, it does not live in the storage folder otherwise.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
         failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         verbose=1,
     )

@@ -218,3 +218,10 @@ def test_unsupervised_validators_match_their_functions() -> None:
     got = {name: fn(probs) for name, fn in UNSUPERVISED_VALIDATORS.items()}
     assert got == expected
     assert all(isinstance(v, float) and math.isfinite(v) for v in got.values())
+
+
+def test_validators_of_a_diverged_model_are_nan_not_errors():
+    from lacmfer.validators import UNSUPERVISED_VALIDATORS
+
+    probs = torch.full((8, 7), float("nan"))
+    assert all(math.isnan(v(probs)) for v in UNSUPERVISED_VALIDATORS.values())
