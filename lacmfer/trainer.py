@@ -31,6 +31,7 @@ from lacmfer.validators import (
     pseudo_label_accuracy_and_coverage,
 )
 
+HEADLINE_METRICS = ("objective", "target_acc", "source_val_acc", "loss_total", "step")
 LOSS_TERMS = ("total", "sup", "sid", "cid", "mcc", "mvv", "mvv_kept")
 _SOURCE_STREAM, _TARGET_STREAM = 0, 1
 
@@ -235,7 +236,8 @@ class Trainer:
             tv = self._predict(self.data.target_val)
             metrics["target_val_acc"] = accuracy((tv["g"] + tv["l"]) / 2, tv["y"])
         metrics["objective"] = metrics[OBJECTIVE_METRIC_KEYS[self.cfg.eval.objective]]
-        return metrics
+        # Headline metrics first: progress tables (Ray's included) show the first columns.
+        return {k: metrics[k] for k in HEADLINE_METRICS if k in metrics} | metrics
 
     def evaluations(self) -> Iterator[dict[str, float]]:
         """Train to the end, yielding `evaluate()` every `eval.interval` steps and at the end."""

@@ -17,6 +17,8 @@ from lacmfer.errors import UserError
 # Ray reads these when it starts and when a Tuner runs: set before either happens.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local search needs no token (and warns without it)
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see search.tuner.run_config
+# Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import ray  # noqa: E402  (after the environment above)
 
