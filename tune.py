@@ -56,12 +56,24 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def saved_config(args: argparse.Namespace) -> ExperimentConfig:
-    """The config an existing experiment ran with (for --resume and --export-only)."""
-    base = load_config(args.config, cli_overrides(args))
-    path = base.experiment_dir / "config.yaml"
+    """The config an existing experiment ran with (for --resume and --export-only).
+
+    Found from --name and --results; --config is read only for what those leave open.
+    """
+    if args.overrides or args.cpus_per_trial is not None or args.gpus_per_trial is not None:
+        raise UserError("--set/--cpus-per-trial/--gpus-per-trial: an existing experiment keeps its saved config; "
+                        "start another with --name NEW to change it")
+    if args.name and args.results:
+        exp_dir = args.results / args.name
+    else:
+        base = load_config(args.config, cli_overrides(args))
+        exp_dir = base.experiment_dir
+    path = exp_dir.absolute() / "config.yaml"
     if not path.exists():
-        raise UserError(f"{path}: no experiment '{base.output.name}' here (check --name and --results)")
-    return load_config(path, [o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))])
+        raise UserError(f"{path}: no experiment here (check --name and --results)")
+    # A resumed search may widen its splits or its trial budget, nothing else.
+    keep = [o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))]
+    return load_config(path, keep)
 
 
 def dry_run(cfg: ExperimentConfig) -> None:
