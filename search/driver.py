@@ -7,22 +7,39 @@ be scheduled at all, runs or resumes each split, checks that every split finishe
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import ray
+from ray import tune
 
 from lacmfer.config import ExperimentConfig, save_config
 from lacmfer.errors import UserError
+from search.tuner import build_tuner, evaluations_per_trial, restore_tuner
 
-# Ray reads these when it starts and when a Tuner runs: set before either happens.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local search needs no token (and warns without it)
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see search.tuner.run_config
-# Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Ray reads these when it starts and when a Tuner runs; they are set only around a search
+# (run_search), so importing this module changes nothing for other Ray users.
+RAY_ENVIRONMENT = {
+    "RAY_AUTH_MODE": "disabled",  # a local search needs no token (and Ray warns without it)
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # see search.tuner.run_config
+    # Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
 
-import ray  # noqa: E402  (after the environment above)
 
-from search.tuner import build_tuner, evaluations_per_trial, restore_tuner  # noqa: E402
+@contextlib.contextmanager
+def ray_environment() -> Iterator[None]:
+    """Set RAY_ENVIRONMENT (where the user has not) for the duration of a search."""
+    added = {k: v for k, v in RAY_ENVIRONMENT.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -89,8 +106,6 @@ def prepare_experiment(cfg: ExperimentConfig, resume: bool) -> None:
 def run_split(cfg: ExperimentConfig, target: str, max_concurrent: int, resume: bool) -> SplitOutcome:
     path = cfg.experiment_dir / target
     if resume and path.exists():
-        from ray import tune
-
         if not tune.Tuner.can_restore(str(path)):
             raise UserError(f"{path}: no Tune experiment state to resume from")
         tuner = restore_tuner(cfg, target)
@@ -104,8 +119,13 @@ def run_split(cfg: ExperimentConfig, target: str, max_concurrent: int, resume: b
 
 def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool = False) -> list[SplitOutcome]:
     """Search every split of `cfg.data.targets`; stops at the first split that did not finish."""
-    prepare_experiment(cfg, resume)
-    connect(address)
+    with ray_environment():
+        prepare_experiment(cfg, resume)
+        connect(address)
+        return _run_splits(cfg, resume)
+
+
+def _run_splits(cfg: ExperimentConfig, resume: bool) -> list[SplitOutcome]:
     slots = concurrent_slots(cfg)
     max_concurrent = min(cfg.search.max_concurrent or slots, cfg.search.num_samples)
     print(

@@ -41,7 +41,7 @@ def tiny_config(root: Path, **sections):
         "model": {"width": 0.125, "global_blocks": [1, 1], "local_blocks": 1},
         "schedule": {"steps": 20, "lr_decay_steps": 20},
         "eval": {"interval": 10},
-        "resources": {"threads": 2},
+        "resources": {"threads": 1},
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
