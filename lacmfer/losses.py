@@ -32,6 +32,7 @@ __all__ = [
     "cluster_level_alignment",
     "inter_domain_alignment",
     "cross_view_mcc",
+    "multiview_agreement",
     "multiview_pseudo_label_loss",
 ]
 
@@ -359,6 +360,16 @@ def cross_view_mcc(probs_g: Tensor, probs_l: Tensor) -> Tensor:
     return 0.5 * (off_rows + off_cols) / num_classes
 
 
+def multiview_agreement(probs_g: Tensor, probs_l: Tensor, ps_threshold: float) -> tuple[Tensor, Tensor]:
+    """The multi-view pseudo-label rule (SPEC §3.7) on probabilities: (keep mask, ŷ_g).
+
+        keep_j = [ŷ_g,j = ŷ_l,j] · [conf_g,j > τ_ps or conf_l,j > τ_ps]
+    """
+    conf_g, pred_g = probs_g.max(dim=1)
+    conf_l, pred_l = probs_l.max(dim=1)
+    return (pred_g == pred_l) & ((conf_g > ps_threshold) | (conf_l > ps_threshold)), pred_g
+
+
 def multiview_pseudo_label_loss(logits_g: Tensor, logits_l: Tensor, ps_threshold: float) -> tuple[Tensor, Tensor]:
     """L_mvv, the multi-view pseudo-label loss on target logits (SPEC §3.7), and the kept mask.
 
@@ -370,9 +381,7 @@ def multiview_pseudo_label_loss(logits_g: Tensor, logits_l: Tensor, ps_threshold
     for logging pseudo-label coverage and accuracy.
     """
     with torch.no_grad():
-        conf_g, pred_g = logits_g.softmax(dim=1).max(dim=1)
-        conf_l, pred_l = logits_l.softmax(dim=1).max(dim=1)
-        keep = (pred_g == pred_l) & ((conf_g > ps_threshold) | (conf_l > ps_threshold))
+        keep, pred_g = multiview_agreement(logits_g.softmax(dim=1), logits_l.softmax(dim=1), ps_threshold)
     weight = keep.to(logits_g.dtype)
     count = weight.sum().clamp_min(1.0)
     ce_g = F.cross_entropy(logits_g, pred_g, reduction="none")

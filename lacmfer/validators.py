@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lacmfer.losses import multiview_agreement
+
 #: Search objectives that need no target labels (`source_val_acc` uses the labels of
 #: the held-out source part only).
 LABEL_FREE_OBJECTIVES: tuple[str, ...] = ("source_val_acc", "im", "entropy", "bnm", "snd")
@@ -159,9 +161,7 @@ def pseudo_label_accuracy_and_coverage(
         raise ValueError(f"probs_g {tuple(pg.shape)} and probs_l {tuple(pl.shape)} differ in shape")
     if labels.shape != (pg.shape[0],):
         raise ValueError(f"labels must have shape ({pg.shape[0]},), got {tuple(labels.shape)}")
-    conf_g, pred_g = pg.max(dim=1)
-    conf_l, pred_l = pl.max(dim=1)
-    kept = (pred_g == pred_l) & ((conf_g > ps_threshold) | (conf_l > ps_threshold))
+    kept, pred_g = multiview_agreement(pg, pl, ps_threshold)
     n_kept = int(kept.sum().item())
     if n_kept == 0:
         return 0.0, 0.0
