@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,12 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
         self._best.pop(trial_id, None)
 
 
+def split_seed(seed: int, target: str) -> int:
+    """The sampler seed of one split: reproducible, and different per split, so the splits'
+    random start-up trials do not all try the same points."""
+    return (seed * 1_000_003 + zlib.crc32(target.encode())) % 2**31
+
+
 def evaluations_per_trial(cfg: ExperimentConfig) -> int:
     return math.ceil(cfg.schedule.steps / cfg.eval.interval)
 
@@ -108,7 +115,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is stable in use
         sampler = optuna.samplers.TPESampler(
-            seed=s.seed,
+            seed=split_seed(s.seed, target),
             multivariate=s.multivariate,
             group=s.multivariate,  # decomposes the conditional space (cluster_gamma)
             n_startup_trials=s.startup_trials,

@@ -40,3 +40,10 @@ def test_scope_last(tmp_path):
     searcher.suggest("t")
     searcher.on_trial_complete("t", report(searcher, "t", [0.3, 0.7, 0.5], final=True))
     assert searcher._ot_study.trials[0].value == 0.5
+
+
+def test_each_split_samples_its_own_start_up_points():
+    from search.tuner import split_seed
+
+    seeds = {split_seed(0, t) for t in ("CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff")}
+    assert len(seeds) == 6 and split_seed(0, "CK") == split_seed(0, "CK") != split_seed(1, "CK")
