@@ -74,9 +74,11 @@ def overlapping(spans: list[tuple[float, float]]) -> bool:
 
 def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
     local_ray(num_cpus=2)
-    # One trial at a time and a continuous objective: ASHA's decisions are reproducible.
+    # One trial at a time, a continuous objective and a searched lr (so no two trials tie):
+    # ASHA's decisions are reproducible and some trials fall below a rung's median.
+    space = {**SPACE, "lr": {"distribution": "loguniform", "low": 0.003, "high": 0.3}}
     cfg = search_config(synth_tiny, tmp_path, "e2e", data={"targets": ["CK", "RAF"]}, eval={"objective": "entropy"},
-                        search={"max_concurrent": 1})
+                        search={"max_concurrent": 1, "space": space})
     from tune import main
 
     assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 0
