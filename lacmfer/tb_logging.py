@@ -35,7 +35,13 @@ def scalar_tag(name: str) -> str:
 def run_hparams(cfg: ExperimentConfig, target: str) -> dict[str, Any]:
     """The HParams-table columns of a run: split, seed, method, objective and every searchable value."""
     flat = {"target": target, "seed": cfg.seed, "adaptation": cfg.loss.adaptation, "objective": cfg.eval.objective}
-    flat.update(cfg.searchable_values())
+    values = cfg.searchable_values()
+    # A conditional parameter that does not apply (cluster_gamma of a linear ramp) is left
+    # blank rather than shown with a default that played no part.
+    for name, spec in cfg.search.space.items():
+        if any(values.get(parent) != want for parent, want in (spec.only_if or {}).items()):
+            values.pop(name, None)
+    flat.update(values)
     return flat
 
 
