@@ -21,6 +21,8 @@ from lacmfer.config import ExperimentConfig
 # Metric-name prefix → TensorBoard group, so related curves sit together.
 _GROUPS = (("loss_", "loss/"), ("target_", "target/"), ("source_", "source/"), ("pl_", "pseudo_label/"))
 _VALIDATORS = ("entropy", "im", "bnm", "snd", "objective")
+# The HParams-table metrics of every run (search trials and final training alike).
+BEST_OF: dict[str, str] = {"objective": "max", "target_acc": "max"}
 
 
 def scalar_tag(name: str) -> str:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lacmfer.config import ExperimentConfig, load_config, save_config
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
-from lacmfer.tb_logging import RunLogger, run_hparams
+from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
 
@@ -37,7 +37,7 @@ def train_one(cfg: ExperimentConfig, target: str, progress: bool = True) -> dict
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml", header=f"final training: target {target}, seed {cfg.seed}")
     trainer = Trainer(cfg, target, progress=progress)
-    logger = RunLogger(out / "tb", run_hparams(cfg, target), {"objective": "max", "target_acc": "max"})
+    logger = RunLogger(out / "tb", run_hparams(cfg, target), BEST_OF)
     history: list[dict[str, float]] = []
     status = "completed"
     bar = tqdm(total=cfg.schedule.steps, desc=f"{target} seed {cfg.seed}", unit="step", disable=not progress,

@@ -28,11 +28,9 @@ import torch
 from ray import tune
 
 from lacmfer.config import SEARCHABLE, ExperimentConfig, config_from_dict
-from lacmfer.tb_logging import RunLogger, run_hparams
+from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
-#: Metrics tracked as best-so-far `hparam/<name>_best` scalars in TensorBoard.
-BEST_OF: dict[str, str] = {"objective": "max", "target_acc": "max"}
 #: Files of a trial checkpoint: the trainer state (loadable by `Trainer.load_state_dict`)
 #: and the trial's own progress (the best-so-far values behind the `hparam/*` scalars).
 TRAINER_STATE_FILE = "trainer.pt"
