@@ -99,12 +99,32 @@ class DataConfig(_Section):
         return self.cache_dir or self.root / ".cache"
 
 
+class PretextConfig(_Section):
+    """Face-identification pretraining of the trunk on SynthFER people no domain shows (lacmfer/pretext.py)."""
+
+    identities: Annotated[int, Field(ge=2)] = 64
+    images_per_identity: Annotated[int, Field(ge=1)] = 16
+    steps: Annotated[int, Field(ge=1)] = 300
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    lr: Positive = 0.1
+    seed: int = 0
+
+
 class ModelConfig(_Section):
     width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
     global_blocks: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (6, 3)
     local_blocks: Annotated[int, Field(ge=1)] = 2
-    pretrained: Path | None = Field(None, description="local torchvision-format ResNet-18 state dict")
+    # imagenet: torchvision's ResNet-18 weights (width 1); synthfer_pretext: a trunk trained
+    # on first use (lacmfer/pretext.py); or a local torchvision-format ResNet-18 state dict.
+    pretrained: Literal["imagenet", "synthfer_pretext"] | Path | None = None
+    pretext: PretextConfig = Field(default_factory=PretextConfig)
     channels_last: bool = False
+
+    @model_validator(mode="after")
+    def _resnet18_width(self) -> ModelConfig:
+        if self.pretrained == "imagenet" and self.width != 1.0:
+            raise ValueError(f"pretrained: imagenet (torchvision's ResNet-18) needs width 1, got width {self.width}")
+        return self
 
 
 class LossConfig(_Section):
@@ -311,7 +331,8 @@ def _resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     data.cache_dir = absolute(data.cache_dir)
     for lists in data.lists.values():
         lists.root = absolute(lists.root)
-    cfg.model.pretrained = absolute(cfg.model.pretrained)
+    if isinstance(cfg.model.pretrained, Path):
+        cfg.model.pretrained = absolute(cfg.model.pretrained)
     cfg.output.results_dir = absolute(cfg.output.results_dir)
     return cfg
 

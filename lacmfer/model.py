@@ -333,13 +333,33 @@ def load_trunk_weights(model: LACMFERNet, path: Path) -> None:
             the first offending keys and the expected shapes).
     """
     path = Path(path)
+    _require_resnet18_width(model, str(path))
+    load_trunk_state(model, _read_state_dict(path), str(path))
+
+
+def _require_resnet18_width(model: LACMFERNet, origin: str) -> None:
     stem = model.trunk.conv1.out_channels
     if stem != _RESNET18_STEM_CHANNELS:
         raise UserError(
-            f"{path}: a pretrained ResNet-18 trunk requires model width 1 "
+            f"{origin}: a pretrained ResNet-18 trunk requires model width 1 "
             f"(got width {model.width}: {stem} stem channels, ResNet-18 has 64)"
         )
-    source = _read_state_dict(path)
+
+
+def load_trunk_state(model: LACMFERNet, source: Mapping[str, Any], origin: str,
+                     resnet18: bool = False) -> None:
+    """Initialise `model.trunk` from a state dict with the trunk's (torchvision's) key names.
+
+    Any width loads when the shapes match (a pretext trunk trained at the model's width);
+    `resnet18=True` marks torchvision's own ResNet-18 weights, which need width 1.
+    `origin` names the weights in errors. Keys outside the trunk are ignored.
+
+    Raises:
+        UserError: width not 1 for ResNet-18 weights, or a trunk key missing or of the
+            wrong shape (the first offending keys and the expected shapes).
+    """
+    if resnet18:
+        _require_resnet18_width(model, origin)
     expected = model.trunk.state_dict()
     missing, mismatched = [], []
     loaded: dict[str, Tensor] = {}
@@ -362,8 +382,8 @@ def load_trunk_weights(model: LACMFERNet, path: Path) -> None:
         if mismatched:
             problems.append(f"wrong shapes: {_first_few(mismatched, 3)}")
         raise UserError(
-            f"{path}: not a torchvision ResNet-18 state dict: {'; '.join(problems)} "
+            f"{origin}: not a trunk state dict for this model: {'; '.join(problems)} "
             f"(expected the keys {', '.join(p.rstrip('.') for p in _TRUNK_PREFIXES)}.* "
-            "of torchvision.models.resnet18)"
+            f"of torchvision.models.resnet18 at width {model.width})"
         )
     model.trunk.load_state_dict(loaded, strict=True)

@@ -22,7 +22,8 @@ from lacmfer.config import ExperimentConfig
 from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, load_split_data
 from lacmfer.data.transforms import eval_transform, train_transform
 from lacmfer.errors import UserError
-from lacmfer.model import LACMFERNet, load_trunk_weights
+from lacmfer.model import LACMFERNet
+from lacmfer.pretrained import load_pretrained_trunk
 from lacmfer.schedules import cluster_weight, inverse_decay_scheduler
 from lacmfer.validators import (
     OBJECTIVE_METRIC_KEYS,
@@ -63,8 +64,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # model initialisation is part of the seed
         m = config.model
         self.model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks)
-        if m.pretrained is not None:
-            load_trunk_weights(self.model, m.pretrained)
+        load_pretrained_trunk(self.model, config, progress)
         self.model.to(self.device)
         if m.channels_last:
             self.model.to(memory_format=torch.channels_last)

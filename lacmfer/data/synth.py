@@ -47,7 +47,7 @@ from tqdm import tqdm
 from lacmfer.data.domains import CLASSES, DOMAIN_NAMES, DOMAINS, NUM_CLASSES
 from lacmfer.errors import UserError, exit_on_user_error
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 META_FILE = "synthfer.json"
 SCALES: tuple[str, ...] = ("tiny", "small", "full")
 
@@ -55,6 +55,10 @@ SCALES: tuple[str, ...] = ("tiny", "small", "full")
 NATIVE_SIZE: dict[str, int] = {"tiny": 64, "small": 128, "full": 256}
 FER_SIZE = 48
 SUPERSAMPLE = 2  # shapes are drawn at 2x and box-filtered down: cheap anti-aliasing
+# Face-crop geometry (see `face_placement`): at style scale 1 the face outline, crown to
+# chin, is FACE_FILL frame heights; its origin sits FACE_ANCHOR half-heights above centre.
+FACE_FILL = 1.04
+FACE_ANCHOR = 0.05
 
 # Images per domain (train + test) and the per-class minimum of every list, for the
 # scaled-down sets; `full` uses the real counts as they are.
@@ -98,8 +102,8 @@ class DomainStyle:
     subjects: int  # size of the subject pool; 0 = a fresh identity per image
     roll_deg: float  # std of the in-plane rotation
     yaw: float  # max |yaw| (feature shift, 1 = strong profile-ish turn)
-    scale: tuple[float, float]  # face size relative to the frame
-    shift: float  # max centre offset, fraction of the frame
+    scale: tuple[float, float]  # face height (crown to chin) in frame heights, over FACE_FILL
+    shift: float  # max offset of the crop centre, fraction of the frame
     rise: float  # the dataset's crop convention: face centre above (+) or below the frame centre
     clutter: bool  # cluttered, blurred background vs a plain studio backdrop
     backdrop: tuple[float, float]  # plain backdrop grey level range (0-255)
@@ -111,34 +115,38 @@ class DomainStyle:
 
 
 STYLES: dict[str, DomainStyle] = {
-    # Lab sets: frontal, studio light, posed strong expressions, grayscale, each with its
-    # own crop convention. CK: a portrait with shoulders on a mid-grey backdrop.
+    # Every set is a face crop, as a face detector or landmark alignment leaves it: the
+    # face fills the frame (`scale` 1: the outline, crown to chin, is 1.04 frame heights,
+    # so the hair top is cut and the ears touch the sides). The sets differ in how tight
+    # the crop is and how much its position and size jitter (`scale`, `shift`, `rise`).
+    # Lab sets: frontal, studio light, posed strong expressions, grayscale. CK: a
+    # mid-grey backdrop shows at the corners.
     "CK": DomainStyle(grayscale=True, intensity=(0.75, 1.05), blend_prob=0.12, label_noise=0.0, subjects=120,
-                      roll_deg=2.0, yaw=0.05, scale=(0.68, 0.76), shift=0.02, rise=0.0, clutter=False,
+                      roll_deg=2.0, yaw=0.05, scale=(0.84, 0.94), shift=0.03, rise=0.0, clutter=False,
                       backdrop=(70, 140), light=0.15, occlusion=0.0, glasses=0.05, noise=1.5, blur=(0.0, 0.4)),
-    # JAFFE: ten subjects, a light backdrop, light from above, the face larger and higher.
+    # JAFFE: ten subjects, a light backdrop, light from above, the crop a little tighter and the face higher.
     "JAFFE": DomainStyle(grayscale=True, intensity=(0.55, 0.95), blend_prob=0.15, label_noise=0.0, subjects=10,
-                         roll_deg=2.0, yaw=0.05, scale=(0.8, 0.86), shift=0.02, rise=0.05, clutter=False,
+                         roll_deg=2.0, yaw=0.05, scale=(0.88, 0.96), shift=0.02, rise=0.03, clutter=False,
                          backdrop=(175, 225), light=0.25, occlusion=0.0, glasses=0.0, noise=1.0, blur=(0.3, 0.7)),
-    # Oulu (near-infrared-like): active frontal light, dark, low contrast, sensor noise.
+    # Oulu (near-infrared-like): active frontal light, dark, low contrast, sensor noise; the face a little lower.
     "Oulu": DomainStyle(grayscale=True, intensity=(0.7, 1.0), blend_prob=0.12, label_noise=0.0, subjects=80,
-                        roll_deg=3.0, yaw=0.08, scale=(0.84, 0.9), shift=0.03, rise=-0.04, clutter=False,
+                        roll_deg=3.0, yaw=0.08, scale=(0.86, 0.96), shift=0.03, rise=-0.02, clutter=False,
                         backdrop=(5, 25), light=0.1, occlusion=0.0, glasses=0.2, noise=5.0, blur=(0.3, 0.7)),
-    # In the wild: pose, scale, clutter, lighting, occluders, subtler expressions, noisy
-    # labels. RAF's crops are aligned on facial landmarks, so roll and offsets stay small;
-    # yaw, clutter and photometry vary.
+    # In the wild: pose, clutter, lighting, occluders, subtler expressions, noisy labels.
+    # RAF's crops are aligned on facial landmarks, so roll, offset and size barely vary;
+    # yaw, clutter and photometry do.
     "RAF": DomainStyle(grayscale=False, intensity=(0.45, 1.0), blend_prob=0.3, label_noise=0.06, subjects=0,
-                       roll_deg=3.0, yaw=0.4, scale=(0.9, 0.98), shift=0.02, rise=0.0, clutter=True,
+                       roll_deg=3.0, yaw=0.4, scale=(0.92, 1.0), shift=0.015, rise=0.0, clutter=True,
                        backdrop=(0, 255), light=0.5, occlusion=0.25, glasses=0.15, noise=2.0, blur=(0.0, 0.6)),
     # FER2013: tight, roughly centred 48x48 crops, grayscale, low resolution upsampled,
     # uneven contrast.
     "FER2013": DomainStyle(grayscale=True, intensity=(0.45, 1.0), blend_prob=0.3, label_noise=0.10, subjects=0,
-                           roll_deg=5.0, yaw=0.45, scale=(1.05, 1.15), shift=0.03, rise=0.02, clutter=True,
+                           roll_deg=5.0, yaw=0.45, scale=(0.92, 1.06), shift=0.04, rise=0.01, clutter=True,
                            backdrop=(0, 255), light=0.5, occlusion=0.2, glasses=0.15, noise=3.0, blur=(0.0, 0.3)),
-    # AffectNet: detector crops, not aligned: the widest offset, yaw and framing, warm
-    # colour, the most blended expressions.
+    # AffectNet: detector crops, not aligned: the widest jitter of offset and size, yaw,
+    # warm colour, the most blended expressions.
     "Aff": DomainStyle(grayscale=False, intensity=(0.45, 1.0), blend_prob=0.35, label_noise=0.08, subjects=0,
-                       roll_deg=5.0, yaw=0.55, scale=(0.95, 1.15), shift=0.035, rise=-0.03, clutter=True,
+                       roll_deg=5.0, yaw=0.55, scale=(0.82, 1.06), shift=0.06, rise=-0.02, clutter=True,
                        backdrop=(0, 255), light=0.6, occlusion=0.25, glasses=0.2, noise=2.5, blur=(0.0, 0.8)),
 }
 
@@ -633,6 +641,19 @@ def _finish(img: Image.Image, rng: np.random.Generator, domain: str, style: Doma
     return Image.fromarray(np.clip(y, 0, 255).round().astype(np.uint8))
 
 
+def face_placement(rng: np.random.Generator, style: DomainStyle, canvas: int) -> tuple[float, float, float]:
+    """Where a face detector's crop puts the face: (x, y of the face origin, half-height), in pixels.
+
+    The face origin (face units 0, 0) sits FACE_ANCHOR half-heights above the frame centre,
+    which puts the eyes at ~40 % and the mouth at ~72 % of the height like aligned crops;
+    the domain's crop convention moves it (`rise`), and each image jitters its position
+    (`shift`) and size (`scale`).
+    """
+    half_h = FACE_FILL / 2 * canvas * rng.uniform(*style.scale)
+    cx, cy = (0.5 + rng.uniform(-style.shift, style.shift, 2)) * canvas
+    return cx, cy - FACE_ANCHOR * half_h - style.rise * canvas, half_h
+
+
 def render_sample(seed: int, domain: str, list_index: int, index: int, label: int, size: int) -> Image.Image:
     """Render image `index` of a list (listed class `label`) at `size` px: an "L" or "RGB" PIL image.
 
@@ -645,13 +666,16 @@ def render_sample(seed: int, domain: str, list_index: int, index: int, label: in
     else:
         idt = sample_identity(rng, domain, style)
     shown = shown_class(rng, label, style)
-    actions = sample_actions(rng, shown, style, idt)
     canvas = (FER_SIZE * 2 if domain == "FER2013" else size) * SUPERSAMPLE
+    return _render(rng, domain, style, idt, shown, canvas, size)
+
+
+def _render(rng: np.random.Generator, domain: str, style: DomainStyle, idt: Identity, shown: int,
+            canvas: int, size: int) -> Image.Image:
+    """Draw `idt` showing class `shown` in a domain's style on a `canvas` px frame, finished at `size` px."""
+    actions = sample_actions(rng, shown, style, idt)
     img = _background(rng, canvas, style)
-    face = rng.uniform(*style.scale)
-    cx, cy = (0.5 + rng.uniform(-style.shift, style.shift, 2)) * canvas
-    half_h = 0.38 * canvas * face  # face half-height in pixels; scale 1 fills 76 % of the frame
-    painter = _Painter(ImageDraw.Draw(img), cx, cy - 0.1 * half_h - style.rise * canvas, half_h,
+    painter = _Painter(ImageDraw.Draw(img), *face_placement(rng, style, canvas),
                        math.radians(float(np.clip(rng.normal(0, style.roll_deg), -2.5 * style.roll_deg,
                                                   2.5 * style.roll_deg))),
                        rng.uniform(-style.yaw, style.yaw))
@@ -659,6 +683,32 @@ def render_sample(seed: int, domain: str, list_index: int, index: int, label: in
     if rng.random() < style.occlusion:
         _draw_occluder(painter, idt, rng)
     return _finish(img, rng, domain, style, size)
+
+
+# ----------------------------------------------------------------------------- pretext identities
+
+# Face-identification pretraining (lacmfer/pretext.py) needs people no domain shows, as
+# MS-Celeb's celebrities are not in the FER sets. They come from their own seed stream
+# (domain number PRETEXT_STREAM, which no domain has), so they are disjoint from every
+# domain's subject pool and from the fresh identities of the wild sets. Their photos are
+# web-like: colour, cluttered, any expression at any intensity, varied pose and crop.
+PRETEXT = "pretext"
+PRETEXT_STREAM = len(DOMAIN_NAMES)
+PRETEXT_STYLE = DomainStyle(grayscale=False, intensity=(0.0, 1.0), blend_prob=0.3, label_noise=0.0, subjects=0,
+                            roll_deg=4.0, yaw=0.45, scale=(0.84, 1.04), shift=0.04, rise=0.0, clutter=True,
+                            backdrop=(0, 255), light=0.5, occlusion=0.1, glasses=0.15, noise=2.0, blur=(0.0, 0.6))
+
+
+def pretext_identity(seed: int, number: int) -> Identity:
+    """Pretext person `number`: never a subject or a drawn identity of any domain."""
+    return sample_identity(np.random.default_rng([seed, PRETEXT_STREAM, 2, number]), PRETEXT, PRETEXT_STYLE)
+
+
+def render_pretext_sample(seed: int, person: Identity, number: int, index: int, size: int) -> Image.Image:
+    """Photo `index` of pretext person `number` (`person = pretext_identity(seed, number)`), an RGB image."""
+    rng = np.random.default_rng([seed, PRETEXT_STREAM, 0, number, index])
+    shown = int(rng.integers(0, NUM_CLASSES))
+    return _render(rng, PRETEXT, PRETEXT_STYLE, person, shown, size * SUPERSAMPLE, size)
 
 
 # ----------------------------------------------------------------------------- writing
