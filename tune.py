@@ -116,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from lacmfer.data.manifest import ensure_data
+    from lacmfer.pretrained import ensure_pretrained
     from search.driver import run_search
 
     ensure_data(cfg.data)  # generate SynthFER once here, not in every trial
+    ensure_pretrained(cfg)  # download or train the trunk weights once, too
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
     export(cfg)
     unfinished = [o.target for o in outcomes if not o.finished]

@@ -76,7 +76,7 @@ def render_pretext_set(pretext: PretextConfig, size: int, progress: bool = True)
     per = pretext.images_per_identity + _HELD_OUT_PER_IDENTITY
     people = list(range(pretext.identities))
     chunks = [people[i:i + 8] for i in range(0, len(people), 8)]
-    workers = min(os.cpu_count() or 1, 8) if len(people) * per >= 1500 else 1
+    workers = min(os.cpu_count() or 1, 8) if len(people) * per >= 600 else 1  # spawning costs ~1 s
     parts = []
     with tqdm(total=len(people) * per, desc="pretext photos", unit="img", disable=not progress) as bar:
         if workers == 1:
