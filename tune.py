@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     print(f"\nresults:     {cfg.experiment_dir}")
     print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
-    print(f"final:       python -m lacmfer.train --config {cfg.experiment_dir / 'best'}/<target>.yaml --seeds 0 1 2")
+    print(f"final:       python -m lacmfer.train --experiment {cfg.experiment_dir} --seeds 0 1 2 --baseline source_only")
     if unfinished or not_started:
         print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
               f"Continue with: python tune.py --resume --name {cfg.output.name}"
