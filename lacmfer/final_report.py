@@ -176,26 +176,27 @@ def bar_chart(path: Path, results: Sequence[dict[str, Any]], targets: Sequence[s
     cells = {(c.target, c.method): c for c in table_cells(results, targets, methods)}
     groups = [*targets, MEAN_ROW]
     width = 0.8 / len(methods)
-    fig, axes = plt.subplots(1, 2, figsize=BAR_CHART_SIZE_IN, sharey=True)
-    for ax, statistic in zip(axes, ("selected", "last"), strict=True):
-        for i, method in enumerate(methods):
-            means = [100 * cells[g, method].values[statistic][0] for g in groups]
-            stds = [100 * cells[g, method].values[statistic][1] for g in groups]
-            xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
-            ax.bar(xs, [m if math.isfinite(m) else 0.0 for m in means], width,
-                   yerr=[s if math.isfinite(s) else 0.0 for s in stds], capsize=3, label=method)
-        ax.set_xticks(range(len(groups)), groups)
-        title = f"selected by {objective}" if statistic == "selected" else "last step"
-        ax.set_title(f"target accuracy, {title}")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("target test accuracy (%)")
-    axes[0].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=BAR_CHART_DPI)
-    plt.close(fig)
-    tmp.replace(path)
+    with plt.style.context("ggplot"):  # the look of the search's pictures (search.plots)
+        fig, axes = plt.subplots(1, 2, figsize=BAR_CHART_SIZE_IN, sharey=True)
+        for ax, statistic in zip(axes, ("selected", "last"), strict=True):
+            for i, method in enumerate(methods):
+                means = [100 * cells[g, method].values[statistic][0] for g in groups]
+                stds = [100 * cells[g, method].values[statistic][1] for g in groups]
+                xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
+                ax.bar(xs, [m if math.isfinite(m) else 0.0 for m in means], width,
+                       yerr=stds, capsize=3, label=method)  # a NaN std draws no error bar
+            ax.set_xticks(range(len(groups)), groups)
+            title = f"selected by {objective}" if statistic == "selected" else "last step"
+            ax.set_title(f"target accuracy, {title}")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylabel("target test accuracy (%)")
+        axes[0].legend()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=BAR_CHART_DPI)
+        plt.close(fig)
+        tmp.replace(path)
 
 
 def write_report(final_dir: Path, name: str, results: Sequence[dict[str, Any]], targets: Sequence[str],

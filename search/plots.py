@@ -29,6 +29,7 @@ from search.analysis import LABEL_FREE_VALIDATORS, OBJECTIVE_KEY, ORACLE_METRIC,
 
 PLOTS_DIR = "plots"
 FIGURE_SIZE_IN, DPI = (8.0, 4.5), 100
+STYLE = "ggplot"  # the style Optuna's matplotlib plots set, so every picture looks alike
 #: The pictures of a split: file-name kind → title in summary.md.
 PICTURES = {
     "history": "objective per trial, best so far",
@@ -83,11 +84,12 @@ def plot_history(study: optuna.Study, objective: str, path: Path) -> Path | None
         return None
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    with warnings.catch_warnings():
+    # The style context also undoes Optuna's global `plt.style.use` when it ends.
+    with warnings.catch_warnings(), _pyplot().style.context(STYLE):
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
         ax = plot_optimization_history(study, target_name=objective)
-    ax.set_title(f"{objective} of each complete trial, best so far")
-    return _save(ax.figure, path)
+        ax.set_title(f"{objective} of each complete trial, best so far")
+        return _save(ax.figure, path)
 
 
 def plot_importance(study: optuna.Study, path: Path) -> Path | None:
@@ -98,10 +100,10 @@ def plot_importance(study: optuna.Study, path: Path) -> Path | None:
         return None
     from optuna.visualization.matplotlib import plot_param_importances
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pyplot().style.context(STYLE):
         warnings.simplefilter("ignore")  # experimental backend; small studies warn about accuracy
         ax = plot_param_importances(study)
-    return _save(ax.figure, path)
+        return _save(ax.figure, path)
 
 
 def plot_learning_curves(records: Sequence[TrialRecord], objective: str, path: Path) -> Path | None:
@@ -110,20 +112,21 @@ def plot_learning_curves(records: Sequence[TrialRecord], objective: str, path: P
     if not curves:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots()
-    for record in curves:
-        steps = [report.get("step", i) for i, report in enumerate(record.history, start=1)]
-        values = [report.get(OBJECTIVE_KEY, math.nan) for report in record.history]
-        ax.plot(steps, values, marker="o", markersize=3, color=STATUS_COLOURS[record.status], alpha=0.8)
-    for status, colour in STATUS_COLOURS.items():
-        count = sum(r.status == status for r in curves)
-        ax.plot([], [], color=colour, label=f"{status} ({count})")
-    ax.set_xlabel("step")
-    ax.set_ylabel(objective)
-    ax.set_title(f"learning curves: {objective} at each evaluation")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots()
+        for record in curves:
+            steps = [report.get("step", i) for i, report in enumerate(record.history, start=1)]
+            values = [report.get(OBJECTIVE_KEY, math.nan) for report in record.history]
+            ax.plot(steps, values, marker="o", markersize=3, color=STATUS_COLOURS[record.status], alpha=0.8)
+        for status, colour in STATUS_COLOURS.items():
+            count = sum(r.status == status for r in curves)
+            ax.plot([], [], color=colour, label=f"{status} ({count})")
+        ax.set_xlabel("step")
+        ax.set_ylabel(objective)
+        ax.set_title(f"learning curves: {objective} at each evaluation")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return _save(fig, path)
 
 
 def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str, float]], objective: str,
@@ -134,16 +137,17 @@ def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str,
         return None
     correlation = dict(ranking)
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(pairs), sharey=True)
-    for ax, (name, (xs, ys)) in zip(axes, pairs.items(), strict=True):
-        ax.scatter(xs, ys, s=8, alpha=0.6, color="tab:blue" if name != objective else "tab:purple")
-        rho = correlation.get(name, math.nan)
-        ax.set_title(f"{name}{' (objective)' if name == objective else ''}\nρw = "
-                     + (f"{rho:.2f}" if math.isfinite(rho) else "n/a"), fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("target test accuracy (ORACLE)")
-    fig.suptitle("validators against oracle target accuracy, every evaluation of every trial", fontsize=10)
-    return _save(fig, path)
+    with plt.style.context(STYLE):
+        fig, axes = plt.subplots(1, len(pairs), sharey=True)
+        for ax, (name, (xs, ys)) in zip(axes, pairs.items(), strict=True):
+            ax.scatter(xs, ys, s=8, alpha=0.6, color="tab:blue" if name != objective else "tab:purple")
+            rho = correlation.get(name, math.nan)
+            ax.set_title(f"{name}{' (objective)' if name == objective else ''}\nρw = "
+                         + (f"{rho:.2f}" if math.isfinite(rho) else "n/a"), fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes[0].set_ylabel("target test accuracy (ORACLE)")
+        fig.suptitle("validators against oracle target accuracy, every evaluation of every trial", fontsize=10)
+        return _save(fig, path)
 
 
 def write_search_plots(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],

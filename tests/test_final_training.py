@@ -220,6 +220,7 @@ def crash_worker_at_second_evaluation_once(run: FinalRun) -> dict:
     """A Ray task body whose first attempt SIGKILLs its worker process, as a lost node would."""
     marker = run.run_dir.parent / f"{run.run_dir.name}.crashed"
     if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
         evaluate, calls = Trainer.evaluate, []
 
