@@ -236,6 +236,7 @@ class SearchConfig(_Section):
 
 class ResourcesConfig(_Section):
     cpu: Annotated[float, Field(gt=0.0)] = 1.0
+    # GPUs per search trial: 0 (train on the CPU), a share of one GPU, or 1 (see lacmfer/device.py).
     gpu: Annotated[float, Field(ge=0.0)] = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -243,9 +244,11 @@ class ResourcesConfig(_Section):
 
     @field_validator("gpu")
     @classmethod
-    def _fractional_or_whole(cls, gpu: float) -> float:
-        if gpu > 1 and not gpu.is_integer():
-            raise ValueError(f"a trial uses a fraction of one GPU or whole GPUs (got {gpu})")
+    def _at_most_one(cls, gpu: float) -> float:
+        # A trial trains one model on one device: a second GPU would be reserved and idle.
+        if gpu > 1:
+            raise ValueError("a trial trains on one device: ask for a fraction of one GPU or 1 "
+                             "(fractions pack several trials on one GPU)")
         return gpu
 
 

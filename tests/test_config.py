@@ -54,7 +54,8 @@ def test_overrides_are_parsed_as_yaml_and_validated(write):
         ("search: {space: {bogus: {distribution: uniform, low: 0, high: 1}}}\n", [], r"unknown search parameter 'bogus'"),
         ("search: {space: {cluster_gamma: {distribution: uniform, low: 1, high: 2, only_if: {cluster_ramp: sigmoid}}}}\n",
          [], r"only_if names 'cluster_ramp', which is not a choice"),
-        ("resources: {gpu: 1.5}\n", [], r"fraction of one GPU or whole GPUs"),
+        ("resources: {gpu: 1.5}\n", [], r"resources\.gpu: a trial trains on one device"),
+        ("resources: {gpu: 2}\n", [], r"resources\.gpu: a trial trains on one device.*\(got 2\)"),
     ],
 )
 def test_bad_configs_name_file_and_key(write, text, overrides, pattern):
