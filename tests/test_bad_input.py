@@ -108,3 +108,16 @@ def test_tune_builds_every_cache_before_ray_starts(synth_tiny, tmp_path, monkeyp
         tune.main(["--config", str(path)])
     assert caches_at_search_start == sorted(["CK", "JAFFE", "Oulu", "RAF_train", "RAF_test", "FER2013_train",
                                              "FER2013_test", "Aff_train", "Aff_test"])
+
+
+def test_tune_refuses_cuda_trials_that_reserve_no_gpu(synth_tiny, tmp_path, capsys, monkeypatch):
+    cfg = tiny_config(synth_tiny, resources={"device": "cuda", "gpu": 0},
+                      output={"results_dir": str(tmp_path / "results"), "name": "cuda"})
+    path = tmp_path / "cuda.yaml"
+    save_config(cfg, path)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("tune.py started Ray"))
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(["--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: resources.device: 'cuda' but resources.gpu is 0") and err.count("\n") == 1
