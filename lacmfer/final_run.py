@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from lacmfer.config import ExperimentConfig, save_config
 from lacmfer.data.loaders import SplitData
+from lacmfer.device import Placement
 from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
@@ -87,15 +88,17 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = False) -> dict[str, Any]:
+def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = False,
+              placement: Placement | None = None) -> dict[str, Any]:
     """Train `run` to its end (or its divergence), continuing from its saved state if any.
 
     Returns what `metrics.json` holds. The evaluation the objective selects is the one
     with the highest finite objective, the earliest on ties; its weights are saved when
-    it is reached, so they are there however the run ends.
+    it is reached, so they are there however the run ends. `placement`: where to train
+    (default: `resources.device`, see `lacmfer.device`).
     """
     cfg, out = run.config, run.run_dir
-    trainer = Trainer(cfg, run.target, data=data, progress=progress)
+    trainer = Trainer(cfg, run.target, data=data, progress=progress, placement=placement)
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
     resumed_at: list[int] = []

@@ -18,6 +18,7 @@ table goes to `final/report.md` and `final/report.parquet` (see `lacmfer.final_r
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import typing
@@ -28,8 +29,7 @@ from typing import Any
 
 from lacmfer.config import ExperimentConfig, LossConfig, load_config
 from lacmfer.data.domains import DOMAIN_NAMES
-from lacmfer.data.loaders import SplitData, load_split_data
-from lacmfer.data.manifest import ensure_data
+from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.final_report import write_report
 from lacmfer.final_run import STATE_FILE, FinalRun, failed_result, read_result, result_line, train_run
@@ -176,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     check_fresh(plan, args.resume)
     if plan.objective == "oracle_target_acc":
         print("note: the objective is oracle_target_acc (selection on target TEST labels)", file=sys.stderr)
+    # Before any run (and before Ray): SynthFER is generated once, a bad list or image is
+    # one `file:line` error, and the runs open the caches built here.
     for data_config in {r.config.data.root: r.config.data for r in plan.runs}.values():
-        ensure_data(data_config)  # generate SynthFER once here, not in every run
+        cache_every_list(data_config, workers=min(8, os.cpu_count() or 1), progress=not args.no_progress)
 
     results: dict[str, dict[str, Any]] = {}
     todo = []

@@ -216,7 +216,7 @@ def test_diverging_run_is_reported_as_such(synth_tiny, tmp_path, capsys):
     assert "| CK | n/a (n=0) |" in report and "CK/lacmfer/seed0 diverged" in report
 
 
-def crash_worker_at_second_evaluation_once(run: FinalRun) -> dict:
+def crash_worker_at_second_evaluation_once(run: FinalRun, **kwargs) -> dict:
     """A Ray task body whose first attempt SIGKILLs its worker process, as a lost node would."""
     marker = run.run_dir.parent / f"{run.run_dir.name}.crashed"
     if not marker.exists():
@@ -231,7 +231,7 @@ def crash_worker_at_second_evaluation_once(run: FinalRun) -> dict:
             return evaluate(self)
 
         Trainer.evaluate = evaluate_then_die
-    return train_run(run)
+    return train_run(run, **kwargs)
 
 
 @pytest.fixture(scope="module")

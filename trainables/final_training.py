@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ray
+import torch
 
+from lacmfer.device import out_of_memory_message, scheduled_placement
 from lacmfer.errors import UserError
 from lacmfer.final_run import FinalRun, failed_result, train_run
+from trainables.lacmfer_trainable import ray_gpu_assignment
 
 # A local Ray started here needs no token (Ray 2.60 writes one and warns otherwise);
 # never set when joining a cluster, which may use token authentication.
@@ -48,19 +51,18 @@ def ray_connection(address: str | None) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
-def _run_task(run: FinalRun, train: Callable[[FinalRun], dict[str, Any]]) -> dict[str, Any]:
-    """Inside the task: the device and threads of the resources Ray gave it, then train."""
-    resources = run.config.resources
-    values: dict[str, Any] = {}
-    if resources.threads is None:  # as many torch threads as whole CPUs asked, not the node's cores
-        values["resources.threads"] = int(max(1.0, resources.cpu))
-    if resources.device == "auto" and not ray.get_gpu_ids():
-        # Ray shows every GPU to a task that asked for none: it must not use them.
-        values["resources.device"] = "cpu"
-    if values:
-        run = FinalRun(run.target, run.method, run.seed, run.config.with_values(values, source="task resources"),
-                       run.run_dir)
-    return train(run)
+def _run_task(run: FinalRun, train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Inside the task: the threads and the device of the resources Ray gave it, then train."""
+    if run.config.resources.threads is None:  # as many torch threads as whole CPUs asked, not the node's cores
+        threads = int(max(1.0, run.config.resources.cpu))
+        config = run.config.with_values({"resources.threads": threads}, source="task resources")
+        run = FinalRun(run.target, run.method, run.seed, config, run.run_dir)
+    # The GPU Ray assigned (with its memory share), else the CPU, as for a search trial.
+    placement = scheduled_placement(run.config.resources.device, *ray_gpu_assignment())
+    try:
+        return train(run, placement=placement)
+    except torch.cuda.OutOfMemoryError as err:
+        raise RuntimeError(out_of_memory_message(placement)) from err
 
 
 def _check_placeable(runs: Sequence[FinalRun]) -> None:
@@ -80,12 +82,13 @@ def _check_placeable(runs: Sequence[FinalRun]) -> None:
 
 def run_on_ray(runs: Sequence[FinalRun], *, address: str | None = None, retries: int = 1,
                on_result: Callable[[dict[str, Any]], None] = lambda result: None,
-               train: Callable[[FinalRun], dict[str, Any]] = train_run) -> list[dict[str, Any]]:
+               train: Callable[..., dict[str, Any]] = train_run) -> list[dict[str, Any]]:
     """Train every run as a Ray task; `on_result` sees each result as its run ends.
 
     Results come back in the order of `runs`. A run still failing after `retries`
     retries gets a `failed` result (nothing written: `--resume` tries it again).
-    `train` is what a task calls (tests pass one that crashes its worker once).
+    `train` is what a task calls, as `train(run, placement=...)` (tests pass one that
+    crashes its worker once).
     """
     if not runs:
         return []
