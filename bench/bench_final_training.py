@@ -34,7 +34,7 @@ _RAY_CHILD = """
 import os, sys
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray
-ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False, logging_level="WARNING")
+ray.init(address="local", num_cpus=int(sys.argv[1]), include_dashboard=False, logging_level="WARNING")
 from lacmfer.train import main
 code = main(sys.argv[2:])
 ray.shutdown()

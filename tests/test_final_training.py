@@ -238,7 +238,9 @@ def crash_worker_at_second_evaluation_once(run: FinalRun, **kwargs) -> dict:
 def ray_session():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024**2)
+        # address="local": a new Ray even where another one on this machine would be joined
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=128 * 1024**2)
         try:
             yield
         finally:

@@ -40,8 +40,8 @@ def ray_connection(address: str | None) -> Iterator[None]:
     try:
         if address:
             ray.init(address=address, logging_level="WARNING")
-        else:
-            ray.init(include_dashboard=False, logging_level="WARNING")
+        else:  # "local": never join a Ray that something else started on this machine
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING")
         try:
             yield
         finally:
