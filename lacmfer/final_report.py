@@ -116,12 +116,12 @@ def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Seque
     oracle_objective = objective == "oracle_target_acc"
     lines = [f"# Final training: {name}", ""]
     if oracle_objective:
-        lines += ["> **ORACLE SELECTION: the objective is oracle_target_acc, i.e. the kept evaluation is chosen "
-                  "on target TEST labels. Not a valid unsupervised result.**", ""]
+        lines += [("> **ORACLE SELECTION: the objective is oracle_target_acc, i.e. the kept evaluation is chosen "
+                   "on target TEST labels. Not a valid unsupervised result.**"), ""]
     lines += [
         f"Target test accuracy (%), mean ± std over seeds {', '.join(map(str, seeds))}. "
         f"**selected**: at the evaluation with the best `{objective}` (its weights are `checkpoint_selected.pt`)"
-        + (" — ORACLE" if oracle_objective else ", a label-free choice") + "; **last step**: the weights of "
+        + (" — ORACLE" if oracle_objective else ", chosen without target labels") + "; **last step**: the weights of "
         "`checkpoint.pt`; **best of all evaluations (ORACLE)**: the highest target test accuracy of any "
         "evaluation, which only the test labels can pick (what the field's released code reports), for "
         "reference only. The mean row averages the targets; its ± is over seeds.",

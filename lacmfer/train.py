@@ -60,6 +60,9 @@ def _experiment_configs(exp_dir: Path, targets: Sequence[str] | None,
     saved = exp_dir / "config.yaml"
     order = load_config(saved).data.targets if saved.exists() else DOMAIN_NAMES
     wanted = list(targets) if targets else [t for t in order if t in found]
+    skipped = [t for t in order if t not in found and not targets]
+    if skipped and saved.exists():  # the export writes no config for a split without an exportable trial
+        print(f"note: no best config for {', '.join(skipped)} in {best}: not trained", file=sys.stderr)
     missing = [t for t in wanted if t not in found]
     if missing:
         raise UserError(f"{best}: no best config for {', '.join(missing)} (found: {', '.join(sorted(found)) or 'none'})")
