@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ from lacmfer.config import config_from_dict, load_config, save_config
 from lacmfer.errors import UserError
 from lacmfer.trainer import Trainer
 from search.driver import run_search
-from search.tuner import optuna_storage_url, study_name
+from search.analysis import read_result_json
+from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, optuna_storage_url, study_name
 from tests.conftest import REPO, tiny_config
 
 SPACE = {
@@ -99,6 +101,7 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
         assert study.trials[0].params["hyper_align"] == pytest.approx(0.4)
         states = {t.state for t in study.trials}
         assert len(study.trials) == 4 and states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+        assert_optuna_tells_what_tune_recorded(study, exp / target, [r for r in table if r["target"] == target])
 
         best = load_config(exp / "best" / f"{target}.yaml")
         assert best.data.targets == [target]
@@ -114,6 +117,30 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
         scalars = set(acc.Tags()["scalars"])
         assert {"loss/total", "validators/objective", "target/acc", "hparam/objective_best"} <= scalars
         assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+
+
+OPTUNA_STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED,
+                "diverged": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
+
+
+def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path, rows: list[dict]) -> None:
+    """Trial by trial, the study holds what Tune's result.json and trials.parquet hold (scope best):
+    every evaluation as an intermediate value at its training_iteration, the state, and the value."""
+    by_tune_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
+    assert sorted(by_tune_id) == sorted(r["trial_id"] for r in rows)
+    for row in rows:
+        trial = by_tune_id[row["trial_id"]]
+        history = read_result_json(split_dir / row["trial_id"] / "result.json")
+        told = {step: (None if math.isnan(v) else v) for step, v in trial.intermediate_values.items()}
+        recorded = {int(r["training_iteration"]): (None if math.isnan(r["objective"]) else r["objective"])
+                    for r in history}
+        assert told == recorded and len(told) == row["evaluations"], row["trial_id"]
+        assert trial.state == OPTUNA_STATE[row["status"]], row["trial_id"]
+        if row["status"] == "completed":
+            assert trial.value == row["objective_best"]
+        elif row["status"] == "stopped early":  # Optuna keeps a pruned trial's last value
+            assert trial.value == row["objective_last"]
+        assert (trial.constraints.get(DIVERGED_CONSTRAINT, 0.0) > 0) == (row["status"] == "diverged")
 
 
 def save_yaml(cfg, folder: Path) -> Path:
