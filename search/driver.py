@@ -90,6 +90,18 @@ def concurrent_slots(cfg: ExperimentConfig) -> int:
     return slots
 
 
+def default_max_concurrent(num_samples: int, slots: int) -> int:
+    """Trials at once when `search.max_concurrent` is unset: at most ⌊√num_samples⌋, at
+    least 1, and no more than fit on the cluster.
+
+    TPE proposes each trial from the results it has; a trial started while c others run
+    is proposed without their results. √n at once keeps both the batch width and the
+    number of rounds of feedback (n / c) at √n: 4 trials run 2 at a time, 16 run 4, 100
+    run 10, however big the cluster is.
+    """
+    return max(1, min(slots, math.isqrt(num_samples)))
+
+
 def prepare_experiment(cfg: ExperimentConfig, resume: bool) -> None:
     """Write the resolved config, refusing to mix a new search into an old folder."""
     exp_dir = cfg.experiment_dir
@@ -127,7 +139,8 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
 
 def _run_splits(cfg: ExperimentConfig, resume: bool) -> list[SplitOutcome]:
     slots = concurrent_slots(cfg)
-    max_concurrent = min(cfg.search.max_concurrent or slots, cfg.search.num_samples)
+    max_concurrent = min(cfg.search.max_concurrent or default_max_concurrent(cfg.search.num_samples, slots),
+                         cfg.search.num_samples)
     print(
         f"searching {len(cfg.data.targets)} split(s) × {cfg.search.num_samples} trials, "
         f"{max_concurrent} at a time (cpu {cfg.resources.cpu}, gpu {cfg.resources.gpu} per trial), "

@@ -81,3 +81,10 @@ def test_each_split_samples_its_own_start_up_points():
 
     seeds = {split_seed(0, t) for t in ("CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff")}
     assert len(seeds) == 6 and split_seed(0, "CK") == split_seed(0, "CK") != split_seed(1, "CK")
+
+
+def test_default_concurrency_is_the_square_root_of_the_trials_within_what_fits():
+    from search.driver import default_max_concurrent
+
+    assert [default_max_concurrent(n, slots=64) for n in (1, 3, 4, 16, 100)] == [1, 1, 2, 4, 10]
+    assert default_max_concurrent(100, slots=3) == 3  # never more than the cluster fits
