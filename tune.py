@@ -12,12 +12,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
+
+if TYPE_CHECKING:
+    from search.export import ExportSummary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,11 +95,12 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print(f"results: {cfg.experiment_dir}")
 
 
-def export(cfg: ExperimentConfig) -> None:
+def export(cfg: ExperimentConfig) -> ExportSummary:
     from search.export import export_experiment
 
     summary = export_experiment(cfg.experiment_dir)
     print(summary)
+    return summary
 
 
 @exit_on_user_error
@@ -120,16 +125,24 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_data(cfg.data)  # generate SynthFER once here, not in every trial
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    export(cfg)
+    summary = export(cfg)
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
+    # A split that finished with no usable trial (all failed or diverged) has no best config.
+    no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
     print(f"\nresults:     {cfg.experiment_dir}")
     print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
     print(f"final:       python -m lacmfer.train --config {cfg.experiment_dir / 'best'}/<target>.yaml --seeds 0 1 2")
+    for split in no_result:
+        counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
+        print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "
+              f"see {summary.summary} and each trial's error.txt under {cfg.experiment_dir / split.target}",
+              file=sys.stderr)
     if unfinished or not_started:
         print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
               f"Continue with: python tune.py --resume --name {cfg.output.name}"
               + (f" --results {cfg.output.results_dir}" if args.results else ""), file=sys.stderr)
+    if unfinished or not_started or no_result:
         return 1
     print("every split finished.")
     return 0

@@ -32,6 +32,7 @@ from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec, load_config,
 from lacmfer.errors import UserError
 from search.analysis import (
     LABEL_FREE_VALIDATORS,
+    MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
     ORACLE_METRIC,
     STATUSES,
@@ -264,7 +265,8 @@ def split_importances(exp_dir: Path, cfg: ExperimentConfig, target: str) -> tupl
     except (ValueError, RuntimeError) as err:  # importance is auxiliary: report, do not abort the export
         return {}, f"not available: {err}"
     if not importances:
-        return {}, f"not available: needs at least 2 complete trials and 2 varying parameters ({counts})"
+        return {}, (f"not computed: needs at least {MIN_COMPLETE_FOR_IMPORTANCE} complete trials and 2 varying "
+                    f"parameters ({counts}); too few trials rank parameters by chance")
     return importances, f"from {counts} (pruned and failed trials are left out)"
 
 

@@ -158,6 +158,19 @@ def test_fractional_gpus_pack_two_trials(synth_tiny, tmp_path, local_ray):
     assert overlapping(trial_times(cfg.experiment_dir, "CK")), "two half-GPU trials never ran at once"
 
 
+def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path, local_ray, capsys):
+    local_ray(num_cpus=2)
+    # lr 1e6 turns the weights NaN at once: every trial diverges at its first evaluation.
+    cfg = search_config(synth_tiny, tmp_path, "bad", data={"targets": ["CK"]}, schedule={"lr": 1e6},
+                        search={"num_samples": 2, "space": {"hyper_align": SPACE["hyper_align"]}})
+    from tune import main
+
+    assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "NO RESULT: split CK: every trial failed or diverged (2 diverged)" in err
+    assert not (cfg.experiment_dir / "best" / "CK.yaml").exists()
+
+
 def test_gpu_trials_without_gpus_fail_clearly(synth_tiny, tmp_path, local_ray):
     local_ray(num_cpus=2)
     cfg = search_config(synth_tiny, tmp_path, "nogpu", resources={"cpu": 1, "gpu": 0.25})

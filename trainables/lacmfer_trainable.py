@@ -136,6 +136,7 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
                 # lookup skips NaN. A finite sentinel would enter TPE's density model and
                 # the importance analysis as a real, extreme value.
                 metrics["objective"] = math.nan
+                logger.mark("diverged")
             logger.log(metrics, trainer.step_count)
             metrics["final_evaluation"] = float(trainer.step_count >= cfg.schedule.steps)
             metrics["diverged"] = float(diverged)
@@ -146,6 +147,12 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
             with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
                 save_checkpoint(Path(directory), trainer, logger.best)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    except Exception:
+        # Shown in the HParams table. Not for Tune's stop (SystemExit, below) or a
+        # resumed retry's purged steps: the mark is written at the failing step.
+        logger.mark("failed")
+        logger.log({}, trainer.step_count)
+        raise
     finally:
         # Also runs when Tune stops the trial: ASHA's stop raises SystemExit inside report().
         logger.close()
