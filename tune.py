@@ -75,9 +75,20 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
     path = exp_dir.absolute() / "config.yaml"
     if not path.exists():
         raise UserError(f"{path}: no experiment here (check --name and --results)")
-    # A resumed search may widen its splits or its trial budget, nothing else.
-    keep = [o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))]
-    return load_config(path, keep)
+    cfg = load_config(path)
+    if not args.resume:
+        return cfg
+    # A resumed search may widen its splits or its trial budget, nothing else; the driver
+    # saves the widened config, which the export then reads.
+    widened: dict[str, object] = {}
+    if args.targets:
+        widened["data.targets"] = cfg.data.targets + [t for t in args.targets if t not in cfg.data.targets]
+    if args.num_samples is not None:
+        if args.num_samples < cfg.search.num_samples:
+            raise UserError(f"--num-samples {args.num_samples}: {path} already runs {cfg.search.num_samples} "
+                            "trials per split; a resumed search can add trials, not remove them")
+        widened["search.num_samples"] = args.num_samples
+    return cfg.with_values(widened, source="--resume options") if widened else cfg
 
 
 def dry_run(cfg: ExperimentConfig) -> None:

@@ -222,6 +222,35 @@ def read_tune_experiment(path: Path, target: str) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.trial_id)
 
 
+def round_dir(exp_dir: Path, target: str, round_index: int) -> Path:
+    """The Tune experiment folder of one round of a split's search.
+
+    Round 1 is the split's folder `<exp>/<target>`; a resumed search given a larger
+    `num_samples` runs its extra trials as round k ≥ 2 in `<exp>/<target>/round-<k>`
+    (same Optuna study, a Tune experiment of its own), so every trial of a split stays
+    under its folder.
+    """
+    split_dir = Path(exp_dir) / target
+    return split_dir if round_index == 1 else split_dir / f"round-{round_index}"
+
+
+def round_dirs(exp_dir: Path, target: str) -> list[Path]:
+    """The Tune experiment folders of a split that exist, in round order."""
+    found, index = [], 1
+    while round_dir(exp_dir, target, index).is_dir():
+        found.append(round_dir(exp_dir, target, index))
+        index += 1
+    return found
+
+
+def read_split(exp_dir: Path, target: str) -> list[TrialRecord]:
+    """Every trial of every round of one split (see `round_dir`), round by round."""
+    dirs = round_dirs(exp_dir, target)
+    if not dirs:
+        raise UserError(f"{Path(exp_dir) / target}: no Tune experiment folder for split {target}")
+    return [record for path in dirs for record in read_tune_experiment(path, target)]
+
+
 # ---------------------------------------------------------------- validator ranking
 
 

@@ -39,7 +39,7 @@ from search.analysis import (
     TrialRecord,
     check_scope,
     param_importances,
-    read_tune_experiment,
+    read_split,
     select_best,
     validator_ranking,
 )
@@ -420,6 +420,6 @@ def export_experiment(exp_dir: Path, scope: str | None = None) -> ExportSummary:
     present = [t for t in cfg.data.targets if (exp_dir / t).is_dir()]
     if not present:
         raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
-    records = {t: read_tune_experiment(exp_dir / t, t) for t in present}
+    records = {t: read_split(exp_dir, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
     return write_export(exp_dir, cfg, records, scope, missing)

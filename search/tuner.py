@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from lacmfer.config import ExperimentConfig
+from search.analysis import round_dir
 from search.spaces import SearchSpace, default_point
 from trainables.lacmfer_trainable import lacmfer_trainable
 
@@ -122,10 +124,11 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
             pass
 
 
-def split_seed(seed: int, target: str) -> int:
+def split_seed(seed: int, target: str, round_index: int = 1) -> int:
     """The sampler seed of one split: reproducible, and different per split, so the splits'
-    random start-up trials do not all try the same points."""
-    return (seed * 1_000_003 + zlib.crc32(target.encode())) % 2**31
+    random start-up trials do not all try the same points (and per round of a widened
+    search, so a new round does not repeat the first round's random points)."""
+    return (seed * 1_000_003 + zlib.crc32(target.encode()) + round_index - 1) % 2**31
 
 
 def evaluations_per_trial(cfg: ExperimentConfig) -> int:
@@ -146,13 +149,16 @@ def trainable_for(cfg: ExperimentConfig, target: str) -> Any:
     return tune.with_resources(bound, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
 
 
-def run_config(cfg: ExperimentConfig, target: str) -> tune.RunConfig:
+def run_config(cfg: ExperimentConfig, target: str, round_index: int = 1,
+               callbacks: Sequence[tune.Callback] = ()) -> tune.RunConfig:
+    """Where and how Tune stores a round of a split (`search.analysis.round_dir`)."""
+    path = round_dir(cfg.experiment_dir, target, round_index)
     return tune.RunConfig(
-        name=target,
-        storage_path=str(cfg.experiment_dir),  # absolute: a relative path fails inside pyarrow
+        name=path.name,
+        storage_path=str(path.parent),  # absolute: a relative path fails inside pyarrow
         # Our own TensorBoard runs live in <trial>/tb; JSON and CSV keep Tune's records
         # without a second, duplicate set of TensorBoard curves.
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # Upload each trial's working folder (its tb/ events) with its checkpoints: on a
         # cluster, and for reused actors, it does not live in the storage folder otherwise.
@@ -162,13 +168,20 @@ def run_config(cfg: ExperimentConfig, target: str) -> tune.RunConfig:
     )
 
 
-def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune.Tuner:
-    """A fresh Tuner and Optuna study for `target`."""
+def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, round_index: int = 1,
+                num_samples: int | None = None, callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
+    """A fresh Tuner for `num_samples` trials (default: search.num_samples) of `target`.
+
+    Round 1 creates the split's Optuna study; a later round (a resumed search given a
+    larger num_samples) continues the same study, so TPE learns from every earlier
+    trial, in a Tune experiment of its own (`search.analysis.round_dir`). ASHA's rungs
+    start empty in each round: a new round's trials are cut against each other.
+    """
     s = cfg.search
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is stable in use
         sampler = optuna.samplers.TPESampler(
-            seed=split_seed(s.seed, target),
+            seed=split_seed(s.seed, target, round_index),
             multivariate=s.multivariate,
             group=s.multivariate,  # decomposes the conditional space (cluster_gamma)
             n_startup_trials=s.startup_trials,
@@ -178,7 +191,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune
         space=SearchSpace(s.space),
         metric=METRIC,
         mode=MODE,
-        points_to_evaluate=[default_point(cfg)] if s.start_from_defaults and s.space else None,
+        points_to_evaluate=[default_point(cfg)] if s.start_from_defaults and s.space and round_index == 1 else None,
         sampler=sampler,
         study_name=study_name(cfg, target),
         storage=optuna.storages.RDBStorage(optuna_storage_url(cfg.experiment_dir)),
@@ -198,21 +211,22 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune
             mode=MODE,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
             scheduler=scheduler,
-            num_samples=s.num_samples,
+            num_samples=num_samples or s.num_samples,
             # Safe: the trainable builds every piece of state (model, optimiser, RNG seeds,
             # TensorBoard writer) from its config, and only saves process start-up.
             reuse_actors=True,
             trial_name_creator=lambda trial: f"{target}_{trial.trial_id}",
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
-        run_config=run_config(cfg, target),
+        run_config=run_config(cfg, target, round_index, callbacks),
     )
 
 
-def restore_tuner(cfg: ExperimentConfig, target: str) -> tune.Tuner:
-    """Continue an interrupted split: finished trials kept, unfinished resumed, errored retried."""
+def restore_tuner(cfg: ExperimentConfig, target: str, path: Path) -> tune.Tuner:
+    """Continue the Tune experiment at `path` (a round of `target`): finished trials kept,
+    unfinished resumed, errored retried."""
     return tune.Tuner.restore(
-        str(cfg.experiment_dir / target),
+        str(path),
         trainable=trainable_for(cfg, target),
         resume_unfinished=True,
         resume_errored=True,

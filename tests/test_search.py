@@ -15,6 +15,7 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 import ray
+from ray import tune
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lacmfer.config import config_from_dict, load_config, save_config
@@ -149,13 +150,32 @@ def save_yaml(cfg, folder: Path) -> Path:
     return path
 
 
+class MostTrialsRunning(tune.Callback):
+    """The most trials Tune held RUNNING (resources placed) at once, seen at every start and result."""
+
+    def __init__(self) -> None:
+        self.most = 0
+
+    def _count(self, trials) -> None:
+        self.most = max(self.most, sum(t.status == "RUNNING" for t in trials))
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._count(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._count(trials)
+
+
 def test_fractional_gpus_pack_two_trials(synth_tiny, tmp_path, local_ray):
-    local_ray(num_cpus=2, num_gpus=1)  # a logical GPU: trials still train on the CPU
+    local_ray(num_cpus=4, num_gpus=1)  # a logical GPU: trials still train on the CPU
+    # CPUs for four trials, GPU shares for two: the GPU is what limits packing.
     cfg = search_config(synth_tiny, tmp_path, "gpu", data={"targets": ["CK"]},
-                        search={"asha": {"grace_period": 4}}, resources={"cpu": 1, "gpu": 0.5, "threads": 1})
-    outcomes = run_search(cfg)
+                        search={"max_concurrent": 4, "asha": {"grace_period": 4}},
+                        resources={"cpu": 1, "gpu": 0.5, "threads": 1})
+    running = MostTrialsRunning()
+    outcomes = run_search(cfg, callbacks=[running])
     assert outcomes[0].finished and outcomes[0].terminated == 4
-    assert overlapping(trial_times(cfg.experiment_dir, "CK")), "two half-GPU trials never ran at once"
+    assert running.most == 2, "two half-GPU trials must run at once, and never more on one GPU"
 
 
 def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path, local_ray, capsys):
@@ -199,42 +219,83 @@ def test_two_node_cluster_shares_storage(synth_tiny, tmp_path):
         assert list(trial.parent.glob("tb/events.out.tfevents.*")), f"{trial.parent} has no TensorBoard run"
 
 
-def test_resume_after_the_driver_is_killed(synth_tiny, tmp_path):
+def test_resume_after_the_driver_is_killed_widens_the_search(synth_tiny, tmp_path):
     cfg = search_config(synth_tiny, tmp_path, "resume", data={"targets": ["CK"]},
                         schedule={"steps": 24, "lr_decay_steps": 24}, eval={"interval": 6},
-                        search={"num_samples": 4, "max_concurrent": 1, "asha": {"grace_period": 4}})
+                        search={"num_samples": 3, "max_concurrent": 1, "asha": {"grace_period": 4}})
     config = save_yaml(cfg, tmp_path)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, str(REPO / "tune.py"), "--config", str(config)]
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    split = cfg.experiment_dir / "CK"
+    exp = cfg.experiment_dir
     deadline = time.time() + 240
 
-    def finished_trials() -> dict[str, int]:
+    def finished_trials(target: str) -> dict[str, int]:
         out = {}
-        for result in split.glob("*/result.json"):
+        for result in (exp / target).glob("**/result.json"):
             lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
             if lines and lines[-1].get("final_evaluation") == 1.0:
                 out[result.parent.name] = len(lines)
         return out
 
-    while len(finished_trials()) < 1 and time.time() < deadline and driver.poll() is None:
+    while len(finished_trials("CK")) < 1 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
-    before = finished_trials()
-    assert 1 <= len(before) < 4, "the driver must be killed mid-search"
+    before = finished_trials("CK")
+    assert 1 <= len(before) < 3, "the driver must be killed mid-search"
 
-    resumed = subprocess.run([*cmd[:2], "--resume", "--name", "resume", "--results", str(tmp_path)],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    # Widen it: one more trial per split, and a split it did not have.
+    resumed = subprocess.run([*cmd[:2], "--resume", "--name", "resume", "--results", str(tmp_path),
+                              "--num-samples", "4", "--targets", "RAF"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = finished_trials()
+    after = finished_trials("CK")
     for trial, reports in before.items():
         assert after[trial] == reports  # a finished trial was not run again
-    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage_url(cfg.experiment_dir))
-    assert len([t for t in study.trials if t.state.is_finished()]) >= 4
-    assert len(pq.read_table(cfg.experiment_dir / "trials.parquet")) == 4
+    saved = load_config(exp / "config.yaml")
+    assert saved.data.targets == ["CK", "RAF"] and saved.search.num_samples == 4
+    table = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert sorted(r["target"] for r in table) == ["CK"] * 4 + ["RAF"] * 4
+    assert (exp / "CK" / "round-2").is_dir() and (exp / "best" / "RAF.yaml").exists()
+    for target in ("CK", "RAF"):
+        study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(exp))
+        assert all(t.state.is_finished() for t in study.trials)  # none left RUNNING by the killed driver
+        told = {t.user_attrs[TUNE_TRIAL_ID] for t in study.trials if t.state != optuna.trial.TrialState.FAIL}
+        assert told == {r["trial_id"] for r in table if r["target"] == target}
+
+
+def test_closing_trials_a_killed_driver_left_running():
+    from search.driver import close_orphaned_trials
+
+    study = optuna.create_study()
+    resumes, lost, unnamed, done = (study.ask() for _ in range(4))
+    resumes.set_user_attr(TUNE_TRIAL_ID, "a")
+    lost.set_user_attr(TUNE_TRIAL_ID, "b")  # proposed after Tune's last snapshot
+    done.set_user_attr(TUNE_TRIAL_ID, "c")
+    study.tell(done, 0.5)
+    assert close_orphaned_trials(study, continuing={"a", "c"}) == 2
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL,
+                      optuna.trial.TrialState.COMPLETE]
+
+
+def test_a_second_driver_on_one_experiment_is_refused(synth_tiny, tmp_path, capsys):
+    from search.driver import experiment_lock
+    from tune import main
+
+    cfg = search_config(synth_tiny, tmp_path, "busy")
+    cfg.experiment_dir.mkdir(parents=True)
+    save_config(cfg, cfg.experiment_dir / "config.yaml")
+    with experiment_lock(cfg.experiment_dir):  # the first driver
+        with pytest.raises(SystemExit) as exit_:
+            main(["--resume", "--name", "busy", "--results", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"another tune.py (pid {os.getpid()}) is running this experiment" in err and "Traceback" not in err
+    with experiment_lock(cfg.experiment_dir):  # free again once the first driver is gone
+        pass
 
 
 def test_existing_experiment_is_not_overwritten(synth_tiny, tmp_path):
