@@ -3,7 +3,8 @@
 `export_experiment(results/<exp>)` reads what the search wrote
 
     config.yaml       the resolved base config (`load_config` reads it)
-    <target>/         one Tune experiment folder per split (listed in data.targets)
+    <target>/         one Tune experiment folder per split (listed in data.targets), with
+                      round-<k>/ folders when a resume added trials (`analysis.round_dir`)
     optuna.db         Optuna storage, one study per split named `<output.name>/<target>`
 
 and writes, each file atomically (temp file + rename), after everything was computed:
