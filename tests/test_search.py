@@ -126,12 +126,17 @@ OPTUNA_STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": 
 
 def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path, rows: list[dict]) -> None:
     """Trial by trial, the study holds what Tune's result.json and trials.parquet hold (scope best):
-    every evaluation as an intermediate value at its training_iteration, the state, and the value."""
+    every evaluation as an intermediate value at its training_iteration, the state, and the value.
+    Optuna trials that no Tune trial ran (closed on resume) must be FAIL."""
     by_tune_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
-    assert sorted(by_tune_id) == sorted(r["trial_id"] for r in rows)
+    assert len(by_tune_id) == len(study.trials)  # one Optuna trial per Tune trial
+    assert {r["trial_id"] for r in rows} <= set(by_tune_id)
+    ran = {r["trial_id"] for r in rows}
+    assert all(t.state == optuna.trial.TrialState.FAIL for tid, t in by_tune_id.items() if tid not in ran)
     for row in rows:
         trial = by_tune_id[row["trial_id"]]
-        history = read_result_json(split_dir / row["trial_id"] / "result.json")
+        [result_file] = split_dir.glob(f"**/{row['trial_id']}/result.json")  # in any round of the split
+        history = read_result_json(result_file)
         told = {step: (None if math.isnan(v) else v) for step, v in trial.intermediate_values.items()}
         recorded = {int(r["training_iteration"]): (None if math.isnan(r["objective"]) else r["objective"])
                     for r in history}
@@ -189,6 +194,10 @@ def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path,
     err = capsys.readouterr().err
     assert "NO RESULT: split CK: every trial failed or diverged (2 diverged)" in err
     assert not (cfg.experiment_dir / "best" / "CK.yaml").exists()
+    # Optuna was told so: PRUNED and infeasible, with the NaN evaluation recorded.
+    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage_url(cfg.experiment_dir))
+    table = pq.read_table(cfg.experiment_dir / "trials.parquet").to_pylist()
+    assert_optuna_tells_what_tune_recorded(study, cfg.experiment_dir / "CK", table)
 
 
 def test_gpu_trials_without_gpus_fail_clearly(synth_tiny, tmp_path, local_ray):
@@ -262,8 +271,7 @@ def test_resume_after_the_driver_is_killed_widens_the_search(synth_tiny, tmp_pat
     for target in ("CK", "RAF"):
         study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(exp))
         assert all(t.state.is_finished() for t in study.trials)  # none left RUNNING by the killed driver
-        told = {t.user_attrs[TUNE_TRIAL_ID] for t in study.trials if t.state != optuna.trial.TrialState.FAIL}
-        assert told == {r["trial_id"] for r in table if r["target"] == target}
+        assert_optuna_tells_what_tune_recorded(study, exp / target, [r for r in table if r["target"] == target])
 
 
 def test_closing_trials_a_killed_driver_left_running():
