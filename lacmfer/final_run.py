@@ -130,11 +130,12 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
                 # NaN weights still give finite accuracies (argmax of NaN is a fixed class): the
                 # objective must not select this evaluation.
                 metrics["objective"] = math.nan
+                status = "diverged"
+                logger.mark("diverged")  # the HParams table must not show it as a good run
             history.append(metrics)
             logger.log(metrics, trainer.step_count)
-            if diverged(metrics):
-                status = "diverged"  # the weights are NaN from here on: stop instead of wasting steps
-                break
+            if status == "diverged":
+                break  # the weights are NaN from here on: stop instead of wasting steps
             if metrics["objective"] > selected_objective:
                 selected_objective = metrics["objective"]
                 _save_atomic(_weights(trainer, run), out / SELECTED_WEIGHTS)

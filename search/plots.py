@@ -3,7 +3,7 @@
 - `<target>_history.png`: the objective of each complete trial in trial order with the best
   so far (Optuna's `plot_optimization_history`, from the split's study);
 - `<target>_importance.png`: hyperparameter importance (Optuna's `plot_param_importances`,
-  complete trials only, as in the summary's table);
+  complete trials only, with the evaluator and minimum of the summary's table);
 - `<target>_curves.png`: every trial's objective at each evaluation, coloured by status
   (completed, stopped early, diverged; from the trials' `result.json`);
 - `<target>_validators.png`: each label-free validator against the oracle target accuracy
@@ -25,7 +25,15 @@ from typing import Any
 import optuna
 
 from lacmfer.config import ExperimentConfig
-from search.analysis import LABEL_FREE_VALIDATORS, OBJECTIVE_KEY, ORACLE_METRIC, TrialRecord, evaluation_pairs
+from search.analysis import (
+    LABEL_FREE_VALIDATORS,
+    OBJECTIVE_KEY,
+    ORACLE_METRIC,
+    TrialRecord,
+    evaluation_pairs,
+    importance_evaluator,
+    param_importances,
+)
 
 PLOTS_DIR = "plots"
 FIGURE_SIZE_IN, DPI = (8.0, 4.5), 100
@@ -93,16 +101,15 @@ def plot_history(study: optuna.Study, objective: str, path: Path) -> Path | None
 
 
 def plot_importance(study: optuna.Study, path: Path) -> Path | None:
-    """Optuna's importance bars; None when fewer than 2 complete trials or varying parameters."""
-    complete = _complete(study)
-    varying = {name for t in complete for name, dist in t.distributions.items() if not dist.single()}
-    if len(complete) < 2 or len(varying) < 2:
+    """Optuna's importance bars, by the evaluator and rule of the summary's table
+    (`search.analysis.param_importances`); None where that table has none."""
+    if not param_importances(study):
         return None
     from optuna.visualization.matplotlib import plot_param_importances
 
     with warnings.catch_warnings(), _pyplot().style.context(STYLE):
         warnings.simplefilter("ignore")  # experimental backend; small studies warn about accuracy
-        ax = plot_param_importances(study)
+        ax = plot_param_importances(study, evaluator=importance_evaluator())
         return _save(ax.figure, path)
 
 

@@ -38,8 +38,8 @@ def search(tmp_path):
     save_config(cfg, exp / "config.yaml")
     study = optuna.create_study(study_name="exp/CK", storage=f"sqlite:///{exp / 'optuna.db'}", direction="maximize")
     dists = {"hyper_align": FloatDistribution(0.05, 1.6, log=True), "threshold": FloatDistribution(0.2, 0.8)}
-    for i in range(6):
-        params = {"hyper_align": 0.1 + 0.2 * i, "threshold": 0.25 + 0.1 * i}
+    for i in range(12):  # 11 complete: importance needs 10 (search.analysis.MIN_COMPLETE_FOR_IMPORTANCE)
+        params = {"hyper_align": 0.05 + 0.1 * i, "threshold": 0.25 + 0.04 * i}
         state = TrialState.PRUNED if i == 3 else TrialState.COMPLETE
         study.add_trial(create_trial(params=params, distributions=dists, state=state,
                                      value=None if i == 3 else 0.5 - abs(params["hyper_align"] - 0.5)))
