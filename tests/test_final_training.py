@@ -209,6 +209,9 @@ def test_diverging_run_is_reported_as_such(synth_tiny, tmp_path, capsys):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["status"] == "diverged" and m["steps"] < STEPS and math.isnan(m["last"]["objective"])
     assert m["weights"]["last"] is None and not (run_dir / "checkpoint.pt").exists()
+    tb = EventAccumulator(str(run_dir / "tb"))
+    tb.Reload()
+    assert tb.Scalars("hparam/diverged")[-1].value == 1.0  # flagged in TensorBoard's HParams table too
     row = pq.read_table(exp / "final" / "report.parquet").to_pylist()[0]
     assert (row["target"], row["completed"], row["diverged"]) == ("CK", 0, 1)
     assert math.isnan(row["acc_last_mean"])
