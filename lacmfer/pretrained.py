@@ -53,7 +53,8 @@ def imagenet_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
 def ensure_pretrained(cfg: ExperimentConfig, progress: bool = True) -> None:
     """Download or train the trunk weights the config names, so trials only read them."""
     if cfg.model.pretrained == "imagenet":
-        imagenet_state_dict(progress)
+        if not imagenet_weights_file().exists():
+            imagenet_state_dict(progress)
     elif cfg.model.pretrained == "synthfer_pretext":
         from lacmfer.pretext import ensure_pretext_trunk  # renders and trains only for SynthFER
 

@@ -3,7 +3,8 @@
 `export_experiment(results/<exp>)` reads what the search wrote
 
     config.yaml       the resolved base config (`load_config` reads it)
-    <target>/         one Tune experiment folder per split (listed in data.targets)
+    <target>/         one Tune experiment folder per split (listed in data.targets), with
+                      round-<k>/ folders when a resume added trials (`analysis.round_dir`)
     optuna.db         Optuna storage, one study per split named `<output.name>/<target>`
 
 and writes, each file atomically (temp file + rename), after everything was computed:
@@ -12,7 +13,8 @@ and writes, each file atomically (temp file + rename), after everything was comp
                          runnable as is by `python -m lacmfer.train --config ...`
     trials.parquet       one row per trial × split (schema: `trials_schema`)
     summary.md           per split: best value, oracle accuracy, chosen values, counts,
-                         importance and the validator ranking
+                         importance and the validator ranking, linking the pictures of
+    plots/               each split's search (search.plots)
 
 Works offline: no Ray cluster is started (Tune's files are read as files).
 """
@@ -32,16 +34,18 @@ from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec, load_config,
 from lacmfer.errors import UserError
 from search.analysis import (
     LABEL_FREE_VALIDATORS,
+    MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
     ORACLE_METRIC,
     STATUSES,
     TrialRecord,
     check_scope,
     param_importances,
-    read_tune_experiment,
+    read_split,
     select_best,
     validator_ranking,
 )
+from search.plots import write_search_plots
 
 ORACLE_OBJECTIVE = "oracle_target_acc"
 SCOPE_TEXT = {
@@ -264,7 +268,8 @@ def split_importances(exp_dir: Path, cfg: ExperimentConfig, target: str) -> tupl
     except (ValueError, RuntimeError) as err:  # importance is auxiliary: report, do not abort the export
         return {}, f"not available: {err}"
     if not importances:
-        return {}, f"not available: needs at least 2 complete trials and 2 varying parameters ({counts})"
+        return {}, (f"not computed: needs at least {MIN_COMPLETE_FOR_IMPORTANCE} complete trials and 2 varying "
+                    f"parameters ({counts}); too few trials rank parameters by chance")
     return importances, f"from {counts} (pruned and failed trials are left out)"
 
 
@@ -304,13 +309,14 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str, exp_di
     lines += [f"{split.importance_note}.", ""]
     lines += ["### Validator ranking (which label-free objective to trust)", ""]
     if all(math.isnan(c) for _, c in split.ranking):
-        lines += ["Not available: needs at least 3 evaluations with target labels (target_acc).", ""]
+        lines += ["Not available: needs evaluations with target labels (target_acc) and validators that vary.", ""]
     else:
         lines += ["| validator | weighted Spearman with target_acc |", "|---|---|"]
         lines += [f"| {name}{' (the objective)' if name == objective else ''} | {_fmt(c)} |"
                   for name, c in split.ranking]
-        lines += ["", f"Over {split.ranking_points} evaluations of all {total} trials; weights (rank/n)² of the "
-                  "validator score emphasise its top checkpoints (Musgrave et al. 2022). 1 = orders checkpoints "
+        lines += ["", f"Over {split.ranking_points} evaluations of all {total} trials, computed as Musgrave et al. "
+                  "(2022) do: weights max(validator rank, oracle rank)² (normalised dense ranks) emphasise the top "
+                  "checkpoints, a NaN validator score ranks as the worst. 1 = orders checkpoints "
                   "exactly like the oracle target accuracy; computed with target labels, for choosing an "
                   "objective, not a model.", ""]
     return lines
@@ -386,6 +392,7 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     summary_text = summary_markdown(cfg, splits, missing, scope, exp_dir)
+    summary_text += "\n" + write_search_plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits})
 
     for split in splits:
         path = exp_dir / "best" / f"{split.target}.yaml"
@@ -418,6 +425,6 @@ def export_experiment(exp_dir: Path, scope: str | None = None) -> ExportSummary:
     present = [t for t in cfg.data.targets if (exp_dir / t).is_dir()]
     if not present:
         raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
-    records = {t: read_tune_experiment(exp_dir / t, t) for t in present}
+    records = {t: read_split(exp_dir, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
     return write_export(exp_dir, cfg, records, scope, missing)

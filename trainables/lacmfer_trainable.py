@@ -24,10 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from lacmfer.config import SEARCHABLE, ExperimentConfig, config_from_dict
+from lacmfer.device import Placement, out_of_memory_message, scheduled_placement
 from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
@@ -59,6 +61,22 @@ def _with_trial_threads(cfg: ExperimentConfig) -> ExperimentConfig:
         return cfg
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0)
     return cfg.with_values({"resources.threads": int(max(1.0, cpus))}, source="trial resources")
+
+
+def ray_gpu_assignment() -> tuple[list[str], float]:
+    """The GPUs Ray assigned to this worker (node-wide ids) and the share of a GPU it reserved.
+
+    Read from Ray rather than from what torch can see: Ray 2.60 no longer hides the GPUs
+    of a node from a worker that reserved none.
+    """
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return [str(gpu_id) for gpu_id in ray.get_gpu_ids()], share
+
+
+def trial_placement(cfg: ExperimentConfig) -> Placement:
+    """Where this trial trains: the GPU Ray assigned to it (with its memory share), else the CPU."""
+    gpu_ids, share = ray_gpu_assignment()
+    return scheduled_placement(cfg.resources.device, gpu_ids, share)
 
 
 def trial_artifact_dir() -> Path:
@@ -101,9 +119,19 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
     early or diverged) and `diverged` (1.0 when `loss_total` or the predictions are NaN or
     inf). A diverged trial reports once with its objective set to NaN and ends itself.
     """
-    context = tune.get_context()
     cfg = _with_trial_threads(trial_config(base_config, config))
-    trainer = Trainer(cfg, target)  # the device is CUDA iff torch sees one (resources.device: auto)
+    placement = trial_placement(cfg)
+    try:
+        _train(cfg, target, placement)
+    except torch.cuda.OutOfMemoryError as err:
+        # The trial's own failure, with what to change; a neighbour sharing the GPU is unaffected.
+        raise RuntimeError(out_of_memory_message(placement)) from err
+
+
+def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
+    """The body of `lacmfer_trainable`: train, evaluate, report and checkpoint."""
+    context = tune.get_context()
+    trainer = Trainer(cfg, target, placement=placement)
 
     best: dict[str, float] = {}
     checkpoint = tune.get_checkpoint()
@@ -129,13 +157,14 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
                 # NaN weights still give finite accuracies (argmax of NaN is a fixed class),
                 # so the objective must be replaced. NaN rather than a very low number, as
                 # nothing downstream ranks NaN as good or crashes on it: ASHA's rung cutoffs
-                # use nanpercentile (NaN ignored); OptunaSearch reports it as an
-                # intermediate value, which TPE ranks last if the trial is told PRUNED, and
-                # Optuna refuses a NaN COMPLETE value (OptunaSearch catches and logs that),
-                # so it never enters TPE or importance as a result; Tune's best-result
+                # use nanpercentile (NaN ignored); the searcher records it as an
+                # intermediate value and tells the trial PRUNED and infeasible, which TPE
+                # ranks last (search.tuner.StoppedAsPrunedOptunaSearch), so it never
+                # enters TPE or importance as a result; Tune's best-result
                 # lookup skips NaN. A finite sentinel would enter TPE's density model and
                 # the importance analysis as a real, extreme value.
                 metrics["objective"] = math.nan
+                logger.mark("diverged")
             logger.log(metrics, trainer.step_count)
             metrics["final_evaluation"] = float(trainer.step_count >= cfg.schedule.steps)
             metrics["diverged"] = float(diverged)
@@ -146,6 +175,12 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
             with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
                 save_checkpoint(Path(directory), trainer, logger.best)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    except Exception:
+        # Shown in the HParams table. Not for Tune's stop (SystemExit, below) or a
+        # resumed retry's purged steps: the mark is written at the failing step.
+        logger.mark("failed")
+        logger.log({}, trainer.step_count)
+        raise
     finally:
         # Also runs when Tune stops the trial: ASHA's stop raises SystemExit inside report().
         logger.close()
