@@ -30,10 +30,10 @@ from typing import Any
 from lacmfer.config import ExperimentConfig, LossConfig, load_config
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
-from lacmfer.pretrained import ensure_pretrained
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.final_report import write_report
 from lacmfer.final_run import STATE_FILE, FinalRun, failed_result, read_result, result_line, train_run
+from lacmfer.pretrained import ensure_pretrained
 
 METHODS: tuple[str, ...] = typing.get_args(LossConfig.model_fields["adaptation"].annotation)
 
