@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from lacmfer.config import ExperimentConfig, load_config, save_config
-from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
+from lacmfer.names import domain_names, is_oracle
 from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
@@ -43,7 +43,7 @@ def train_one(cfg: ExperimentConfig, target: str, progress: bool = True) -> dict
     bar = tqdm(total=cfg.schedule.steps, desc=f"{target} seed {cfg.seed}", unit="step", disable=not progress,
                leave=False)
     try:
-        for metrics in trainer.evaluations():
+        for metrics in trainer.training_loop():
             bar.update(trainer.step_count - bar.n)
             history.append(metrics)
             logger.log(metrics, trainer.step_count)
@@ -62,7 +62,7 @@ def train_one(cfg: ExperimentConfig, target: str, progress: bool = True) -> dict
         "seed": cfg.seed,
         "status": status,
         "objective": cfg.eval.objective,
-        "oracle": cfg.eval.objective == "oracle_target_acc",
+        "oracle": is_oracle(cfg.eval.objective),
         "last": history[-1] if history else None,
         "selected": selected,
         "history": history,
@@ -104,7 +104,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lacmfer.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="a config, e.g. results/<exp>/best/<target>.yaml")
-    parser.add_argument("--target", nargs="+", choices=DOMAIN_NAMES, help="default: data.targets of the config")
+    parser.add_argument("--target", nargs="+", choices=domain_names(), help="default: data.targets of the config")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-progress", action="store_true")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in targets if t not in cfg.data.domains]
     if unknown:
         raise UserError(f"--target {unknown}: not among data.domains {cfg.data.domains} of {args.config}")
-    if cfg.eval.objective == "oracle_target_acc":
+    if is_oracle(cfg.eval.objective):
         print("note: the objective is oracle_target_acc (selection on target test labels)", file=sys.stderr)
 
     results = []

@@ -82,5 +82,5 @@ def test_evaluate_reports_every_metric(synth_tiny, ck_data):
 
 def test_evaluations_follow_the_interval(synth_tiny, ck_data):
     cfg = tiny_config(synth_tiny, schedule={"steps": 7}, eval={"interval": 3})
-    steps = [m["step"] for m in Trainer(cfg, "CK", data=ck_data).evaluations()]
+    steps = [m["step"] for m in Trainer(cfg, "CK", data=ck_data).training_loop()]
     assert steps == [3, 6, 7]
