@@ -40,7 +40,7 @@ def make_config(tmp_path: Path, objective: str = "source_val_acc", targets=("CK"
         "data": {"root": str(tmp_path / "data"), "targets": list(targets)},
         "schedule": {"steps": 40},
         "eval": {"interval": 10, "objective": objective},
-        "search": {"space": SPACE, "num_samples": 4},
+        "search": {"space": SPACE, "use_default_space": False, "num_samples": 4},
         "output": {"results_dir": str(tmp_path / "results"), "name": "exp1"},
     })
 
@@ -267,7 +267,7 @@ TRAINABLE = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def tune_run(tmp_path_factory):
     """One split (CK) of 4 trials run by Ray Tune: completed, ASHA-stopped, errored, diverged."""
-    ray = pytest.importorskip("ray")
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
