@@ -91,10 +91,10 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print(f"results: {cfg.experiment_dir}")
 
 
-def export(cfg: ExperimentConfig) -> None:
+def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> None:
     from search.export import export_experiment
 
-    summary = export_experiment(cfg.experiment_dir)
+    summary = export_experiment(cfg.experiment_dir, finished=finished or [])
     print(summary)
 
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_data(cfg.data)  # generate SynthFER once here, not in every trial
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    export(cfg)
+    export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     print(f"\nresults:     {cfg.experiment_dir}")

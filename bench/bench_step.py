@@ -5,17 +5,20 @@ Side by side in one process, on the same model and the same fixed batch:
   network + SGD   — the same and the optimiser step
   + losses        — the same plus every adaptation loss of SPEC §3 (both views)
   trainer.step()  — the above plus drawing and augmenting the two batches
+  draw + augment  — drawing both batches and augmenting them alone (for the breakdown)
 
     python bench/bench_step.py [--width 0.25] [--size 64] [--batch 32] [--repeats 30]
 
-Prints a markdown table (median ms per step), the ratio to the network alone, and the
-share the adaptation losses add: (+ losses − network + SGD) / network.
+Prints a markdown table (median ms per step), the ratio to the network alone, the share
+the adaptation losses add, (+ losses − network + SGD) / network, and last the line
+`step/network: X.XX`, trainer.step() over the network's forward + backward.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,9 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lacmfer.config import config_from_dict
-from lacmfer.data.synth import generate_synthfer
-from lacmfer.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lacmfer, not an installed one
+
+from lacmfer.config import config_from_dict  # noqa: E402
+from lacmfer.data.synth import generate_synthfer  # noqa: E402
+from lacmfer.trainer import Trainer  # noqa: E402
 
 
 def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -65,8 +70,8 @@ def main() -> None:
             "resources": {"threads": args.threads},
         })
         trainer = Trainer(cfg, "RAF")
-        x_s, y_s, _ = next(trainer.source_stream)
-        x_t, _, _ = next(trainer.target_stream)
+        x_s, y_s = trainer._draw(trainer.source_stream)
+        x_t, _ = trainer._draw(trainer.target_stream)
         x = torch.cat([x_s, x_t])
         model, n_s = trainer.model, x_s.shape[0]
 
@@ -86,8 +91,13 @@ def main() -> None:
             terms["total"].backward()
             trainer.optimizer.step()
 
+        def draw_and_augment() -> None:
+            trainer._draw(trainer.source_stream)
+            trainer._draw(trainer.target_stream)
+
         timed = interleaved_median_ms(
-            {"network": network, "network + SGD": network_sgd, "+ losses": with_losses, "trainer.step()": trainer.step},
+            {"network": network, "network + SGD": network_sgd, "+ losses": with_losses, "trainer.step()": trainer.step,
+             "draw + augment": draw_and_augment},
             args.repeats,
         )
         rows = list(timed.items())
@@ -100,6 +110,7 @@ def main() -> None:
         print(f"| {name} | {ms:.1f} | {ms / base:.2f} |")
     added = (rows[2][1] - rows[1][1]) / base
     print(f"\nthe adaptation losses add {100 * added:.1f} % to the network's forward + backward")
+    print(f"step/network: {rows[3][1] / base:.2f}")
 
 
 if __name__ == "__main__":

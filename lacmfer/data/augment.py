@@ -4,7 +4,7 @@ A batch arrives as uint8 images straight from the cache, already on the training
 (CPU or GPU); every image gets its own random draw, with the distributions of
 torchvision's `RandomHorizontalFlip`, `ColorJitter(b, c, s)`, `RandomGrayscale(p)` and
 `RandomAffine(degrees, translate, scale)` (nearest-neighbour, black fill) applied in that
-order. The draws come from a `torch.Generator` seeded per batch on the CPU, so a batch's
+order. The draws come from a NumPy generator seeded per batch on the host, so a batch's
 augmentation depends only on its seed: the same on every device and after a resume.
 
 Why not a library call per transform (measured in `bench/bench_augment.py`, see
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,80 +46,76 @@ _BRIGHTNESS, _CONTRAST, _SATURATION = 0, 1, 2
 
 @dataclass(frozen=True)
 class AugmentDraws:
-    """The random draws of one batch, one row per image (all on the CPU)."""
+    """The random draws of one batch, one row per image (NumPy: tiny arrays, on the host)."""
 
-    flip: Tensor  # (B,) bool
-    colour_order: Tensor  # (B, 3) a permutation of brightness, contrast, saturation
-    colour_factors: Tensor  # (B, 3) brightness, contrast, saturation factors (1 = unchanged)
-    grayscale: Tensor  # (B,) bool
-    angle: Tensor  # (B,) degrees
-    translate: Tensor  # (B, 2) whole pixels (x, y)
-    scale: Tensor  # (B,)
+    flip: np.ndarray  # (B,) bool
+    colour_order: np.ndarray  # (B, 3) a permutation of brightness, contrast, saturation
+    colour_factors: np.ndarray  # (B, 3) brightness, contrast, saturation factors (1 = unchanged)
+    grayscale: np.ndarray  # (B,) bool
+    angle: np.ndarray  # (B,) degrees
+    translate: np.ndarray  # (B, 2) whole pixels (x, y)
+    scale: np.ndarray  # (B,)
 
 
-def draw(aug: AugmentConfig, batch: int, size: int, generator: torch.Generator) -> AugmentDraws:
+def draw(aug: AugmentConfig, batch: int, size: int, rng: np.random.Generator) -> AugmentDraws:
     """One draw per image, with torchvision's distributions for an image of `size` px."""
-
-    def uniform(low: float, high: float, *shape: int) -> Tensor:
-        return low + (high - low) * torch.rand(*shape, generator=generator)
-
     jitter = aug.color_jitter
     max_shift = aug.translate * size
     return AugmentDraws(
-        flip=(torch.rand(batch, generator=generator) < 0.5) if aug.hflip else torch.zeros(batch, dtype=torch.bool),
-        colour_order=torch.rand(batch, 3, generator=generator).argsort(dim=1),
-        colour_factors=uniform(max(0.0, 1 - jitter), 1 + jitter, batch, 3),
-        grayscale=torch.rand(batch, generator=generator) < aug.grayscale,
-        angle=uniform(-aug.rotation, aug.rotation, batch),
-        translate=uniform(-max_shift, max_shift, batch, 2).round(),
-        scale=uniform(aug.scale_min, aug.scale_max, batch),
+        flip=(rng.random(batch) < 0.5) if aug.hflip else np.zeros(batch, dtype=bool),
+        colour_order=rng.random((batch, 3)).argsort(axis=1),
+        colour_factors=rng.uniform(max(0.0, 1 - jitter), 1 + jitter, (batch, 3)),
+        grayscale=rng.random(batch) < aug.grayscale,
+        angle=rng.uniform(-aug.rotation, aug.rotation, batch),
+        translate=np.round(rng.uniform(-max_shift, max_shift, (batch, 2))),
+        scale=rng.uniform(aug.scale_min, aug.scale_max, batch),
     )
 
 
-def colour_coefficients(draws: AugmentDraws) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image (α, β, κ), each (B,), with colour(x) = α·x + β·gray(x) + κ·mean gray(x).
+def colour_coefficients(draws: AugmentDraws) -> np.ndarray:
+    """(B, 3): per image (α, β, κ) with colour(x) = α·x + β·gray(x) + κ·mean gray(x).
 
     gray(x) = wᵀx is broadcast to the three channels and `mean gray` is the image's mean
     gray level. Brightness (f x), saturation (f x + (1 − f) gray) and contrast
     (f x + (1 − f) mean gray of the current image) and grayscale all keep that form, so
     the jitter in each image's own order followed by grayscale composes to three numbers.
     """
-    batch = draws.flip.shape[0]
+    batch = len(draws.flip)
     gray_of_gray = sum(GRAY_WEIGHTS)  # gray(v·1) = wᵀ1 · v
-    alpha, beta, kappa = torch.ones(batch), torch.zeros(batch), torch.zeros(batch)
+    alpha, beta, kappa = np.ones(batch), np.zeros(batch), np.zeros(batch)
     for position in range(3):
         op = draws.colour_order[:, position]
-        f = draws.colour_factors.gather(1, op[:, None])[:, 0]
-        gray_gain = alpha + beta * gray_of_gray  # gray(current) = gray_gain · gray(x) + κ wᵀ1 mean gray(x)
+        f = draws.colour_factors[np.arange(batch), op]
+        gray_gain = alpha + beta * gray_of_gray  # gray(current) = gray_gain·gray(x) + κ wᵀ1 · mean gray(x)
         saturation, contrast = op == _SATURATION, op == _CONTRAST
-        beta = f * beta + torch.where(saturation, (1 - f) * gray_gain, 0.0)
-        kappa = f * kappa + (1 - f) * (torch.where(saturation, kappa * gray_of_gray, 0.0)
-                                       + torch.where(contrast, gray_gain + kappa * gray_of_gray, 0.0))
+        beta = f * beta + np.where(saturation, (1 - f) * gray_gain, 0.0)
+        kappa = f * kappa + (1 - f) * (np.where(saturation, kappa * gray_of_gray, 0.0)
+                                       + np.where(contrast, gray_gain + kappa * gray_of_gray, 0.0))
         alpha = f * alpha
     gray = draws.grayscale
-    return (torch.where(gray, 0.0, alpha), torch.where(gray, alpha + beta * gray_of_gray, beta),
-            torch.where(gray, kappa * gray_of_gray, kappa))
+    return np.stack([np.where(gray, 0.0, alpha), np.where(gray, alpha + beta * gray_of_gray, beta),
+                     np.where(gray, kappa * gray_of_gray, kappa)], axis=1)
 
 
-def inverse_affine(draws: AugmentDraws, size: int) -> Tensor:
+def inverse_affine(draws: AugmentDraws, size: int) -> np.ndarray:
     """(B, 2, 3) maps from output to input in grid_sample's normalised coordinates.
 
     As torchvision's affine around the image centre: input = R(−θ)/s · (output − t),
     then the horizontal flip (which torchvision applies before the affine) on top.
     """
-    angle = torch.deg2rad(draws.angle)
-    cos, sin = torch.cos(angle) / draws.scale, torch.sin(angle) / draws.scale
-    inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # (B, 2, 2)
+    angle = np.deg2rad(draws.angle)
+    cos, sin = np.cos(angle) / draws.scale, np.sin(angle) / draws.scale
+    inverse = np.stack([np.stack([cos, sin], 1), np.stack([-sin, cos], 1)], 1)  # (B, 2, 2)
     shift = draws.translate * (2.0 / size)  # pixels → normalised units (square images)
-    theta = torch.cat([inverse, -(inverse @ shift[:, :, None])], dim=2)
-    flip = torch.where(draws.flip, -1.0, 1.0)
-    return torch.cat([theta[:, :1] * flip[:, None, None], theta[:, 1:]], dim=1)
+    theta = np.concatenate([inverse, -(inverse @ shift[:, :, None])], axis=2)
+    theta[:, 0] *= np.where(draws.flip, -1.0, 1.0)[:, None]
+    return theta
 
 
 def _normalise(x: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) * inv_std
+    shift = -torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * inv_std
+    return torch.addcmul(shift, x, inv_std)  # (x − mean) / std in one pass
 
 
 def _resize(x: Tensor, image_size: int) -> Tensor:
@@ -153,7 +150,7 @@ class BatchAugment:
         self._base_grids: dict[tuple[int, torch.device], Tensor] = {}
 
     def draws(self, batch: int, size: int, seed: int) -> AugmentDraws:
-        return draw(self.aug, batch, size, torch.Generator().manual_seed(seed))
+        return draw(self.aug, batch, size, np.random.default_rng(seed))
 
     def _base_grid(self, size: int, device: torch.device) -> Tensor:
         """(S·S, 3) rows (x, y, 1) of the output pixel centres, normalised as grid_sample's."""
@@ -172,15 +169,15 @@ class BatchAugment:
         d = self.draws(batch, height, seed)
         x = images.float()
         if self._colour:  # colour(x) = α x + β gray(x) + κ mean gray(x), then one clamp
-            alpha, beta, kappa = (c.to(device, non_blocking=True).view(batch, 1, 1, 1) / 255
-                                  for c in colour_coefficients(d))
+            coefficients = torch.from_numpy(colour_coefficients(d) / 255).float().to(device, non_blocking=True)
+            alpha, beta, kappa = coefficients.view(batch, 3, 1, 1).unbind(dim=1)
             gray = _gray(x)
-            offset = torch.addcmul(kappa * gray.mean(dim=(2, 3), keepdim=True), gray, beta)
-            x = torch.addcmul(offset, x, alpha).clamp_(0.0, 1.0)
+            offset = torch.addcmul(kappa[:, None] * gray.mean(dim=(2, 3), keepdim=True), gray, beta[:, None])
+            x = torch.addcmul(offset, x, alpha[:, None]).clamp_(0.0, 1.0)
         else:
             x = x / 255
         if self._geometry:
-            theta = inverse_affine(d, height).to(device, non_blocking=True)
+            theta = torch.from_numpy(inverse_affine(d, height)).float().to(device, non_blocking=True)
             grid = (self._base_grid(height, device) @ theta.transpose(1, 2)).view(batch, height, width, 2)
             x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         return _normalise(_resize(x, self.image_size))
