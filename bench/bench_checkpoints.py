@@ -72,14 +72,16 @@ def main() -> None:
             before, now = n_before * size, n_now * size
             rows.append((name, cfg.schedule.steps, n_before, size, n_before, before, n_now, now, every))
 
-    mib = 2**20
+    def size_text(n: float) -> str:
+        return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
     print("| config | evaluations per trial | one checkpoint | before: written per trial | before: kept per trial "
           "| now: written per trial | now: kept after export |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, _, evaluations, size, n_before, before, n_now, now, every in rows:
-        print(f"| {name} | {evaluations} | {size / mib:.1f} MiB | {n_before} × = {before / mib:.1f} MiB | "
-              f"{size / mib:.1f} MiB | {n_now} × (every {every} + last) = {now / mib:.1f} MiB | "
-              f"{size / mib:.1f} MiB for the exported best trial, 0 for the others |")
+        print(f"| {name} | {evaluations} | {size_text(size)} | {n_before} = {size_text(before)} | {size_text(size)} | "
+              f"{n_now} (every {every} + the last) = {size_text(now)} | "
+              f"{size_text(size)} for the exported best trial, 0 for the others |")
 
 
 if __name__ == "__main__":
