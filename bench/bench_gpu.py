@@ -172,6 +172,7 @@ def short_search(root: Path, results: Path, size: dict, per_gpu: int, gpu: bool,
         "search.asha.grace_period": 2, "search.startup_trials": trials,
     }
     command = [sys.executable, str(REPO / "tune.py"), "--config", str(REPO / "configs/default.yaml"),
+               "--address", "local",  # a Ray of its own, never another one running on the machine
                "--name", f"per_gpu_{per_gpu}", "--results", str(results), "--targets", "CK",
                "--num-samples", str(trials), "--cpus-per-trial", "2",
                "--gpus-per-trial", str(1 / per_gpu if gpu else 0)]
