@@ -130,7 +130,7 @@ def network_input(images: Tensor, image_size: int) -> Tensor:
 
 
 def _gray(x: Tensor) -> Tensor:
-    """(B, 3, H, W) → (B, 1, H, W) luma, as torchvision's rgb_to_grayscale."""
+    """(B, 3, H, W), uint8 or float → (B, 1, H, W) float luma, as torchvision's rgb_to_grayscale."""
     r, g, b = x.unbind(dim=1)
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
 
@@ -167,15 +167,14 @@ class BatchAugment:
             raise ValueError(f"square images expected, got {height}×{width}")
         device = images.device
         d = self.draws(batch, height, seed)
-        x = images.float()
         if self._colour:  # colour(x) = α x + β gray(x) + κ mean gray(x), then one clamp
             coefficients = torch.from_numpy(colour_coefficients(d) / 255).float().to(device, non_blocking=True)
             alpha, beta, kappa = coefficients.view(batch, 3, 1, 1).unbind(dim=1)
-            gray = _gray(x)
+            gray = _gray(images)  # float from uint8 directly: no float copy of the batch first
             offset = torch.addcmul(kappa[:, None] * gray.mean(dim=(2, 3), keepdim=True), gray, beta[:, None])
-            x = torch.addcmul(offset, x, alpha[:, None]).clamp_(0.0, 1.0)
+            x = torch.addcmul(offset, images, alpha[:, None]).clamp_(0.0, 1.0)
         else:
-            x = x / 255
+            x = images * (1 / 255)
         if self._geometry:
             theta = torch.from_numpy(inverse_affine(d, height)).float().to(device, non_blocking=True)
             grid = (self._base_grid(height, device) @ theta.transpose(1, 2)).view(batch, height, width, 2)
