@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench.bench_step import interleaved_median_ms  # noqa: E402
+from bench.bench_step import CLOCKS, interleaved_median_ms  # noqa: E402
 from lacmfer.config import AugmentConfig  # noqa: E402
 from lacmfer.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment  # noqa: E402
 
@@ -64,7 +64,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="process",
+                        help="process CPU time (default on the CPU; steady on a shared machine) or wall-clock")
     args = parser.parse_args()
+    clock = CLOCKS["wall" if args.device != "cpu" else args.clock]
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -85,10 +88,11 @@ def main() -> None:
         "kornia": run(lambda: kornia(images.float() / 255)),
         "tv2 per image": run(lambda: torch.stack([tv(image) for image in images])),
         "tv2 on batch (one draw per batch)": run(lambda: tv(images)),
-    }, args.repeats)
+    }, args.repeats, clock=clock)
 
     base = timed["ours"]
-    print(f"batch {args.batch}, {args.size} px, {args.device}, {args.threads} thread(s), median of {args.repeats}")
+    print(f"batch {args.batch}, {args.size} px, {args.device}, {args.threads} thread(s), median of {args.repeats}, "
+          f"{'wall' if args.device != 'cpu' else args.clock} time")
     print("| implementation | ms per batch | × ours |\n|---|---:|---:|")
     for name, ms in timed.items():
         print(f"| {name} | {ms:.1f} | {ms / base:.2f} |")
