@@ -13,12 +13,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
+
+if TYPE_CHECKING:
+    from search.export import ExportSummary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,9 +76,20 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
     path = exp_dir.absolute() / "config.yaml"
     if not path.exists():
         raise UserError(f"{path}: no experiment here (check --name and --results)")
-    # A resumed search may widen its splits or its trial budget, nothing else.
-    keep = [o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))]
-    return load_config(path, keep)
+    cfg = load_config(path)
+    if not args.resume:
+        return cfg
+    # A resumed search may widen its splits or its trial budget, nothing else; the driver
+    # saves the widened config, which the export then reads.
+    widened: dict[str, object] = {}
+    if args.targets:
+        widened["data.targets"] = cfg.data.targets + [t for t in args.targets if t not in cfg.data.targets]
+    if args.num_samples is not None:
+        if args.num_samples < cfg.search.num_samples:
+            raise UserError(f"--num-samples {args.num_samples}: {path} already runs {cfg.search.num_samples} "
+                            "trials per split; a resumed search can add trials, not remove them")
+        widened["search.num_samples"] = args.num_samples
+    return cfg.with_values(widened, source="--resume options") if widened else cfg
 
 
 def dry_run(cfg: ExperimentConfig) -> None:
@@ -92,11 +107,12 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print(f"results: {cfg.experiment_dir}")
 
 
-def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> None:
+def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSummary:
     from search.export import export_experiment
 
     summary = export_experiment(cfg.experiment_dir, finished=finished or [])
     print(summary)
+    return summary
 
 
 @exit_on_user_error
@@ -130,16 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     # the caches built here.
     cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
+    summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
+    # A split that finished with no usable trial (all failed or diverged) has no best config.
+    no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
     print(f"\nresults:     {cfg.experiment_dir}")
     print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
     print(f"final:       python -m lacmfer.train --config {cfg.experiment_dir / 'best'}/<target>.yaml --seeds 0 1 2")
+    for split in no_result:
+        counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
+        print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "
+              f"see {summary.summary} and each trial's error.txt under {cfg.experiment_dir / split.target}",
+              file=sys.stderr)
     if unfinished or not_started:
         print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
               f"Continue with: python tune.py --resume --name {cfg.output.name}"
               + (f" --results {cfg.output.results_dir}" if args.results else ""), file=sys.stderr)
+    if unfinished or not_started or no_result:
         return 1
     print("every split finished.")
     return 0
