@@ -44,6 +44,7 @@ from search.analysis import (
     check_scope,
     param_importances,
     read_split,
+    round_dirs,
     select_best,
     validator_ranking,
 )
@@ -413,7 +414,8 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
 
 
 def remove_checkpoints(split_dir: Path, keep_trial_id: str | None) -> tuple[int, int]:
-    """Delete the checkpoint folders of every trial in `split_dir` but `keep_trial_id`'s.
+    """Delete the checkpoint folders of every trial in `split_dir` (one round's Tune
+    experiment folder) but `keep_trial_id`'s.
 
     A trial folder is recognised by the `trial_id` of its first report (result.json).
     Returns (checkpoints removed, bytes freed).
@@ -457,7 +459,8 @@ def export_experiment(exp_dir: Path, scope: str | None = None, finished: Sequenc
     if not cfg.search.keep_checkpoints:
         for split in summary.splits:
             if split.target in finished:
-                removed, freed = remove_checkpoints(exp_dir / split.target, split.best and split.best.trial_id)
-                summary.removed_checkpoints += removed
-                summary.removed_bytes += freed
+                for folder in round_dirs(exp_dir, split.target):
+                    removed, freed = remove_checkpoints(folder, split.best and split.best.trial_id)
+                    summary.removed_checkpoints += removed
+                    summary.removed_bytes += freed
     return summary
