@@ -55,7 +55,8 @@ def step_config(root: Path, size: dict, precision: str, device: str, workers: in
         # Thresholds at 0 and a step ramp: every loss term does its full work from step 0.
         "loss": {"threshold": 0.0, "ps_threshold": 0.0},
         "schedule": {"steps": 100_000, "cluster_ramp": "step"},
-        "resources": {"device": device, "precision": precision},
+        # On the CPU (the --tiny check) one thread: OpenMP threads on a busy machine wait on each other.
+        "resources": {"device": device, "precision": precision, "threads": 1 if device == "cpu" else None},
     }
 
 
@@ -194,7 +195,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny network and batch (checks the script on a CPU)")
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats of each step phase")
     parser.add_argument("--search-steps", type=int, default=60, help="training steps of each search trial")
-    parser.add_argument("--per-gpu", type=int, nargs="+", default=[1, 2, 4], help="trials sharing the GPU")
+    parser.add_argument("--per-gpu", type=int, nargs="*", default=[1, 2, 4],
+                        help="trials sharing the GPU in each short search (none: skip the searches)")
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
