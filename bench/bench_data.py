@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from lacmfer.config import AugmentConfig  # noqa: E402
+from lacmfer.data.augment import BatchAugment  # noqa: E402
 from lacmfer.data.cache import DecodedImages, decode_image, load_or_build  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
-from lacmfer.data.augment import BatchAugment  # noqa: E402
 
 BatchTransform = Callable[[torch.Tensor, int], torch.Tensor]
 

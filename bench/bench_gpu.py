@@ -181,7 +181,7 @@ def short_search(root: Path, results: Path, size: dict, per_gpu: int, gpu: bool,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with GpuMemoryPeak() as memory:
         start = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO, check=False)
         wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
@@ -220,9 +220,9 @@ def main() -> None:
             total = sum(ms[p] for p in parts)
             rows.append((f"step {precision}: images/s (`Trainer.step()`, {ms['step']:.0f} ms)",
                          f"{1000 * images / ms['step']:,.0f}"))
-            rows.append((f"step {precision}: share data / augmentation / network / losses",
-                         " / ".join(f"{100 * ms[p] / total:.0f} %" for p in parts)
-                         + " (" + " / ".join(f"{ms[p]:.1f}" for p in parts) + " ms)"))
+            shares = " / ".join(f"{100 * ms[p] / total:.0f} %" for p in parts)
+            times = " / ".join(f"{ms[p]:.1f}" for p in parts)
+            rows.append((f"step {precision}: share data / augmentation / network / losses", f"{shares} ({times} ms)"))
             del trainer
             if gpu:
                 torch.cuda.empty_cache()
@@ -230,9 +230,10 @@ def main() -> None:
                      " / ".join(f"{m:.1f} GiB" for m in memory)))
         for per_gpu in args.per_gpu:
             run = short_search(root, Path(tmp) / "results", size, per_gpu, gpu, args.search_steps)
+            detail = (f"{run['trials']} trials of {args.search_steps} steps in {run['wall_s']:.0f} s; "
+                      f"nvidia-smi peak {run['memory_gib_per_trial']:.1f} GiB/trial")
             rows.append((f"search, {per_gpu} trial(s) per GPU (gpu {1 / per_gpu:g}): trials/hour",
-                         f"{run['trials_per_hour']:,.0f} ({run['trials']} trials of {args.search_steps} steps "
-                         f"in {run['wall_s']:.0f} s; nvidia-smi peak {run['memory_gib_per_trial']:.1f} GiB/trial)"))
+                         f"{run['trials_per_hour']:,.0f} ({detail})"))
 
     name = torch.cuda.get_device_name() if gpu else "CPU (no GPU: a check of the script, not a GPU figure)"
     scale = "tiny size (--tiny)" if args.tiny else "paper size: width 1, 224 px, batch 128 + 128"

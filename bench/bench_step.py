@@ -33,7 +33,6 @@ from lacmfer.config import config_from_dict  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
 from lacmfer.trainer import Trainer  # noqa: E402
 
-
 CLOCKS = {
     # CPU time of this process: on a machine shared with other jobs it leaves out the time
     # the scheduler gives to them, which wall-clock time counts at random (1 torch thread,
