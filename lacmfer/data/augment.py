@@ -9,17 +9,17 @@ augmentation depends only on its seed: the same on every device and after a resu
 
 Why not a library call per transform (measured in `bench/bench_augment.py`, see
 docs/BENCHMARKS.md): torchvision v2 draws one set of parameters per call, so one draw
-per image means a Python loop over the batch; kornia draws per image but its colour
-jitter alone cost more than the whole pipeline below. Here the whole pipeline is five
-tensor operations whatever the batch size:
+per image means a Python loop over the batch; kornia draws per image but was almost four
+times slower. Here the whole pipeline is a handful of tensor operations whatever the
+batch size:
 
-- colour: brightness, contrast and saturation are each an affine map of the RGB vector
-  (contrast's offset is the image's mean gray level, which is linear in the image too),
-  and so is grayscale; the per-image composition of the jitter (in its own random order)
-  and grayscale is one 3×3 matrix and an offset, applied with one batched matmul that
-  also converts uint8 to [0, 1]. torchvision clamps to [0, 1] after each colour op; here
-  the clamp comes once, after all of them, which differs only for pixels that an earlier
-  op pushed out of range.
+- colour: brightness (f x), saturation (f x + (1 − f) gray(x)), contrast
+  (f x + (1 − f) mean gray level) and grayscale all map an image to
+  α x + β gray(x) + κ mean gray(x); composed in each image's drawn order they keep that
+  form, so the colour step is three numbers per image (`colour_coefficients`) applied
+  with two fused multiply-adds that read the uint8 batch directly. torchvision clamps
+  to [0, 1] after each colour op; here the clamp comes once, after all of them, which
+  differs only for pixels that an earlier op pushed out of range.
 - geometry: flip, rotation, translation (whole pixels, as torchvision rounds it) and
   scale are one inverse affine map per image, sampled with one `grid_sample`.
 - then a resize when the cache is larger than the network input, and ImageNet
@@ -138,8 +138,8 @@ def _gray(x: Tensor) -> Tensor:
 class BatchAugment:
     """`augment(images, seed)`: uint8 (B, 3, S, S) on any device → augmented network input.
 
-    The output is float32, ImageNet-normalised, (B, 3, image_size, image_size), in the
-    memory format of the input.
+    The output is float32, ImageNet-normalised, (B, 3, image_size, image_size), on the
+    device of the input.
     """
 
     def __init__(self, aug: AugmentConfig, image_size: int):
