@@ -99,9 +99,11 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
             pass  # told already by a driver that was killed after telling (resume)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._ot_trials:
+            return  # not one of ours (RetriedTrialsConcurrencyLimiter passes every end on)
         if trial_id in self._errored:
             return self._tell_retry(trial_id, result, error)
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         if result and not error:
             self._record(trial_id, result)  # the evaluation ASHA stopped it on, or its last
@@ -163,6 +165,20 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
 
 def _diverged(result: dict | None) -> bool:
     return bool(result) and result.get("diverged", 0.0) >= 1.0
+
+
+class RetriedTrialsConcurrencyLimiter(ConcurrencyLimiter):
+    """ConcurrencyLimiter that also passes on the end of a trial it no longer tracks.
+
+    A trial that errored and that a resumed experiment retries (`resume_errored`) has
+    ended once already; the stock limiter drops its second end, so the searcher would
+    never hear how the retry went.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        return self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
 
 def split_seed(seed: int, target: str, round_index: int = 1) -> int:
@@ -250,7 +266,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+            search_alg=RetriedTrialsConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
             scheduler=scheduler,
             num_samples=num_samples or s.num_samples,
             # Safe: the trainable builds every piece of state (model, optimiser, RNG seeds,
