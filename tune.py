@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
     print(f"\nresults:     {cfg.experiment_dir}")
     print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
-    print(f"final:       python -m lacmfer.train --config {cfg.experiment_dir / 'best'}/<target>.yaml --seeds 0 1 2")
+    print(f"final:       python -m lacmfer.train --experiment {cfg.experiment_dir} --seeds 0 1 2 --baseline source_only")
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "

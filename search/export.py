@@ -13,7 +13,8 @@ and writes, each file atomically (temp file + rename), after everything was comp
                          runnable as is by `python -m lacmfer.train --config ...`
     trials.parquet       one row per trial × split (schema: `trials_schema`)
     summary.md           per split: best value, oracle accuracy, chosen values, counts,
-                         importance and the validator ranking
+                         importance and the validator ranking, linking the pictures of
+    plots/               each split's search (search.plots)
 
 Works offline: no Ray cluster is started (Tune's files are read as files).
 """
@@ -44,6 +45,7 @@ from search.analysis import (
     select_best,
     validator_ranking,
 )
+from search.plots import write_search_plots
 
 ORACLE_OBJECTIVE = "oracle_target_acc"
 SCOPE_TEXT = {
@@ -390,6 +392,7 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     summary_text = summary_markdown(cfg, splits, missing, scope, exp_dir)
+    summary_text += "\n" + write_search_plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits})
 
     for split in splits:
         path = exp_dir / "best" / f"{split.target}.yaml"
