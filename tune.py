@@ -107,10 +107,10 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print(f"results: {cfg.experiment_dir}")
 
 
-def export(cfg: ExperimentConfig) -> ExportSummary:
+def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSummary:
     from search.export import export_experiment
 
-    summary = export_experiment(cfg.experiment_dir)
+    summary = export_experiment(cfg.experiment_dir, finished=finished or [])
     print(summary)
     return summary
 
@@ -146,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     # the caches built here.
     cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    summary = export(cfg)
+    summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.
     no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
     print(f"\nresults:     {cfg.experiment_dir}")
     print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
-    print(f"final:       python -m lacmfer.train --config {cfg.experiment_dir / 'best'}/<target>.yaml --seeds 0 1 2")
+    print(f"final:       python -m lacmfer.train --experiment {cfg.experiment_dir} --seeds 0 1 2 --baseline source_only")
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "

@@ -13,14 +13,18 @@ and writes, each file atomically (temp file + rename), after everything was comp
                          runnable as is by `python -m lacmfer.train --config ...`
     trials.parquet       one row per trial × split (schema: `trials_schema`)
     summary.md           per split: best value, oracle accuracy, chosen values, counts,
-                         importance and the validator ranking
+                         importance and the validator ranking, linking the pictures of
+    plots/               each split's search (search.plots)
 
 Works offline: no Ray cluster is started (Tune's files are read as files).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +46,11 @@ from search.analysis import (
     check_scope,
     param_importances,
     read_split,
+    round_dirs,
     select_best,
     validator_ranking,
 )
+from search.plots import write_search_plots
 
 SCOPE_TEXT = {
     "best": "best evaluation (the max of the objective over the trial's evaluations)",
@@ -86,6 +92,8 @@ class ExportSummary:
     missing_targets: list[str]
     trials_table: Path
     summary: Path
+    removed_checkpoints: int = 0
+    removed_bytes: int = 0
 
     @property
     def oracle(self) -> bool:
@@ -108,6 +116,9 @@ class ExportSummary:
         if self.missing_targets:
             lines.append(f"  not run: {', '.join(self.missing_targets)}")
         lines.append(f"summary: {self.summary}   trials: {self.trials_table}")
+        if self.removed_checkpoints:
+            lines.append(f"removed {self.removed_checkpoints} checkpoint(s) of trials not exported "
+                         f"({self.removed_bytes / 2**20:.1f} MiB; search.keep_checkpoints: true keeps them)")
         return "\n".join(lines)
 
 
@@ -390,6 +401,7 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     summary_text = summary_markdown(cfg, splits, missing, scope, exp_dir)
+    summary_text += "\n" + write_search_plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits})
 
     for split in splits:
         path = exp_dir / "best" / f"{split.target}.yaml"
@@ -404,11 +416,33 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
     return ExportSummary(exp_dir, cfg.eval.objective, scope, splits, missing, trials_path, summary_path)
 
 
-def export_experiment(exp_dir: Path, scope: str | None = None) -> ExportSummary:
+def remove_checkpoints(split_dir: Path, keep_trial_id: str | None) -> tuple[int, int]:
+    """Delete the checkpoint folders of every trial in `split_dir` (one round's Tune
+    experiment folder) but `keep_trial_id`'s.
+
+    A trial folder is recognised by the `trial_id` of its first report (result.json).
+    Returns (checkpoints removed, bytes freed).
+    """
+    removed = freed = 0
+    for result in sorted(Path(split_dir).glob("*/result.json")):
+        with open(result, encoding="utf-8") as lines:
+            first = lines.readline()
+        if not first.strip() or json.loads(first).get("trial_id") == keep_trial_id:
+            continue
+        for checkpoint in sorted(result.parent.glob("checkpoint_*")):
+            freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+            shutil.rmtree(checkpoint)
+            removed += 1
+    return removed, freed
+
+
+def export_experiment(exp_dir: Path, scope: str | None = None, finished: Sequence[str] = ()) -> ExportSummary:
     """Export `results/<exp>`: see the module docstring for what is read and written.
 
     `scope` is how a trial's objective is summarised, `best` (its best evaluation) or
     `last`; default: the search's own `search.scope`, which is also what Optuna was told.
+    In the `finished` splits (whose search will not be resumed), checkpoints of trials
+    other than the exported best are removed unless `search.keep_checkpoints` is set.
     """
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
@@ -424,4 +458,12 @@ def export_experiment(exp_dir: Path, scope: str | None = None) -> ExportSummary:
         raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
     records = {t: read_split(exp_dir, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
-    return write_export(exp_dir, cfg, records, scope, missing)
+    summary = write_export(exp_dir, cfg, records, scope, missing)
+    if not cfg.search.keep_checkpoints:
+        for split in summary.splits:
+            if split.target in finished:
+                for folder in round_dirs(exp_dir, split.target):
+                    removed, freed = remove_checkpoints(folder, split.best and split.best.trial_id)
+                    summary.removed_checkpoints += removed
+                    summary.removed_bytes += freed
+    return summary
