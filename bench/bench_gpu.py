@@ -165,8 +165,8 @@ def short_search(root: Path, results: Path, size: dict, per_gpu: int, gpu: bool,
         "model.local_blocks": size["local_blocks"], "model.channels_last": True, "resources.precision": "bf16",
         "resources.threads": 2, "schedule.steps": steps, "eval.interval": interval,
         "eval.target_subset": 512, "eval.source_val_subset": 256,
-        # No early stopping: every trial runs its whole (short) schedule.
-        "search.asha.grace_period": 2, "search.startup_trials": trials,
+        # No early stopping: every trial runs its whole (short) schedule; all that fit at once.
+        "search.asha.grace_period": 2, "search.startup_trials": trials, "search.max_concurrent": per_gpu,
     }
     command = [sys.executable, str(REPO / "tune.py"), "--config", str(REPO / "configs/default.yaml"),
                "--address", "local",  # a Ray of its own, never another one running on the machine

@@ -356,6 +356,13 @@ def test_export_removes_checkpoints_of_trials_not_exported_in_finished_splits(tu
     summary = export_experiment(exp_dir)  # not a finished split: it may still be resumed
     assert summary.removed_checkpoints == 0
     assert all((d / "checkpoint_000003").is_dir() for d in trial_dirs.values())
+    cfg = load_config(exp_dir / "config.yaml")
+    save_config(cfg.with_values({"search.keep_checkpoints": True}), exp_dir / "config.yaml")
+    try:
+        assert export_experiment(exp_dir, finished=["CK"]).removed_checkpoints == 0  # asked to keep them
+    finally:
+        save_config(cfg, exp_dir / "config.yaml")
+    assert all((d / "checkpoint_000003").is_dir() for d in trial_dirs.values())
 
     summary = export_experiment(exp_dir, finished=["CK"])
     best = summary.splits[0].best.trial_id
