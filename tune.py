@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from lacmfer.config import ExperimentConfig, load_config
-from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
+from lacmfer.names import domain_names, is_oracle
 
 if TYPE_CHECKING:
     from search.export import ExportSummary
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     p.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="experiment YAML")
-    p.add_argument("--targets", nargs="+", choices=DOMAIN_NAMES, help="target splits (default: data.targets)")
+    p.add_argument("--targets", nargs="+", choices=domain_names(), help="target splits (default: data.targets)")
     p.add_argument("--num-samples", type=int, help="trials per split (search.num_samples)")
     p.add_argument("--name", help="experiment name (output.name)")
     p.add_argument("--results", type=Path, help="results folder (output.results_dir)")
@@ -102,15 +102,15 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print("search space:")
     for line in SearchSpace(cfg.search.space).describe():
         print(f"  {line}")
-    oracle = "   (ORACLE: selects on target test labels)" if cfg.eval.objective == "oracle_target_acc" else ""
+    oracle = "   (ORACLE: selects on target test labels)" if is_oracle(cfg.eval.objective) else ""
     print(f"objective: {cfg.eval.objective} (maximised){oracle}")
     print(f"results: {cfg.experiment_dir}")
 
 
-def export(cfg: ExperimentConfig) -> ExportSummary:
+def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSummary:
     from search.export import export_experiment
 
-    summary = export_experiment(cfg.experiment_dir)
+    summary = export_experiment(cfg.experiment_dir, finished=finished or [])
     print(summary)
     return summary
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         dry_run(cfg)
         return 0
-    if cfg.eval.objective == "oracle_target_acc":
+    if is_oracle(cfg.eval.objective):
         print("WARNING: objective oracle_target_acc selects on target TEST labels (oracle); "
               "every export is marked as such.", file=sys.stderr)
     if args.export_only:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     ensure_pretrained(cfg)  # download or train the trunk weights once, too
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    summary = export(cfg)
+    summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.

@@ -21,7 +21,10 @@ Works offline: no Ray cluster is started (Tune's files are read as files).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,11 @@ import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec, load_config, save_config
+from lacmfer.config import ExperimentConfig, ParamSpec, load_config, save_config
 from lacmfer.errors import UserError
+from lacmfer.hparams import HPARAMS, to_config_values
+from lacmfer.names import ORACLE_OBJECTIVE
 from search.analysis import (
-    LABEL_FREE_VALIDATORS,
     MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
     ORACLE_METRIC,
@@ -42,12 +46,12 @@ from search.analysis import (
     check_scope,
     param_importances,
     read_split,
+    round_dirs,
     select_best,
     validator_ranking,
 )
 from search.plots import write_search_plots
 
-ORACLE_OBJECTIVE = "oracle_target_acc"
 SCOPE_TEXT = {
     "best": "best evaluation (the max of the objective over the trial's evaluations)",
     "last": "last evaluation (the objective at the trial's last evaluation)",
@@ -88,6 +92,8 @@ class ExportSummary:
     missing_targets: list[str]
     trials_table: Path
     summary: Path
+    removed_checkpoints: int = 0
+    removed_bytes: int = 0
 
     @property
     def oracle(self) -> bool:
@@ -110,6 +116,9 @@ class ExportSummary:
         if self.missing_targets:
             lines.append(f"  not run: {', '.join(self.missing_targets)}")
         lines.append(f"summary: {self.summary}   trials: {self.trials_table}")
+        if self.removed_checkpoints:
+            lines.append(f"removed {self.removed_checkpoints} checkpoint(s) of trials not exported "
+                         f"({self.removed_bytes / 2**20:.1f} MiB; search.keep_checkpoints: true keeps them)")
         return "\n".join(lines)
 
 
@@ -151,7 +160,7 @@ def param_type(spec: ParamSpec | None, observed: list[Any]) -> pa.DataType:
 def param_columns(cfg: ExperimentConfig, records: list[TrialRecord]) -> dict[str, pa.DataType]:
     """Search-space names in the config's order, then any other sampled names."""
     names = list(cfg.search.space)
-    names += [n for n in SEARCHABLE if n not in names and any(n in r.params for r in records)]
+    names += [n for n in HPARAMS if n not in names and any(n in r.params for r in records)]
     return {n: param_type(cfg.search.space.get(n), [r.params.get(n) for r in records]) for n in names}
 
 
@@ -217,7 +226,7 @@ def trial_row(record: TrialRecord, scope: str, params: dict[str, pa.DataType], e
 
 def best_config(cfg: ExperimentConfig, record: TrialRecord) -> ExperimentConfig:
     """The base config with the trial's sampled values and its single target."""
-    values: dict[str, Any] = {SEARCHABLE[name]: value for name, value in record.params.items()}
+    values = to_config_values(record.params)
     values["data.targets"] = [record.target]
     return cfg.with_values(values, source=f"trial {record.trial_id} of split {record.target}")
 
@@ -379,7 +388,7 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
             split.best_config = exp_dir / "best" / f"{target}.yaml"
             configs[target] = (best_config(cfg, split.best), best_header(cfg, split, scope, split.best_config))
         split.importances, split.importance_note = split_importances(exp_dir, cfg, target)
-        split.ranking = validator_ranking(split_records, LABEL_FREE_VALIDATORS, ORACLE_METRIC)
+        split.ranking = validator_ranking(split_records, oracle=ORACLE_METRIC)
         split.ranking_points = sum(
             math.isfinite(report.get(ORACLE_METRIC, math.nan)) for r in split_records for report in r.history
         )
@@ -407,11 +416,33 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
     return ExportSummary(exp_dir, cfg.eval.objective, scope, splits, missing, trials_path, summary_path)
 
 
-def export_experiment(exp_dir: Path, scope: str | None = None) -> ExportSummary:
+def remove_checkpoints(split_dir: Path, keep_trial_id: str | None) -> tuple[int, int]:
+    """Delete the checkpoint folders of every trial in `split_dir` (one round's Tune
+    experiment folder) but `keep_trial_id`'s.
+
+    A trial folder is recognised by the `trial_id` of its first report (result.json).
+    Returns (checkpoints removed, bytes freed).
+    """
+    removed = freed = 0
+    for result in sorted(Path(split_dir).glob("*/result.json")):
+        with open(result, encoding="utf-8") as lines:
+            first = lines.readline()
+        if not first.strip() or json.loads(first).get("trial_id") == keep_trial_id:
+            continue
+        for checkpoint in sorted(result.parent.glob("checkpoint_*")):
+            freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+            shutil.rmtree(checkpoint)
+            removed += 1
+    return removed, freed
+
+
+def export_experiment(exp_dir: Path, scope: str | None = None, finished: Sequence[str] = ()) -> ExportSummary:
     """Export `results/<exp>`: see the module docstring for what is read and written.
 
     `scope` is how a trial's objective is summarised, `best` (its best evaluation) or
     `last`; default: the search's own `search.scope`, which is also what Optuna was told.
+    In the `finished` splits (whose search will not be resumed), checkpoints of trials
+    other than the exported best are removed unless `search.keep_checkpoints` is set.
     """
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
@@ -427,4 +458,12 @@ def export_experiment(exp_dir: Path, scope: str | None = None) -> ExportSummary:
         raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
     records = {t: read_split(exp_dir, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
-    return write_export(exp_dir, cfg, records, scope, missing)
+    summary = write_export(exp_dir, cfg, records, scope, missing)
+    if not cfg.search.keep_checkpoints:
+        for split in summary.splits:
+            if split.target in finished:
+                for folder in round_dirs(exp_dir, split.target):
+                    removed, freed = remove_checkpoints(folder, split.best and split.best.trial_id)
+                    summary.removed_checkpoints += removed
+                    summary.removed_bytes += freed
+    return summary
