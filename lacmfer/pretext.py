@@ -34,9 +34,9 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 from tqdm import tqdm
 
 from lacmfer.config import ExperimentConfig, PretextConfig
+from lacmfer.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from lacmfer.data.cache import _build_lock
 from lacmfer.data.synth import GENERATOR_VERSION, pretext_identity, render_pretext_sample
-from lacmfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lacmfer.model import Trunk
 
 # Bump when the pretext network, its training or the file layout changes.

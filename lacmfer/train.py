@@ -35,7 +35,6 @@ from lacmfer.names import METHOD_NAMES, domain_names, is_oracle
 from lacmfer.pretrained import ensure_pretrained
 
 
-
 @dataclass
 class Plan:
     """Every run of one final training, and what its report needs."""
