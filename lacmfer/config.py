@@ -249,6 +249,14 @@ class ResourcesConfig(_Section):
         return gpu
 
 
+class ClusterConfig(_Section):
+    """How the search runs on a Ray cluster (the search reads it; training ignores it)."""
+
+    # Ray's runtime environment for the job, e.g. {"working_dir": ".", "pip": ["lacmfer"]}:
+    # Ray ships it to every node, so worker nodes need no checkout at the same path.
+    runtime_env: dict[str, Any] | None = None
+
+
 class OutputConfig(_Section):
     results_dir: Path = Path("results")
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
@@ -263,6 +271,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @property

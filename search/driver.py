@@ -7,40 +7,14 @@ be scheduled at all, runs or resumes each split, checks that every split finishe
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import ray
 from ray import tune
 
 from lacmfer.config import ExperimentConfig, save_config
 from lacmfer.errors import UserError
+from search.cluster import concurrent_slots, connect, preflight, ray_environment
 from search.tuner import build_tuner, evaluations_per_trial, restore_tuner
-
-# Ray reads these when it starts and when a Tuner runs; they are set only around a search
-# (run_search), so importing this module changes nothing for other Ray users.
-RAY_ENVIRONMENT = {
-    "RAY_AUTH_MODE": "disabled",  # a local search needs no token (and Ray warns without it)
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # see search.tuner.run_config
-    # Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}
-
-
-@contextlib.contextmanager
-def ray_environment() -> Iterator[None]:
-    """Set RAY_ENVIRONMENT (where the user has not) for the duration of a search."""
-    added = {k: v for k, v in RAY_ENVIRONMENT.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
 
 @dataclass(frozen=True)
 class SplitOutcome:
@@ -49,45 +23,6 @@ class SplitOutcome:
     trials: int
     terminated: int
     errors: int
-
-
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local one."""
-    if ray.is_initialized():  # e.g. a test that declared logical GPUs itself
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(include_dashboard=False, logging_level="WARNING")
-
-
-def concurrent_slots(cfg: ExperimentConfig) -> int:
-    """How many trials fit at once; a trial that can never be placed is a clear error.
-
-    Ray would otherwise keep such a trial PENDING forever (e.g. a GPU asked of a
-    cluster that declares none).
-    """
-    cpu, gpu = cfg.resources.cpu, cfg.resources.gpu
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
-    if gpu > 0 and total_gpu == 0:
-        raise UserError(
-            f"resources.gpu: each trial asks for {gpu} GPU but the Ray cluster has no GPU "
-            "(set resources.gpu: 0 or --gpus-per-trial 0 to train on CPUs)"
-        )
-    per_node = [
-        min(math.floor(n.get("CPU", 0.0) / cpu + 1e-9), math.floor(n.get("GPU", 0.0) / gpu + 1e-9) if gpu else 10**9)
-        for n in nodes
-    ]
-    slots = sum(per_node)
-    if slots == 0:
-        biggest = max(nodes, key=lambda n: n.get("CPU", 0.0), default={})
-        raise UserError(
-            f"resources: a trial needs cpu {cpu}, gpu {gpu} but no Ray node has that much "
-            f"(largest node: cpu {biggest.get('CPU', 0)}, gpu {biggest.get('GPU', 0)})"
-        )
-    return slots
 
 
 def prepare_experiment(cfg: ExperimentConfig, resume: bool) -> None:
@@ -121,7 +56,8 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
     """Search every split of `cfg.data.targets`; stops at the first split that did not finish."""
     with ray_environment():
         prepare_experiment(cfg, resume)
-        connect(address)
+        connect(address, cfg.cluster.runtime_env)
+        preflight(cfg)
         return _run_splits(cfg, resume)
 
 
