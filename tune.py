@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from lacmfer.config import ExperimentConfig, load_config
+from lacmfer.config import ExperimentConfig, config_from_dict, load_config, parse_yaml
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
+from search.storage import experiment_location, location
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", nargs="+", choices=DOMAIN_NAMES, help="target splits (default: data.targets)")
     p.add_argument("--num-samples", type=int, help="trials per split (search.num_samples)")
     p.add_argument("--name", help="experiment name (output.name)")
-    p.add_argument("--results", type=Path, help="results folder (output.results_dir)")
+    p.add_argument("--results", help="results folder or URI, e.g. s3://bucket/prefix (output.results_dir)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--cpus-per-trial", type=float, help="resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="resources.gpu (fractions pack trials on one GPU)")
@@ -48,7 +49,7 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
         "data.targets": args.targets,
         "search.num_samples": args.num_samples,
         "output.name": args.name,
-        "output.results_dir": str(args.results) if args.results else None,
+        "output.results_dir": args.results,
         "resources.cpu": args.cpus_per_trial,
         "resources.gpu": args.gpus_per_trial,
     }
@@ -64,16 +65,16 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
         raise UserError("--set/--cpus-per-trial/--gpus-per-trial: an existing experiment keeps its saved config; "
                         "start another with --name NEW to change it")
     if args.name and args.results:
-        exp_dir = args.results / args.name
+        exp_dir = location(args.results) / args.name
     else:
-        base = load_config(args.config, cli_overrides(args))
-        exp_dir = base.experiment_dir
-    path = exp_dir.absolute() / "config.yaml"
+        exp_dir = experiment_location(load_config(args.config, cli_overrides(args)))
+    path = exp_dir / "config.yaml"
     if not path.exists():
         raise UserError(f"{path}: no experiment here (check --name and --results)")
+    cfg = config_from_dict(parse_yaml(path.read_text(), str(path)), source=str(path))
     # A resumed search may widen its splits or its trial budget, nothing else.
-    keep = [o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))]
-    return load_config(path, keep)
+    keep = {o.split("=", 1)[0]: o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))}
+    return cfg.with_values({k: json.loads(v.split("=", 1)[1]) for k, v in keep.items()}, source=str(path)) if keep else cfg
 
 
 def dry_run(cfg: ExperimentConfig) -> None:
@@ -88,13 +89,13 @@ def dry_run(cfg: ExperimentConfig) -> None:
         print(f"  {line}")
     oracle = "   (ORACLE: selects on target test labels)" if cfg.eval.objective == "oracle_target_acc" else ""
     print(f"objective: {cfg.eval.objective} (maximised){oracle}")
-    print(f"results: {cfg.experiment_dir}")
+    print(f"results: {experiment_location(cfg)}")
 
 
 def export(cfg: ExperimentConfig) -> None:
     from search.export import export_experiment
 
-    summary = export_experiment(cfg.experiment_dir)
+    summary = export_experiment(str(experiment_location(cfg)))
     print(summary)
 
 
@@ -123,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     export(cfg)
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
-    print(f"\nresults:     {cfg.experiment_dir}")
-    print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
-    print(f"final:       python -m lacmfer.train --config {cfg.experiment_dir / 'best'}/<target>.yaml --seeds 0 1 2")
+    exp = experiment_location(cfg)
+    print(f"\nresults:     {exp}")
+    print(f"tensorboard: tensorboard --logdir {exp}")
+    print(f"final:       python -m lacmfer.train --config {exp / 'best'}/<target>.yaml --seeds 0 1 2")
     if unfinished or not_started:
         print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
               f"Continue with: python tune.py --resume --name {cfg.output.name}"

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from ray import tune
 
-from lacmfer.config import ExperimentConfig, save_config
+from lacmfer.config import ExperimentConfig, config_text
 from lacmfer.errors import UserError
 from search.cluster import concurrent_slots, connect, preflight, ray_environment
+from search.storage import experiment_location, upload_study_copy
 from search.tuner import build_tuner, evaluations_per_trial, restore_tuner
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class SplitOutcome:
 
 def prepare_experiment(cfg: ExperimentConfig, resume: bool) -> None:
     """Write the resolved config, refusing to mix a new search into an old folder."""
-    exp_dir = cfg.experiment_dir
+    exp_dir = experiment_location(cfg)
     saved = exp_dir / "config.yaml"
     if saved.exists() and not resume:
         raise UserError(
@@ -35,11 +36,11 @@ def prepare_experiment(cfg: ExperimentConfig, resume: bool) -> None:
             "or start another with --name NEW"
         )
     if not resume:
-        save_config(cfg, saved, header="resolved config of this search (python tune.py)")
+        saved.write_text(config_text(cfg, header="resolved config of this search (python tune.py)"))
 
 
 def run_split(cfg: ExperimentConfig, target: str, max_concurrent: int, resume: bool) -> SplitOutcome:
-    path = cfg.experiment_dir / target
+    path = experiment_location(cfg) / target
     if resume and path.exists():
         if not tune.Tuner.can_restore(str(path)):
             raise UserError(f"{path}: no Tune experiment state to resume from")
@@ -58,7 +59,10 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
         prepare_experiment(cfg, resume)
         connect(address, cfg.cluster.runtime_env)
         preflight(cfg)
-        return _run_splits(cfg, resume)
+        try:
+            return _run_splits(cfg, resume)
+        finally:
+            upload_study_copy(cfg)
 
 
 def _run_splits(cfg: ExperimentConfig, resume: bool) -> list[SplitOutcome]:

@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lacmfer.config import ExperimentConfig
 from search.spaces import SearchSpace, default_point
+from search.storage import experiment_location, optuna_storage
 from trainables.lacmfer_trainable import lacmfer_trainable
 
 METRIC, MODE = "objective", "max"
@@ -96,7 +97,9 @@ def trainable_for(cfg: ExperimentConfig, target: str) -> Any:
 def run_config(cfg: ExperimentConfig, target: str) -> tune.RunConfig:
     return tune.RunConfig(
         name=target,
-        storage_path=str(cfg.experiment_dir),  # absolute: a relative path fails inside pyarrow
+        # An absolute path (a relative one fails inside pyarrow) or a URI such as s3://...,
+        # which Tune opens with pyarrow as search.storage does.
+        storage_path=str(experiment_location(cfg)),
         # Our own TensorBoard runs live in <trial>/tb; JSON and CSV keep Tune's records
         # without a second, duplicate set of TensorBoard curves.
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
@@ -128,7 +131,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune
         points_to_evaluate=[default_point(cfg)] if s.start_from_defaults and s.space else None,
         sampler=sampler,
         study_name=study_name(cfg, target),
-        storage=optuna.storages.RDBStorage(optuna_storage_url(cfg.experiment_dir)),
+        storage=optuna_storage(cfg),
         scope=s.scope,
     )
     max_t = s.asha.max_t or evaluations_per_trial(cfg)
@@ -159,7 +162,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune
 def restore_tuner(cfg: ExperimentConfig, target: str) -> tune.Tuner:
     """Continue an interrupted split: finished trials kept, unfinished resumed, errored retried."""
     return tune.Tuner.restore(
-        str(cfg.experiment_dir / target),
+        str(experiment_location(cfg) / target),
         trainable=trainable_for(cfg, target),
         resume_unfinished=True,
         resume_errored=True,
