@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -116,10 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         export(cfg)
         return 0
 
-    from lacmfer.data.manifest import ensure_data
+    from lacmfer.data.loaders import cache_every_list
     from search.driver import run_search
 
-    ensure_data(cfg.data)  # generate SynthFER once here, not in every trial
+    if cfg.resources.device == "cuda" and cfg.resources.gpu == 0:
+        # A trial trains on the GPU Ray assigns it (lacmfer/device.py); with none reserved,
+        # every trial would fail.
+        raise UserError("resources.device: 'cuda' but resources.gpu is 0, so no trial reserves a GPU; "
+                        "set resources.gpu (e.g. 0.25, or --gpus-per-trial) or resources.device: auto")
+
+    # Before Ray starts: SynthFER is generated once, and a bad list or image is one
+    # `file:line` error (exit 2) instead of a traceback in every trial; trials then open
+    # the caches built here.
+    cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
     export(cfg)
     unfinished = [o.target for o in outcomes if not o.finished]

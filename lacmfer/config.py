@@ -10,6 +10,7 @@ anywhere (Ray changes the working directory of trials).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -206,7 +207,12 @@ class ParamSpec(_Section):
 
 
 class AshaConfig(_Section):
-    """ASHA on evaluation counts: `max_t` evaluations per trial at most."""
+    """ASHA on evaluation counts: `max_t` evaluations per trial at most.
+
+    `max_t` below the evaluations of a run is refused (ExperimentConfig): ASHA would stop
+    every trial there, so no trial would finish its schedule. Above it is harmless: the
+    rungs past the last evaluation are never reached.
+    """
 
     max_t: Annotated[int, Field(ge=1)] | None = Field(None, description="default: every evaluation of a run")
     grace_period: Annotated[int, Field(ge=1)] = 1
@@ -246,6 +252,7 @@ class SearchConfig(_Section):
 
 class ResourcesConfig(_Section):
     cpu: Annotated[float, Field(gt=0.0)] = 1.0
+    # GPUs per search trial: 0 (train on the CPU), a share of one GPU, or 1 (see lacmfer/device.py).
     gpu: Annotated[float, Field(ge=0.0)] = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -253,9 +260,11 @@ class ResourcesConfig(_Section):
 
     @field_validator("gpu")
     @classmethod
-    def _fractional_or_whole(cls, gpu: float) -> float:
-        if gpu > 1 and not gpu.is_integer():
-            raise ValueError(f"a trial uses a fraction of one GPU or whole GPUs (got {gpu})")
+    def _at_most_one(cls, gpu: float) -> float:
+        # A trial trains one model on one device: a second GPU would be reserved and idle.
+        if gpu > 1:
+            raise ValueError("a trial trains on one device: ask for a fraction of one GPU or 1 "
+                             "(fractions pack several trials on one GPU)")
         return gpu
 
 
@@ -291,6 +300,30 @@ class ExperimentConfig(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="after")
+    def _consistent_sections(self) -> ExperimentConfig:
+        if self.eval.objective == "source_val_acc" and self.data.source_val_fraction == 0:
+            raise ValueError(
+                "eval.objective: source_val_acc is measured on a hold-out of the source domains, but "
+                "data.source_val_fraction is 0 (no hold-out); set data.source_val_fraction > 0 (e.g. 0.1) "
+                "or choose another eval.objective"
+            )
+        evaluations = self.evaluations_per_run
+        max_t = self.search.asha.max_t
+        if max_t is not None and max_t < evaluations:
+            raise ValueError(
+                f"search.asha.max_t: {max_t} is below the {evaluations} evaluations of a run "
+                f"(schedule.steps {self.schedule.steps} / eval.interval {self.eval.interval}, rounded up): "
+                f"ASHA would stop every trial at evaluation {max_t}, so no trial would finish its schedule; "
+                f"set max_t to at least {evaluations} or leave it unset"
+            )
+        return self
+
+    @property
+    def evaluations_per_run(self) -> int:
+        """Evaluations in a full run: every `eval.interval` steps, and at the last step."""
+        return math.ceil(self.schedule.steps / self.eval.interval)
+
     @property
     def experiment_dir(self) -> Path:
         """The local experiment folder; a UserError when the results are in object storage
@@ -325,7 +358,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a check across sections: its message names the keys
+            parts.append(f"{source}: {msg}")
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
             parts.append(f"{source}: {loc}: {msg}")
         else:

@@ -21,7 +21,7 @@ from lacmfer import losses
 from lacmfer.config import ExperimentConfig
 from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, load_split_data
 from lacmfer.data.transforms import eval_transform, train_transform
-from lacmfer.errors import UserError
+from lacmfer.device import Placement, claim, local_placement
 from lacmfer.model import LACMFERNet, load_trunk_weights
 from lacmfer.schedules import cluster_weight, inverse_decay_scheduler
 from lacmfer.validators import (
@@ -36,26 +36,21 @@ LOSS_TERMS = ("total", "sup", "sid", "cid", "mcc", "mvv", "mvv_kept")
 _SOURCE_STREAM, _TARGET_STREAM = 0, 1
 
 
-def pick_device(choice: str) -> torch.device:
-    """`auto` uses CUDA when torch can see it (never infer it from CUDA_VISIBLE_DEVICES)."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("resources.device: 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(choice)
-
-
 class Trainer:
     """Trains LA-CMFER on one leave-one-domain-out split.
 
     `Trainer(config, "RAF")` adapts from the other domains to RAF. `data` may be given to
-    share decoded sets between trainers (tests, final training over seeds).
+    share decoded sets between trainers (tests, final training over seeds). `placement`
+    is where to train (a search trial passes the GPU its scheduler assigned); by default
+    `resources.device` decides (`lacmfer.device.local_placement`).
     """
 
-    def __init__(self, config: ExperimentConfig, target: str, *, data: SplitData | None = None, progress: bool = False):
+    def __init__(self, config: ExperimentConfig, target: str, *, data: SplitData | None = None, progress: bool = False,
+                 placement: Placement | None = None):
         self.cfg = config
         self.target = target
-        self.device = pick_device(config.resources.device)
+        self.placement = placement or local_placement(config.resources.device)
+        self.device = claim(self.placement)
         if config.resources.threads:
             torch.set_num_threads(config.resources.threads)
         self.data = data if data is not None else load_split_data(config, target, progress=progress)

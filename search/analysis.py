@@ -235,58 +235,95 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return (upper - (counts - 1) / 2.0)[inverse]
 
 
-def top_weights(scores: np.ndarray, power: float = 2.0) -> np.ndarray:
-    """Weights that emphasise high validator scores: w_i = (r_i / n) ** power.
+def normalised_dense_ranks(values: np.ndarray) -> np.ndarray:
+    """Dense ranks (1 for the smallest distinct value, +1 per next distinct value) over the largest."""
+    _, inverse = np.unique(values, return_inverse=True)
+    dense = inverse.reshape(-1) + 1.0
+    return dense / dense.max()
 
-    r_i is the average rank of scores[i] in ascending order, so the highest score gets
-    weight 1 and the lowest (1/n) ** power. This follows Musgrave, Belongie & Lim,
-    "Benchmarking Validation Methods for Unsupervised Domain Adaptation" (2022), who
-    weight each checkpoint by a power of its normalised validator-score rank, because
-    a validator is used to pick the top checkpoints and its ordering of poor ones
-    matters little. (They normalise dense ranks by the maximum rank; we use average
-    ranks over n, which equals theirs without ties.)
+
+def musgrave_weights(scores: np.ndarray, oracle: np.ndarray, power: float = 2.0) -> np.ndarray:
+    """w_i = max(v_i, t_i) ** power, v and t the normalised dense ranks of scores and oracle.
+
+    A point weighs much when the validator OR the oracle ranks it near the top: what
+    matters for model selection is how the best checkpoints (by either) are ordered.
+    Musgrave et al. (2022) use power 2.
     """
-    scores = np.asarray(scores, dtype=float)
-    return (average_ranks(scores) / scores.size) ** power
+    return np.maximum(normalised_dense_ranks(scores), normalised_dense_ranks(oracle)) ** power
 
 
-def weighted_spearman(x: Sequence[float], y: Sequence[float], weights: Sequence[float]) -> float:
-    """Weighted Spearman correlation: the weighted Pearson correlation of the ranks.
+def weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Ranks in which every point counts its weight instead of 1 (ascending).
 
-    With r = average ranks of x, s = average ranks of y (ascending, ties averaged) and
-    weights w:  ρ_w = Σ w (r − r̄_w)(s − s̄_w) / sqrt(Σ w (r − r̄_w)² · Σ w (s − s̄_w)²),
-    where r̄_w = Σ w r / Σ w. Equal weights give the ordinary Spearman correlation.
-    Points where x, y or the weight is not finite, or the weight is ≤ 0, are skipped
-    (ranks are taken over the points kept); fewer than 3 points, or a constant x or y,
-    give NaN.
+    A distinct value held by c points of mean weight m, above points of total weight B,
+    has rank B + m · (c + 1) / 2. Without ties that is the running sum of the weights up
+    to and including the point; with unit weights it is the ordinary average rank. This is
+    the tie rule of the `WeightedCorr` package that Musgrave et al.'s code calls.
     """
-    x, y, w = (np.asarray(a, dtype=float) for a in (x, y, weights))
-    if not x.shape == y.shape == w.shape:
-        raise ValueError(f"x, y and weights must have the same shape, got {x.shape}, {y.shape}, {w.shape}")
-    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(w) & (w > 0)
-    if keep.sum() < 3:
+    distinct, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    group_weight = np.bincount(inverse, weights=weights, minlength=distinct.size)
+    below = np.cumsum(group_weight) - group_weight
+    return (below + group_weight / counts * (counts + 1) / 2.0)[inverse]
+
+
+def weighted_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
+    """Σw(x−x̄)(y−ȳ) / sqrt(Σw(x−x̄)² · Σw(y−ȳ)²) with weighted means; NaN if x or y is constant."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0:  # checked before centring, which leaves rounding noise
         return math.nan
-    r, s, w = average_ranks(x[keep]), average_ranks(y[keep]), w[keep]
-    if np.ptp(r) == 0 or np.ptp(s) == 0:  # checked on the ranks: centring leaves rounding noise
+    x = x - np.average(x, weights=weights)
+    y = y - np.average(y, weights=weights)
+    denominator = math.sqrt(float(np.sum(weights * x * x) * np.sum(weights * y * y)))
+    return float(np.clip(np.sum(weights * x * y) / denominator, -1.0, 1.0))
+
+
+def weighted_spearman(scores: Sequence[float], oracle: Sequence[float], power: float = 2.0) -> float:
+    """The weighted Spearman correlation of a validator's scores with the oracle accuracy.
+
+    Follows K. Musgrave, S. Belongie, S.-N. Lim, "Three New Validators and a Large-Scale
+    Benchmark Ranking for Unsupervised Domain Adaptation" (arXiv:2208.07360, 2022), as
+    their released benchmark code (powerful-benchmarker) computes it, so the numbers are
+    comparable with theirs:
+
+    1. a non-finite score (NaN, ±inf) is set to the lowest finite score: the validator
+       would never select that checkpoint, so it ranks with the worst;
+    2. weights w = `musgrave_weights(scores, oracle, power)` (power 2 in the paper);
+    3. ρ_w = `weighted_pearson` of `weighted_ranks(scores, w)` and
+       `weighted_ranks(oracle, w)` with the weights w.
+
+    Every score must be a validator value where higher is better. Returns NaN when no
+    score is finite or when the scores or the oracle are constant; the oracle must be
+    finite (a checkpoint without an oracle accuracy cannot be judged).
+    """
+    x, y = (np.asarray(a, dtype=float).reshape(-1) for a in (scores, oracle))
+    if x.shape != y.shape:
+        raise ValueError(f"scores and oracle must have the same length, got {x.size} and {y.size}")
+    if not np.isfinite(y).all():
+        raise ValueError("every oracle value must be finite")
+    finite = np.isfinite(x)
+    if not finite.any():
         return math.nan
-    r = r - np.average(r, weights=w)
-    s = s - np.average(s, weights=w)
-    denominator = math.sqrt(float(np.sum(w * r * r) * np.sum(w * s * s)))
-    return float(np.clip(np.sum(w * r * s) / denominator, -1.0, 1.0))
+    x = np.where(finite, x, x[finite].min())
+    w = musgrave_weights(x, y, power)
+    return weighted_pearson(weighted_ranks(x, w), weighted_ranks(y, w), w)
 
 
 def evaluation_pairs(records: Iterable[TrialRecord], metric: str, oracle: str = ORACLE_METRIC
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(metric, oracle) over every evaluation of every trial where both are finite."""
+    """(metric, oracle) over every evaluation of every trial that has a finite oracle value.
+
+    The metric may be NaN there (missing, or the weights had diverged): `weighted_spearman`
+    ranks such a score as the worst, as Musgrave et al. do.
+    """
     pairs = [
         (report.get(metric, math.nan), report.get(oracle, math.nan))
         for record in records for report in record.history
     ]
-    pairs = [(a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    pairs = [(a, b) for a, b in pairs if math.isfinite(b)]
     if not pairs:
         return np.empty(0), np.empty(0)
     xs, ys = zip(*pairs, strict=True)
-    return np.asarray(xs), np.asarray(ys)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
 def validator_ranking(
@@ -297,19 +334,18 @@ def validator_ranking(
 ) -> list[tuple[str, float]]:
     """How well each validator orders checkpoints like the oracle, best first.
 
-    For each validator: the weighted Spearman correlation between its value and `oracle`
-    over ALL evaluations of all given trials (every evaluation is a candidate
-    checkpoint), with `top_weights(validator values, power)`, so agreement among the
-    checkpoints the validator scores highest counts most. Pass the records of ONE split:
-    validator values are only comparable on the same evaluation set. Validators without
-    at least 3 finite points get NaN and are listed last.
+    For each validator: `weighted_spearman` (Musgrave et al. 2022) between its value and
+    `oracle` over ALL evaluations of all given trials (every evaluation is a candidate
+    checkpoint, as in their benchmark), so agreement among the checkpoints that the
+    validator or the oracle ranks highest counts most. Pass the records of ONE split:
+    validator values are only comparable on the same evaluation set. A validator with
+    no finite value, or a constant one, gets NaN and is listed last.
     """
     records = list(records)
     ranking = []
     for name in validators:
         xs, ys = evaluation_pairs(records, name, oracle)
-        corr = weighted_spearman(xs, ys, top_weights(xs, power)) if xs.size else math.nan
-        ranking.append((name, corr))
+        ranking.append((name, weighted_spearman(xs, ys, power) if xs.size else math.nan))
     return sorted(ranking, key=lambda item: -item[1] if not math.isnan(item[1]) else math.inf)
 
 

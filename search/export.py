@@ -308,13 +308,14 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str) -> lis
     lines += [f"{split.importance_note}.", ""]
     lines += ["### Validator ranking (which label-free objective to trust)", ""]
     if all(math.isnan(c) for _, c in split.ranking):
-        lines += ["Not available: needs at least 3 evaluations with target labels (target_acc).", ""]
+        lines += ["Not available: needs evaluations with target labels (target_acc) and validators that vary.", ""]
     else:
         lines += ["| validator | weighted Spearman with target_acc |", "|---|---|"]
         lines += [f"| {name}{' (the objective)' if name == objective else ''} | {_fmt(c)} |"
                   for name, c in split.ranking]
-        lines += ["", f"Over {split.ranking_points} evaluations of all {total} trials; weights (rank/n)² of the "
-                  "validator score emphasise its top checkpoints (Musgrave et al. 2022). 1 = orders checkpoints "
+        lines += ["", f"Over {split.ranking_points} evaluations of all {total} trials, computed as Musgrave et al. "
+                  "(2022) do: weights max(validator rank, oracle rank)² (normalised dense ranks) emphasise the top "
+                  "checkpoints, a NaN validator score ranks as the worst. 1 = orders checkpoints "
                   "exactly like the oracle target accuracy; computed with target labels, for choosing an "
                   "objective, not a model.", ""]
     return lines

@@ -17,13 +17,14 @@ from lacmfer.errors import UserError
 from search.analysis import (
     TrialRecord,
     average_ranks,
+    musgrave_weights,
     param_importances,
     read_result_json,
     read_trial_dir,
     select_best,
-    top_weights,
     trial_status,
     validator_ranking,
+    weighted_ranks,
     weighted_spearman,
 )
 
@@ -141,46 +142,68 @@ def test_average_ranks_with_ties():
     assert average_ranks(np.array([10.0, 30.0, 20.0, 30.0])).tolist() == [1.0, 3.5, 2.0, 3.5]
 
 
-def test_weighted_spearman_hand_case():
-    # x ranks 1..4, y swaps the top two; weights w = (rank/4)^2 ∝ [1, 4, 9, 16] (scale-free).
-    # Weighted means: r̄ = (1+8+27+64)/30 = 10/3, s̄ = (1+8+36+48)/30 = 3.1.
-    # Σw(r−r̄)(s−s̄) = 4.9 + 5.8667 − 2.7 − 1.0667 = 7; Σw(r−r̄)² = 62/3; Σw(s−s̄)² = 16.7.
-    x, y_top_swap, y_bottom_swap = [1, 2, 3, 4], [1, 2, 4, 3], [2, 1, 3, 4]
-    w = top_weights(np.array(x, dtype=float))
-    np.testing.assert_allclose(w, [1 / 16, 4 / 16, 9 / 16, 1.0])
-    assert weighted_spearman(x, y_top_swap, w) == pytest.approx(7 / math.sqrt(62 / 3 * 16.7), rel=1e-12)
-    # bottom swap: s̄ = 97/30, Σw(r−r̄)(s−s̄) = 71/3, Σw(s−s̄)² = 941/30
-    assert weighted_spearman(x, y_bottom_swap, w) == pytest.approx((71 / 3) / math.sqrt(62 / 3 * 941 / 30), rel=1e-12)
-    # equal weights: ordinary Spearman 1 − 6Σd²/(n(n²−1)) = 1 − 12/60
-    assert weighted_spearman(x, y_top_swap, [1, 1, 1, 1]) == pytest.approx(0.8)
+def test_weighted_spearman_hand_case_as_musgrave_et_al_compute_it():
+    scores, oracle = [0.8, math.nan, 0.8, 0.2], [0.9, 0.7, 0.5, 0.3]
+    # 1. The NaN score becomes the lowest finite score: [0.8, 0.2, 0.8, 0.2].
+    # 2. Normalised dense ranks: scores [1, 1/2, 1, 1/2], oracle [1, 3/4, 1/2, 1/4];
+    #    w = max(.,.)² = [1, 9/16, 1, 1/4], i.e. ∝ [16, 9, 16, 4] (the result is scale-free).
+    w = musgrave_weights(np.array([0.8, 0.2, 0.8, 0.2]), np.array(oracle))
+    np.testing.assert_allclose(w, [1.0, 9 / 16, 1.0, 1 / 4])
+    # 3. Weighted ranks with w ∝ [16, 9, 16, 4]:
+    #    scores: tie 0.2 = points 2, 4 (weights 9, 4; mean 6.5): 0 + 6.5·(2+1)/2 = 9.75;
+    #            tie 0.8 = points 1, 3 (weights 16, 16): 13 + 16·(2+1)/2 = 37.
+    #    oracle (no ties): ascending 0.3, 0.5, 0.7, 0.9 with weights 4, 16, 9, 16 gives
+    #            running sums 4, 20, 29, 45, i.e. [45, 29, 20, 4] in point order.
+    w16 = np.array([16.0, 9.0, 16.0, 4.0])
+    np.testing.assert_allclose(weighted_ranks(np.array([0.8, 0.2, 0.8, 0.2]), w16), [37, 9.75, 37, 9.75])
+    np.testing.assert_allclose(weighted_ranks(np.array(oracle), w16), [45, 29, 20, 4])
+    # 4. Weighted Pearson of those ranks, Σw = 45: means 5243/180 and 439/15;
+    #    Σw·dx·dy = 42292/15, Σw·dx² = 308906/45, Σw·dy² = 39444/5;
+    #    ρ = (42292/15) / sqrt(308906/45 · 39444/5) = sqrt(18818/128193) ≈ 0.3831.
+    assert weighted_spearman(scores, oracle) == pytest.approx(math.sqrt(18818 / 128193), rel=1e-12)
 
 
-def test_weighted_spearman_properties():
+def test_weighted_ranks_reduce_to_average_ranks_with_unit_weights():
+    values = np.array([10.0, 30.0, 20.0, 30.0, 5.0])
+    np.testing.assert_array_equal(weighted_ranks(values, np.ones(5)), average_ranks(values))
+
+
+def test_weighted_spearman_with_power_zero_is_the_ordinary_spearman():
+    # power 0: every weight is 1; no ties, so ρ = 1 − 6Σd²/(n(n²−1)); d = [0, 0, 1, −1, 0] → 1 − 12/120
+    assert weighted_spearman([1, 2, 3, 4, 5], [1, 2, 4, 3, 5], power=0.0) == pytest.approx(0.9, rel=1e-12)
+
+
+def test_weighted_spearman_counts_disorder_at_the_top_more():
     rng = np.random.default_rng(0)
     x = rng.normal(size=50)
-    assert weighted_spearman(x, 3 * x + 1, top_weights(x)) == pytest.approx(1.0)
-    assert weighted_spearman(x, np.exp(-x), top_weights(x)) == pytest.approx(-1.0)
-    # same amount of disorder, at the top vs at the bottom of the validator's ranking
+    assert weighted_spearman(x, 3 * x + 1) == pytest.approx(1.0)
     order = np.argsort(x)
     top_noise, bottom_noise = x.copy(), x.copy()
     top_noise[order[-10:]] = x[order[-10:]][::-1]
     bottom_noise[order[:10]] = x[order[:10]][::-1]
-    w = top_weights(x)
-    assert weighted_spearman(x, top_noise, w) < weighted_spearman(x, bottom_noise, w)
+    assert weighted_spearman(x, top_noise) < weighted_spearman(x, bottom_noise)
     # unweighted, the two are the same amount of disorder
-    ones = np.ones_like(x)
-    assert weighted_spearman(x, top_noise, ones) == pytest.approx(weighted_spearman(x, bottom_noise, ones))
+    assert weighted_spearman(x, top_noise, power=0.0) == pytest.approx(weighted_spearman(x, bottom_noise, power=0.0))
 
 
-def test_weighted_spearman_nan_safety():
-    assert math.isnan(weighted_spearman([1, 2], [1, 2], [1, 1]))
-    assert math.isnan(weighted_spearman([1, 2, math.nan, 4], [1, 2, 3, math.inf], [1, 1, 1, 1]))  # 2 points left
-    assert weighted_spearman([1, 2, math.nan, 3, 4], [1, 2, 9, 3, 4], [1, 1, 1, 1, math.nan]) == pytest.approx(1.0)
-    assert math.isnan(weighted_spearman([1, 1, 1], [1, 2, 3], [1, 1, 1]))  # constant validator
-    constant = np.full(12, 0.5)  # non-uniform weights: centring alone would leave rounding noise
-    assert math.isnan(weighted_spearman(constant, np.arange(12.0), top_weights(np.arange(12.0))))
-    with pytest.raises(ValueError, match="shape"):
-        weighted_spearman([1, 2, 3], [1, 2], [1, 1, 1])
+def test_weighted_spearman_ranks_non_finite_scores_as_the_worst():
+    oracle = [0.9, 0.2, 0.5, 0.7, 0.4]
+    lowest = [0.6, 0.1, 0.3, 0.5, 0.1]  # the point at index 4 scored as the lowest finite score
+    expected = weighted_spearman(lowest, oracle)
+    for bad in (math.nan, math.inf, -math.inf):
+        assert weighted_spearman([0.6, 0.1, 0.3, 0.5, bad], oracle) == pytest.approx(expected, rel=1e-12)
+    # dropping the point instead would give a different value
+    assert weighted_spearman(lowest[:4], oracle[:4]) != pytest.approx(expected)
+
+
+def test_weighted_spearman_undefined_cases():
+    assert math.isnan(weighted_spearman([math.nan, math.nan, math.nan], [0.1, 0.2, 0.3]))  # no finite score
+    assert math.isnan(weighted_spearman([1, 1, 1], [1, 2, 3]))  # constant validator
+    assert math.isnan(weighted_spearman(np.full(12, 0.5), np.arange(12.0)))  # no rounding noise from centring
+    with pytest.raises(ValueError, match="length"):
+        weighted_spearman([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="oracle"):
+        weighted_spearman([1, 2, 3], [1, 2, math.nan])
 
 
 def test_validator_ranking_orders_validators_by_agreement_with_the_oracle():
@@ -189,19 +212,19 @@ def test_validator_ranking_orders_validators_by_agreement_with_the_oracle():
     for t in range(6):
         acc = np.sort(rng.uniform(0.2, 0.9, size=5))
         history = [
-            report(i + 1, float(a), final=i == 4, target_acc=float(a), source_val_acc=float(a + 0.01 * t),
+            report(i + 1, float(a), final=i == 4, target_acc=float(a), source_val_acc=float(2 * a + 0.1),
                    im=float(a + rng.normal(0, 0.05)), entropy=float(-a), bnm=float(rng.uniform()),
                    snd=math.nan)
             for i, a in enumerate(acc)
         ]
         records.append(TrialRecord(f"t{t}", "CK", {}, "completed", history))
     ranking = validator_ranking(records)
-    names = [n for n, _ in ranking]
     corr = dict(ranking)
-    assert names[:2] == ["source_val_acc", "im"] and names[-2:] == ["entropy", "snd"]
-    assert corr["source_val_acc"] > 0.95 and corr["entropy"] == pytest.approx(-1.0)
+    assert [n for n, _ in ranking] == ["source_val_acc", "im", "bnm", "entropy", "snd"]
+    assert corr["source_val_acc"] == pytest.approx(1.0) and 0.8 < corr["im"] < 1.0
+    # reversed order: near −1, not exactly (weighted ranks from the two ends differ by the weights)
+    assert corr["entropy"] < -0.99
     assert math.isnan(corr["snd"])  # never finite: listed last, not an error
-    assert abs(corr["bnm"]) < 0.5
 
 
 # ---------------------------------------------------------------- importance

@@ -54,13 +54,29 @@ def test_overrides_are_parsed_as_yaml_and_validated(write):
         ("search: {space: {bogus: {distribution: uniform, low: 0, high: 1}}}\n", [], r"unknown search parameter 'bogus'"),
         ("search: {space: {cluster_gamma: {distribution: uniform, low: 1, high: 2, only_if: {cluster_ramp: sigmoid}}}}\n",
          [], r"only_if names 'cluster_ramp', which is not a choice"),
-        ("resources: {gpu: 1.5}\n", [], r"fraction of one GPU or whole GPUs"),
+        ("resources: {gpu: 1.5}\n", [], r"resources\.gpu: a trial trains on one device"),
+        ("resources: {gpu: 2}\n", [], r"resources\.gpu: a trial trains on one device.*\(got 2\)"),
+        # cross-field checks: the message names every key involved
+        ("data: {source_val_fraction: 0}\n", [],
+         r"c\.yaml: eval\.objective: source_val_acc .* data\.source_val_fraction is 0"),
+        # ceil(100 / 30) = 4 evaluations; max_t 3 would stop every trial before its last one
+        ("schedule: {steps: 100}\neval: {interval: 30}\nsearch: {asha: {max_t: 3}}\n", [],
+         r"c\.yaml: search\.asha\.max_t: 3 is below the 4 evaluations of a run"),
     ],
 )
 def test_bad_configs_name_file_and_key(write, text, overrides, pattern):
     path = write("c.yaml", text)
     with pytest.raises(UserError, match=pattern):
         load_config(path, overrides)
+
+
+def test_cross_field_checks_accept_what_is_consistent(write):
+    # another objective needs no source hold-out
+    assert load_config(write("a.yaml", "data: {source_val_fraction: 0}\neval: {objective: im}\n"))
+    # max_t equal to, or above, the evaluations of a run (rungs past the end are never reached)
+    for max_t in (4, 50):
+        text = f"schedule: {{steps: 100}}\neval: {{interval: 30}}\nsearch: {{asha: {{max_t: {max_t}}}}}\n"
+        assert load_config(write("b.yaml", text)).search.asha.max_t == max_t
 
 
 def test_missing_file(tmp_path):

@@ -36,6 +36,14 @@ def test_reads_the_field_format(tmp_path, write):
     assert m.labels.dtype == np.int64 and m.name == "l"
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_path(tmp_path):
+    touch(tmp_path, "CK/a.png", "CK/b.png")
+    lst = tmp_path / "CK.txt"
+    lst.write_bytes("CK/a.png 1\r\nCK/b.png 2\r\n".encode("utf-8-sig"))  # what Windows Notepad writes
+    m = read_list_file(lst, tmp_path)
+    assert m.paths == [tmp_path / "CK/a.png", tmp_path / "CK/b.png"] and m.labels.tolist() == [1, 2]
+
+
 def test_absolute_paths_are_kept(tmp_path, write):
     touch(tmp_path, "imgs/a.png")
     lst = write("l.txt", f"{tmp_path / 'imgs/a.png'} 2\n")

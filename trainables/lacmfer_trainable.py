@@ -24,10 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from lacmfer.config import SEARCHABLE, ExperimentConfig, config_from_dict
+from lacmfer.device import Placement, out_of_memory_message, scheduled_placement
 from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
@@ -59,6 +61,22 @@ def _with_trial_threads(cfg: ExperimentConfig) -> ExperimentConfig:
         return cfg
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0)
     return cfg.with_values({"resources.threads": int(max(1.0, cpus))}, source="trial resources")
+
+
+def ray_gpu_assignment() -> tuple[list[str], float]:
+    """The GPUs Ray assigned to this worker (node-wide ids) and the share of a GPU it reserved.
+
+    Read from Ray rather than from what torch can see: Ray 2.60 no longer hides the GPUs
+    of a node from a worker that reserved none.
+    """
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return [str(gpu_id) for gpu_id in ray.get_gpu_ids()], share
+
+
+def trial_placement(cfg: ExperimentConfig) -> Placement:
+    """Where this trial trains: the GPU Ray assigned to it (with its memory share), else the CPU."""
+    gpu_ids, share = ray_gpu_assignment()
+    return scheduled_placement(cfg.resources.device, gpu_ids, share)
 
 
 def trial_artifact_dir() -> Path:
@@ -101,9 +119,19 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
     early or diverged) and `diverged` (1.0 when `loss_total` or the predictions are NaN or
     inf). A diverged trial reports once with its objective set to NaN and ends itself.
     """
-    context = tune.get_context()
     cfg = _with_trial_threads(trial_config(base_config, config))
-    trainer = Trainer(cfg, target)  # the device is CUDA iff torch sees one (resources.device: auto)
+    placement = trial_placement(cfg)
+    try:
+        _train(cfg, target, placement)
+    except torch.cuda.OutOfMemoryError as err:
+        # The trial's own failure, with what to change; a neighbour sharing the GPU is unaffected.
+        raise RuntimeError(out_of_memory_message(placement)) from err
+
+
+def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
+    """The body of `lacmfer_trainable`: train, evaluate, report and checkpoint."""
+    context = tune.get_context()
+    trainer = Trainer(cfg, target, placement=placement)
 
     best: dict[str, float] = {}
     checkpoint = tune.get_checkpoint()

@@ -343,18 +343,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Imported here: the cache itself must not depend on the config layer.
     from lacmfer.config import load_config
-    from lacmfer.data.manifest import load_domains, unique_manifests
+    from lacmfer.data.loaders import cache_every_list
 
     cfg = load_config(args.config, args.overrides)
-    size = cfg.data.resolved_cache_size
-    cache_dir = cfg.data.resolved_cache_dir
-    for manifest in unique_manifests(load_domains(cfg.data)):
-        images = load_or_build(
-            manifest.paths, manifest.labels, size, cache_dir, manifest.name,
-            list_file=manifest.list_file, line_numbers=manifest.line_numbers,
-            workers=args.workers, max_errors=cfg.data.max_list_errors,
-        )
-        print(f"{manifest.name}: {len(images)} images at {size}px in {images.path}")
+    for manifest, images in cache_every_list(cfg.data, workers=args.workers):
+        print(f"{manifest.name}: {len(images)} images at {images.size}px in {images.path}")
 
 
 if __name__ == "__main__":

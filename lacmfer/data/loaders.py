@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from lacmfer.config import DataConfig, ExperimentConfig
 from lacmfer.data.cache import DecodedImages, load_or_build
-from lacmfer.data.manifest import load_domains
+from lacmfer.data.manifest import Manifest, load_domains, unique_manifests
 from lacmfer.data.splits import Part, Split, make_split
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, domain ids
@@ -219,6 +219,26 @@ def open_caches(data: DataConfig, parts: Sequence[Part], progress: bool = True) 
                 max_errors=data.max_list_errors,
             )
     return decoded
+
+
+def cache_every_list(data: DataConfig, workers: int = 2, progress: bool = True) -> list[tuple[Manifest, DecodedImages]]:
+    """Check every list and image of `data`, and build (or open) the cache of every list.
+
+    What a run would find wrong with the data is found here, each problem as a
+    `file:line: ...` UserError: list lines that do not parse, labels out of range,
+    missing images (the manifest), images that do not decode (the cache). `tune.py` calls
+    it before Ray starts, so trials open the caches it built instead of each failing on a
+    bad list; `python -m lacmfer.data.cache` calls it to prebuild caches.
+    """
+    cached = []
+    for manifest in unique_manifests(load_domains(data)):
+        images = load_or_build(
+            manifest.paths, manifest.labels, data.resolved_cache_size, data.resolved_cache_dir, manifest.name,
+            list_file=manifest.list_file, line_numbers=manifest.line_numbers, progress=progress,
+            workers=workers, max_errors=data.max_list_errors,
+        )
+        cached.append((manifest, images))
+    return cached
 
 
 def domain_ids(data: DataConfig) -> dict[str, int]:

@@ -65,7 +65,8 @@ def read_list_file(list_file: Path, root: Path, max_errors: int = 20, check_imag
     """Parse and validate one list file; images are relative to `root` unless absolute."""
     list_file = Path(list_file)
     try:
-        text = list_file.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the first path.
+        text = list_file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{list_file}: list file not found") from None
     except (OSError, UnicodeDecodeError) as err:
