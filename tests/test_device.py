@@ -11,8 +11,10 @@ import pytest
 import ray
 import torch
 
+from lacmfer.data.loaders import load_split_data
 from lacmfer.device import Placement, claim, local_placement, scheduled_placement
 from lacmfer.errors import UserError
+from lacmfer.trainer import Trainer
 from tests.conftest import tiny_config
 from trainables import lacmfer_trainable as trainable_module
 
@@ -77,6 +79,17 @@ def test_device_choices_against_the_assignment(gpu_machine):
     assert scheduled_placement("cpu", ["0"], 0.25).device == torch.device("cpu")
     # outside a scheduler, `auto` takes the GPU torch sees (final training)
     assert local_placement("auto") == Placement(torch.device("cuda"), None)
+
+
+def test_the_trainer_trains_where_its_placement_is_claimed(synth_tiny, monkeypatch):
+    claimed = []
+    # claim() is where the memory bound is set; here it records the call and hands out the CPU
+    monkeypatch.setattr("lacmfer.trainer.claim", lambda placement: claimed.append(placement) or torch.device("cpu"))
+    cfg = tiny_config(synth_tiny)
+    placement = Placement(torch.device("cuda", 0), 0.25)
+    trainer = Trainer(cfg, "CK", data=load_split_data(cfg, "CK", progress=False), placement=placement)
+    assert claimed == [placement] and trainer.device == torch.device("cpu")
+    assert next(trainer.model.parameters()).device == torch.device("cpu")
 
 
 def test_out_of_memory_fails_the_trial_naming_its_share(synth_tiny, gpu_machine, monkeypatch):
