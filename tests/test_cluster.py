@@ -121,6 +121,14 @@ def test_tune_joins_a_head_with_token_authentication(synth_tiny, tmp_path):
             cfg = search_config(synth_tiny, tmp_path, "joined", data={"targets": ["CK"]},
                                 schedule={"steps": 4, "lr_decay_steps": 4},
                                 search={"num_samples": 2, "max_concurrent": 2})
+            # Without the token the head refuses: one line, exit 2, no traceback.
+            refused = subprocess.run(
+                [sys.executable, str(REPO / "tune.py"), "--config", str(save_yaml(cfg, tmp_path)), "--name", "refused",
+                 "--address", f"127.0.0.1:{port}"],
+                cwd=tmp_path, env=clean_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=300,
+            )
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert "cannot join the Ray cluster" in refused.stderr and "Traceback" not in refused.stderr
             proc = subprocess.run(
                 [sys.executable, str(REPO / "tune.py"), "--config", str(save_yaml(cfg, tmp_path)),
                  "--address", f"127.0.0.1:{port}"],
