@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -20,6 +21,9 @@ from lacmfer.config import ExperimentConfig, config_from_dict, load_config, pars
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
 from search.storage import experiment_location, location
+
+if TYPE_CHECKING:
+    from search.export import ExportSummary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,9 +77,19 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
     if not path.exists():
         raise UserError(f"{path}: no experiment here (check --name and --results)")
     cfg = config_from_dict(parse_yaml(path.read_text(), str(path)), source=str(path))
-    # A resumed search may widen its splits or its trial budget, nothing else.
-    keep = {o.split("=", 1)[0]: o for o in cli_overrides(args) if o.startswith(("data.targets=", "search.num_samples="))}
-    return cfg.with_values({k: json.loads(v.split("=", 1)[1]) for k, v in keep.items()}, source=str(path)) if keep else cfg
+    if not args.resume:
+        return cfg
+    # A resumed search may widen its splits or its trial budget, nothing else; the driver
+    # saves the widened config, which the export then reads.
+    widened: dict[str, object] = {}
+    if args.targets:
+        widened["data.targets"] = cfg.data.targets + [t for t in args.targets if t not in cfg.data.targets]
+    if args.num_samples is not None:
+        if args.num_samples < cfg.search.num_samples:
+            raise UserError(f"--num-samples {args.num_samples}: {path} already runs {cfg.search.num_samples} "
+                            "trials per split; a resumed search can add trials, not remove them")
+        widened["search.num_samples"] = args.num_samples
+    return cfg.with_values(widened, source="--resume options") if widened else cfg
 
 
 def dry_run(cfg: ExperimentConfig) -> None:
@@ -93,11 +107,12 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print(f"results: {experiment_location(cfg)}")
 
 
-def export(cfg: ExperimentConfig) -> None:
+def export(cfg: ExperimentConfig) -> ExportSummary:
     from search.export import export_experiment
 
     summary = export_experiment(str(experiment_location(cfg)))
     print(summary)
+    return summary
 
 
 @exit_on_user_error
@@ -131,17 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     # the caches built here.
     cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    export(cfg)
+    summary = export(cfg)
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
+    # A split that finished with no usable trial (all failed or diverged) has no best config.
+    no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
     exp = experiment_location(cfg)
     print(f"\nresults:     {exp}")
     print(f"tensorboard: tensorboard --logdir {exp}")
     print(f"final:       python -m lacmfer.train --config {exp / 'best'}/<target>.yaml --seeds 0 1 2")
+    for split in no_result:
+        counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
+        print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "
+              f"see {summary.summary} and each trial's error.txt under {exp / split.target}",
+              file=sys.stderr)
     if unfinished or not_started:
         print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
               f"Continue with: python tune.py --resume --name {cfg.output.name}"
               + (f" --results {cfg.output.results_dir}" if args.results else ""), file=sys.stderr)
+    if unfinished or not_started or no_result:
         return 1
     print("every split finished.")
     return 0

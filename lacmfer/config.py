@@ -221,7 +221,9 @@ class AshaConfig(_Section):
 
 class SearchConfig(_Section):
     num_samples: Annotated[int, Field(ge=1)] = 16
-    max_concurrent: Annotated[int, Field(ge=1)] | None = Field(None, description="default: as many as fit")
+    # Default: ⌊√num_samples⌋ at once (at least 1, at most what fits), so TPE proposes most
+    # trials knowing the results of earlier ones (search.driver.default_max_concurrent).
+    max_concurrent: Annotated[int, Field(ge=1)] | None = Field(None, description="default: ⌊√num_samples⌋, as fit")
     seed: int = 0
     multivariate: bool = True
     startup_trials: Annotated[int, Field(ge=1)] = 10

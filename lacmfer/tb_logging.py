@@ -23,6 +23,10 @@ _GROUPS = (("loss_", "loss/"), ("target_", "target/"), ("source_", "source/"), (
 _VALIDATORS = ("entropy", "im", "bnm", "snd", "objective")
 # The HParams-table metrics of every run (search trials and final training alike).
 BEST_OF: dict[str, str] = {"objective": "max", "target_acc": "max"}
+# HParams-table flags of a run that went wrong: `hparam/<flag>` is 0 until `RunLogger.mark`,
+# then 1, so a diverged or failed run never looks like a successful one in the table
+# (its best-so-far values from before the failure are still real and stay).
+RUN_FLAGS: tuple[str, ...] = ("diverged", "failed")
 
 
 def scalar_tag(name: str) -> str:
@@ -68,14 +72,22 @@ class RunLogger:
         self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
         self.best_of = dict(best_of)
         self.best: dict[str, float] = {}
+        self.flags: set[str] = set()
         if purge_step is None:  # a resumed run already has its hparams summary
             hp = {k: _hparam_value(v) for k, v in hyperparameters.items()}
-            exp, ssi, sei = hparams(hp, {f"hparam/{m}_best": 0.0 for m in self.best_of})
+            metrics = {f"hparam/{m}_best": 0.0 for m in self.best_of} | {f"hparam/{f}": 0.0 for f in RUN_FLAGS}
+            exp, ssi, sei = hparams(hp, metrics)
             for summary in (exp, ssi, sei):
                 self.writer.file_writer.add_summary(summary)
 
     def restore_best(self, best: Mapping[str, float]) -> None:
         self.best.update(best)
+
+    def mark(self, flag: str) -> None:
+        """Flag the run (one of RUN_FLAGS) from the next `log` on."""
+        if flag not in RUN_FLAGS:
+            raise ValueError(f"flag {flag!r} is not one of {RUN_FLAGS}")
+        self.flags.add(flag)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         for name, value in metrics.items():
@@ -89,6 +101,8 @@ class RunLogger:
             if old is None or (value > old if mode == "max" else value < old):
                 self.best[name] = float(value)
             self.writer.add_scalar(f"hparam/{name}_best", self.best[name], step)
+        for flag in RUN_FLAGS:
+            self.writer.add_scalar(f"hparam/{flag}", float(flag in self.flags), step)
         self.writer.flush()
 
     def close(self) -> None:

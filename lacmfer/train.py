@@ -46,9 +46,12 @@ def train_one(cfg: ExperimentConfig, target: str, progress: bool = True) -> dict
         for metrics in trainer.evaluations():
             bar.update(trainer.step_count - bar.n)
             history.append(metrics)
+            diverged = not math.isfinite(metrics.get("loss_total", 0.0))
+            if diverged:
+                logger.mark("diverged")
             logger.log(metrics, trainer.step_count)
             bar.set_postfix(objective=f"{metrics['objective']:.3f}", target_acc=f"{metrics['target_acc']:.3f}")
-            if not math.isfinite(metrics.get("loss_total", 0.0)):
+            if diverged:
                 status = "diverged"  # the weights are NaN from here on: stop instead of wasting steps
                 break
     finally:

@@ -225,6 +225,35 @@ def read_tune_experiment(path: Path | str | Location, target: str) -> list[Trial
     return sorted(records, key=lambda r: r.trial_id)
 
 
+def round_dir(exp_dir: Path | Location, target: str, round_index: int) -> Path | Location:
+    """The Tune experiment folder of one round of a split's search.
+
+    Round 1 is the split's folder `<exp>/<target>`; a resumed search given a larger
+    `num_samples` runs its extra trials as round k ≥ 2 in `<exp>/<target>/round-<k>`
+    (same Optuna study, a Tune experiment of its own), so every trial of a split stays
+    under its folder. A Location (results in object storage) gives Locations.
+    """
+    split_dir = (exp_dir if isinstance(exp_dir, Location) else Path(exp_dir)) / target
+    return split_dir if round_index == 1 else split_dir / f"round-{round_index}"
+
+
+def round_dirs(exp_dir: Path | Location, target: str) -> list[Path | Location]:
+    """The Tune experiment folders of a split that exist, in round order."""
+    found, index = [], 1
+    while round_dir(exp_dir, target, index).is_dir():
+        found.append(round_dir(exp_dir, target, index))
+        index += 1
+    return found
+
+
+def read_split(exp_dir: Path | Location, target: str) -> list[TrialRecord]:
+    """Every trial of every round of one split (see `round_dir`), round by round."""
+    dirs = round_dirs(exp_dir, target)
+    if not dirs:
+        raise UserError(f"{round_dir(exp_dir, target, 1)}: no Tune experiment folder for split {target}")
+    return [record for path in dirs for record in read_tune_experiment(path, target)]
+
+
 # ---------------------------------------------------------------- validator ranking
 
 
@@ -352,26 +381,43 @@ def validator_ranking(
 # ---------------------------------------------------------------- Optuna importance
 
 
+#: Fewest COMPLETE trials that importance is computed from. PED-ANOVA compares the
+#: parameter distribution of the top `IMPORTANCE_TOP_QUANTILE` trials with all of them,
+#: and needs at least 2 trials in the top group (Optuna's own minimum per group): 10
+#: trials give 2. Optuna's documentation prefers 5 in the top group (25 trials) for
+#: stable estimates; the summary prints the number of trials used, so a reader can judge.
+MIN_COMPLETE_FOR_IMPORTANCE = 10
+IMPORTANCE_TOP_QUANTILE = 0.2
+
+
+def importance_evaluator() -> optuna.importance.PedAnovaImportanceEvaluator:
+    """The evaluator, named rather than left to Optuna's default (which changed across
+    versions): PED-ANOVA handles conditional parameters (cluster_gamma) and needs no
+    model fitting, so small studies give the same answer every time."""
+    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_TOP_QUANTILE,
+                                                         region_quantile=1.0)
+
+
 def param_importances(study: optuna.Study) -> dict[str, float]:
     """Hyperparameter importance of a split's study, from its COMPLETE trials only.
 
-    Wraps `optuna.importance.get_param_importances` with Optuna's default evaluator
-    (PED-ANOVA in Optuna 5, which handles conditional parameters), normalised to sum
-    to 1, most important first. That function reads COMPLETE trials with a finite value
-    only, so PRUNED (ASHA-stopped) and FAIL trials never enter it. Returns {} when
-    there is nothing to rank: fewer than 2 complete trials, or fewer than 2 parameters
-    that vary (one parameter would always get importance 1).
+    `optuna.importance.get_param_importances` with `importance_evaluator()`, normalised
+    to sum to 1, most important first. That function reads COMPLETE trials with a finite
+    value only, so PRUNED (ASHA-stopped, diverged) and FAIL trials never enter it.
+    Returns {} when there is too little to rank: fewer than MIN_COMPLETE_FOR_IMPORTANCE
+    complete trials, or fewer than 2 parameters that vary (one parameter would always
+    get importance 1).
     """
     complete = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if t.value is not None and math.isfinite(t.value)
     ]
     varying = {name for t in complete for name, dist in t.distributions.items() if not dist.single()}
-    if len(complete) < 2 or len(varying) < 2:
+    if len(complete) < MIN_COMPLETE_FOR_IMPORTANCE or len(varying) < 2:
         return {}
     with warnings.catch_warnings():
         # Small studies make Optuna warn about estimate accuracy; the summary shows the
         # number of complete trials instead.
         warnings.simplefilter("ignore")
-        importances = optuna.importance.get_param_importances(study)
+        importances = optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
     return {name: float(value) for name, value in importances.items()}

@@ -3,7 +3,8 @@
 `export_experiment(results/<exp>)` reads what the search wrote
 
     config.yaml       the resolved base config (`load_config` reads it)
-    <target>/         one Tune experiment folder per split (listed in data.targets)
+    <target>/         one Tune experiment folder per split (listed in data.targets), with
+                      round-<k>/ folders when a resume added trials (`analysis.round_dir`)
     optuna.db         Optuna storage, one study per split named `<output.name>/<target>`
 
 and writes, each file atomically (a local temp file + rename; one PUT in object
@@ -34,13 +35,14 @@ from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec, config_from_
 from lacmfer.errors import UserError
 from search.analysis import (
     LABEL_FREE_VALIDATORS,
+    MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
     ORACLE_METRIC,
     STATUSES,
     TrialRecord,
     check_scope,
     param_importances,
-    read_tune_experiment,
+    read_split,
     select_best,
     validator_ranking,
 )
@@ -268,7 +270,8 @@ def split_importances(exp_dir: Location, cfg: ExperimentConfig, target: str) -> 
     except (ValueError, RuntimeError) as err:  # importance is auxiliary: report, do not abort the export
         return {}, f"not available: {err}"
     if not importances:
-        return {}, f"not available: needs at least 2 complete trials and 2 varying parameters ({counts})"
+        return {}, (f"not computed: needs at least {MIN_COMPLETE_FOR_IMPORTANCE} complete trials and 2 varying "
+                    f"parameters ({counts}); too few trials rank parameters by chance")
     return importances, f"from {counts} (pruned and failed trials are left out)"
 
 
@@ -414,6 +417,6 @@ def export_experiment(exp_dir: Path | str, scope: str | None = None) -> ExportSu
     present = [t for t in cfg.data.targets if (exp_dir / t).is_dir()]
     if not present:
         raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
-    records = {t: read_tune_experiment(exp_dir / t, t) for t in present}
+    records = {t: read_split(exp_dir, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
     return write_export(exp_dir, cfg, records, scope, missing)

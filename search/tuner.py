@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,60 +21,115 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from lacmfer.config import ExperimentConfig
+from search.analysis import round_dir
 from search.spaces import SearchSpace, default_point
-from search.storage import experiment_location, optuna_storage
+from search.storage import Location, experiment_location, optuna_storage
 from trainables.lacmfer_trainable import lacmfer_trainable
 
 METRIC, MODE = "objective", "max"
 
 
-class StoppedAsPrunedOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna the truth about trials that did not finish.
+#: Optuna user attribute holding the Tune trial id, so an Optuna trial can be matched to
+#: its Tune trial (export, tests, and a resumed driver closing orphaned trials).
+TUNE_TRIAL_ID = "tune_trial_id"
+#: Optuna constraint set (> 0: infeasible) on diverged trials; see `StoppedAsPrunedOptunaSearch`.
+DIVERGED_CONSTRAINT = "diverged"
 
-    Stock OptunaSearch tells a trial stopped by ASHA as COMPLETE with its last,
-    partial score: TPE then models an early, low score as the value of those
-    hyperparameters, and importance analysis mixes short and full runs. Here a trial is
-    COMPLETE only when its last report is its schedule's final evaluation; a trial
-    stopped before that is PRUNED (its intermediate values stay recorded for TPE), and a
-    diverged or errored one is FAIL. The value told for a complete trial follows
-    `scope`: the best evaluation (default) or the last one.
+
+class StoppedAsPrunedOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna what each trial really did.
+
+    - Every evaluation reaches Optuna as an intermediate value at its
+      `training_iteration`, including the last one and the one on which ASHA stopped
+      the trial: Tune does not call `on_trial_result` for a result on which the scheduler
+      says STOP (ASHA does at every cut and at `max_t`), it hands that result to
+      `on_trial_complete` instead, so it is taken from there.
+    - A trial is COMPLETE only when its last report is its schedule's final evaluation;
+      its value follows `scope` over all its evaluations: the best (default) or the last.
+      Stock OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial score,
+      which TPE and importance analysis would take as the value of those
+      hyperparameters; here it is PRUNED (its intermediate values stay recorded).
+    - A diverged trial is PRUNED with a positive `diverged` constraint. TPE ignores FAIL
+      trials altogether, so a diverging learning rate told FAIL would be proposed
+      again. Optuna 5's TPESampler (`_split_trials`) ranks trials with a positive
+      constraint as infeasible, after every complete and pruned trial, so they land in
+      its "bad" group and push proposals away. PRUNED alone is not enough: pruned trials
+      are ranked first by how far they got, so a trial diverging at its fourth
+      evaluation would rank above one ASHA stopped at its first. `study.best_trial` and
+      importance read COMPLETE trials only, so the constraint changes nothing there.
+    - An errored trial is FAIL: an error is usually the machine's (a lost node, memory),
+      not evidence about the hyperparameters, and Tune retries it within max_failures.
     """
 
     def __init__(self, *args: Any, scope: str = "best", **kwargs: Any):
         self._scope = scope
-        self._best: dict[str, float] = {}
+        self._evaluations: dict[str, dict[int, float]] = {}
         super().__init__(*args, **kwargs)
 
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value = result.get(self.metric)
-        if value is not None and math.isfinite(value):
-            self._best[trial_id] = max(self._best.get(trial_id, -math.inf), value)
-        super().on_trial_result(trial_id, result)
+        self._record(trial_id, result)
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        """Report one evaluation to Optuna at its step, once."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, step = result.get(self.metric), result.get("training_iteration")
+        if value is None or step is None:
+            return
+        seen = self._evaluations.setdefault(trial_id, {})
+        if int(step) in seen:
+            return
+        seen[int(step)] = float(value)
+        try:
+            self._ot_trials[trial_id].report(float(value), int(step))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # told already by a driver that was killed after telling (resume)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        if result and not error:
+            self._record(trial_id, result)  # the evaluation ASHA stopped it on, or its last
+        evaluations = self._evaluations.pop(trial_id, {})
         ot_trial = self._ot_trials[trial_id]
         state = optuna.trial.TrialState
         value = None
-        if error or not result or result.get("diverged", 0.0) >= 1.0:
+        if error or not result or not evaluations:
             outcome = state.FAIL
+        elif result.get("diverged", 0.0) >= 1.0:
+            outcome = state.PRUNED
+            self._mark_diverged(ot_trial)
         elif result.get("final_evaluation", 0.0) < 1.0:
             outcome = state.PRUNED
         else:
             outcome = state.COMPLETE
-            value = self._best.get(trial_id) if self._scope == "best" else result.get(self.metric)
+            finite = [v for v in evaluations.values() if math.isfinite(v)]
+            value = max(finite, default=None) if self._scope == "best" else evaluations[max(evaluations)]
             if value is None or not math.isfinite(value):
                 outcome, value = state.FAIL, None
-        self._ot_study.tell(ot_trial, value, state=outcome)
+        # skip_if_finished: a driver killed after telling left the trial finished already.
+        self._ot_study.tell(ot_trial, value, state=outcome, skip_if_finished=True)
         self._completed_trials.add(trial_id)
-        self._best.pop(trial_id, None)
+
+    @staticmethod
+    def _mark_diverged(ot_trial: optuna.Trial) -> None:
+        try:
+            ot_trial.set_constraint(DIVERGED_CONSTRAINT, 1.0)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
 
 
-def split_seed(seed: int, target: str) -> int:
+def split_seed(seed: int, target: str, round_index: int = 1) -> int:
     """The sampler seed of one split: reproducible, and different per split, so the splits'
-    random start-up trials do not all try the same points."""
-    return (seed * 1_000_003 + zlib.crc32(target.encode())) % 2**31
+    random start-up trials do not all try the same points (and per round of a widened
+    search, so a new round does not repeat the first round's random points)."""
+    return (seed * 1_000_003 + zlib.crc32(target.encode()) + round_index - 1) % 2**31
 
 
 def evaluations_per_trial(cfg: ExperimentConfig) -> int:
@@ -94,15 +150,18 @@ def trainable_for(cfg: ExperimentConfig, target: str) -> Any:
     return tune.with_resources(bound, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
 
 
-def run_config(cfg: ExperimentConfig, target: str) -> tune.RunConfig:
+def run_config(cfg: ExperimentConfig, target: str, round_index: int = 1,
+               callbacks: Sequence[tune.Callback] = ()) -> tune.RunConfig:
+    """Where and how Tune stores a round of a split (`search.analysis.round_dir`)."""
+    path = round_dir(experiment_location(cfg), target, round_index)
     return tune.RunConfig(
-        name=target,
+        name=path.name,
         # An absolute path (a relative one fails inside pyarrow) or a URI such as s3://...,
         # which Tune opens with pyarrow as search.storage does.
-        storage_path=str(experiment_location(cfg)),
+        storage_path=str(path.parent),
         # Our own TensorBoard runs live in <trial>/tb; JSON and CSV keep Tune's records
         # without a second, duplicate set of TensorBoard curves.
-        callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # Upload each trial's working folder (its tb/ events) with its checkpoints: on a
         # cluster, and for reused actors, it does not live in the storage folder otherwise.
@@ -112,13 +171,20 @@ def run_config(cfg: ExperimentConfig, target: str) -> tune.RunConfig:
     )
 
 
-def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune.Tuner:
-    """A fresh Tuner and Optuna study for `target`."""
+def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, round_index: int = 1,
+                num_samples: int | None = None, callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
+    """A fresh Tuner for `num_samples` trials (default: search.num_samples) of `target`.
+
+    Round 1 creates the split's Optuna study; a later round (a resumed search given a
+    larger num_samples) continues the same study, so TPE learns from every earlier
+    trial, in a Tune experiment of its own (`search.analysis.round_dir`). ASHA's rungs
+    start empty in each round: a new round's trials are cut against each other.
+    """
     s = cfg.search
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is stable in use
         sampler = optuna.samplers.TPESampler(
-            seed=split_seed(s.seed, target),
+            seed=split_seed(s.seed, target, round_index),
             multivariate=s.multivariate,
             group=s.multivariate,  # decomposes the conditional space (cluster_gamma)
             n_startup_trials=s.startup_trials,
@@ -128,7 +194,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune
         space=SearchSpace(s.space),
         metric=METRIC,
         mode=MODE,
-        points_to_evaluate=[default_point(cfg)] if s.start_from_defaults and s.space else None,
+        points_to_evaluate=[default_point(cfg)] if s.start_from_defaults and s.space and round_index == 1 else None,
         sampler=sampler,
         study_name=study_name(cfg, target),
         storage=optuna_storage(cfg),
@@ -148,21 +214,22 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int) -> tune
             mode=MODE,
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
             scheduler=scheduler,
-            num_samples=s.num_samples,
+            num_samples=num_samples or s.num_samples,
             # Safe: the trainable builds every piece of state (model, optimiser, RNG seeds,
             # TensorBoard writer) from its config, and only saves process start-up.
             reuse_actors=True,
             trial_name_creator=lambda trial: f"{target}_{trial.trial_id}",
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
-        run_config=run_config(cfg, target),
+        run_config=run_config(cfg, target, round_index, callbacks),
     )
 
 
-def restore_tuner(cfg: ExperimentConfig, target: str) -> tune.Tuner:
-    """Continue an interrupted split: finished trials kept, unfinished resumed, errored retried."""
+def restore_tuner(cfg: ExperimentConfig, target: str, path: Path | Location) -> tune.Tuner:
+    """Continue the Tune experiment at `path` (a round of `target`): finished trials kept,
+    unfinished resumed, errored retried."""
     return tune.Tuner.restore(
-        str(experiment_location(cfg) / target),
+        str(path),
         trainable=trainable_for(cfg, target),
         resume_unfinished=True,
         resume_errored=True,

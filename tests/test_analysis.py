@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 from lacmfer.errors import UserError
 from search.analysis import (
+    MIN_COMPLETE_FOR_IMPORTANCE,
     TrialRecord,
     average_ranks,
     musgrave_weights,
@@ -277,6 +278,9 @@ def test_param_importances_degenerate_studies_give_empty_dict():
     rng = np.random.default_rng(0)
     one = [_trial(rng, TrialState.COMPLETE, lambda p: p["threshold"])]
     assert param_importances(_study(one + [_trial(rng, TrialState.PRUNED, lambda p: 1.0)] * 3)) == {}
+    # Too few complete trials rank parameters by chance: none below the minimum, some at it.
+    enough = [_trial(rng, TrialState.COMPLETE, lambda p: p["threshold"]) for _ in range(MIN_COMPLETE_FOR_IMPORTANCE)]
+    assert param_importances(_study(enough[:-1])) == {} and param_importances(_study(enough)) != {}
     assert param_importances(optuna.create_study()) == {}
     single = optuna.create_study(direction="maximize")
     for x in (0.3, 0.5, 0.7):

@@ -202,18 +202,27 @@ def test_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- atomicity and concurrency
 
 
-def _child_build(paths: list[Path], cache_dir: Path, barrier: multiprocessing.synchronize.Barrier,
-                 decoded: multiprocessing.Queue) -> None:
+def _child_build(paths: list[Path], cache_dir: Path, at_lock: multiprocessing.synchronize.Barrier,
+                 decoding: multiprocessing.synchronize.Barrier | None, decoded: multiprocessing.Queue) -> None:
+    """Build the cache in a child process, in step with its sibling: both have found the
+    cache missing before either takes the build lock (`at_lock`), and, when `decoding` is
+    given (no lock), both are decoding before either goes on."""
     calls = []
-    real = cache.decode_image
+    real_decode, real_lock = cache.decode_image, cache._build_lock
 
     def recording(path: Path, size: int) -> np.ndarray:
+        if not calls and decoding is not None:
+            decoding.wait(timeout=60)
         calls.append(path)
-        time.sleep(0.01)  # keeps the two builders overlapping
-        return real(path, size)
+        return real_decode(path, size)
 
-    cache.decode_image = recording
-    barrier.wait()
+    @contextlib.contextmanager
+    def lock_in_step(cache_dir: Path):
+        at_lock.wait(timeout=60)
+        with real_lock(cache_dir):
+            yield
+
+    cache.decode_image, cache._build_lock = recording, lock_in_step
     images = cache.load_or_build(paths, [i % 7 for i in range(len(paths))], SIZE, cache_dir, "race",
                                  progress=False, workers=1)
     decoded.put((len(calls), len(images)))
@@ -228,8 +237,10 @@ def test_two_processes_build_the_same_cache(tmp_path: Path, monkeypatch: pytest.
     paths = _write_images(tmp_path / "img", 15)
     cache_dir = tmp_path / "cache"
     ctx = multiprocessing.get_context("fork")
-    barrier, decoded = ctx.Barrier(2), ctx.Queue()
-    workers = [ctx.Process(target=_child_build, args=(paths, cache_dir, barrier, decoded)) for _ in range(2)]
+    at_lock, decoded = ctx.Barrier(2), ctx.Queue()
+    decoding = None if locked else ctx.Barrier(2)  # with the lock only one process decodes
+    workers = [ctx.Process(target=_child_build, args=(paths, cache_dir, at_lock, decoding, decoded))
+               for _ in range(2)]
     for w in workers:
         w.start()
     for w in workers:

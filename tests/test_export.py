@@ -84,8 +84,8 @@ def make_study(exp_dir: Path, name: str) -> None:
     dists = {"hyper_align": FloatDistribution(0.05, 1.6, log=True), "threshold": FloatDistribution(0.2, 0.8),
              "cluster_ramp": CategoricalDistribution(["sigmoid", "linear", "step"])}
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{exp_dir / 'optuna.db'}", direction="maximize")
-    for i in range(12):
-        ha, th = 0.05 + 0.1 * i, 0.2 + 0.05 * (i % 5)
+    for i in range(20):
+        ha, th = 0.05 + 0.075 * i, 0.2 + 0.05 * (i % 5)
         state = (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)[i % 4]
         study.add_trial(create_trial(
             params={"hyper_align": ha, "threshold": th, "cluster_ramp": ["sigmoid", "linear", "step"][i % 3]},
@@ -186,8 +186,8 @@ def test_summary_reports_counts_oracle_importance_and_ranking(experiment):
     assert "Best source_val_acc (best evaluation): **0.8000**" in ck and "`ck_a`" in ck
     assert "0.5500 (target test labels; reported only, not used for selection)" in ck
     assert "| hyper_align | 0.3000 |" in ck and "| cluster_gamma | 7.5000 |" in ck
-    # 12 Optuna trials: 6 complete, 3 pruned, 3 failed
-    assert "from 6 complete of 12 Optuna trials" in ck
+    # 20 Optuna trials: 10 complete, 5 pruned, 5 failed
+    assert "from 10 complete of 20 Optuna trials" in ck
     assert "| hyper_align | " in ck.split("### Hyperparameter importance")[1]
     ranking = ck.split("### Validator ranking")[1]
     # entropy = −target_acc: a reversed order, near −1 but not −1 under Musgrave et al.'s weighted ranks

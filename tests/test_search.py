@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,13 +15,15 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 import ray
+from ray import tune
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lacmfer.config import config_from_dict, load_config, save_config
 from lacmfer.errors import UserError
 from lacmfer.trainer import Trainer
 from search.driver import run_search
-from search.tuner import optuna_storage_url, study_name
+from search.analysis import read_result_json
+from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, optuna_storage_url, study_name
 from tests.conftest import REPO, tiny_config
 
 SPACE = {
@@ -99,6 +102,7 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
         assert study.trials[0].params["hyper_align"] == pytest.approx(0.4)
         states = {t.state for t in study.trials}
         assert len(study.trials) == 4 and states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+        assert_optuna_tells_what_tune_recorded(study, exp / target, [r for r in table if r["target"] == target])
 
         best = load_config(exp / "best" / f"{target}.yaml")
         assert best.data.targets == [target]
@@ -116,19 +120,84 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
         assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
 
+OPTUNA_STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED,
+                "diverged": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
+
+
+def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path, rows: list[dict]) -> None:
+    """Trial by trial, the study holds what Tune's result.json and trials.parquet hold (scope best):
+    every evaluation as an intermediate value at its training_iteration, the state, and the value.
+    Optuna trials that no Tune trial ran (closed on resume) must be FAIL."""
+    by_tune_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in study.trials}
+    assert len(by_tune_id) == len(study.trials)  # one Optuna trial per Tune trial
+    assert {r["trial_id"] for r in rows} <= set(by_tune_id)
+    ran = {r["trial_id"] for r in rows}
+    assert all(t.state == optuna.trial.TrialState.FAIL for tid, t in by_tune_id.items() if tid not in ran)
+    for row in rows:
+        trial = by_tune_id[row["trial_id"]]
+        [result_file] = split_dir.glob(f"**/{row['trial_id']}/result.json")  # in any round of the split
+        history = read_result_json(result_file)
+        told = {step: (None if math.isnan(v) else v) for step, v in trial.intermediate_values.items()}
+        recorded = {int(r["training_iteration"]): (None if math.isnan(r["objective"]) else r["objective"])
+                    for r in history}
+        assert told == recorded and len(told) == row["evaluations"], row["trial_id"]
+        assert trial.state == OPTUNA_STATE[row["status"]], row["trial_id"]
+        if row["status"] == "completed":
+            assert trial.value == row["objective_best"]
+        elif row["status"] == "stopped early":  # Optuna keeps a pruned trial's last value
+            assert trial.value == row["objective_last"]
+        assert (trial.constraints.get(DIVERGED_CONSTRAINT, 0.0) > 0) == (row["status"] == "diverged")
+
+
 def save_yaml(cfg, folder: Path) -> Path:
     path = folder / "search.yaml"
     save_config(cfg, path)
     return path
 
 
+class MostTrialsRunning(tune.Callback):
+    """The most trials Tune held RUNNING (resources placed) at once, seen at every start and result."""
+
+    def __init__(self) -> None:
+        self.most = 0
+
+    def _count(self, trials) -> None:
+        self.most = max(self.most, sum(t.status == "RUNNING" for t in trials))
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._count(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._count(trials)
+
+
 def test_fractional_gpus_pack_two_trials(synth_tiny, tmp_path, local_ray):
-    local_ray(num_cpus=2, num_gpus=1)  # a logical GPU: trials still train on the CPU
+    local_ray(num_cpus=4, num_gpus=1)  # a logical GPU: trials still train on the CPU
+    # CPUs for four trials, GPU shares for two: the GPU is what limits packing.
     cfg = search_config(synth_tiny, tmp_path, "gpu", data={"targets": ["CK"]},
-                        search={"asha": {"grace_period": 4}}, resources={"cpu": 1, "gpu": 0.5, "threads": 1})
-    outcomes = run_search(cfg)
+                        search={"max_concurrent": 4, "asha": {"grace_period": 4}},
+                        resources={"cpu": 1, "gpu": 0.5, "threads": 1})
+    running = MostTrialsRunning()
+    outcomes = run_search(cfg, callbacks=[running])
     assert outcomes[0].finished and outcomes[0].terminated == 4
-    assert overlapping(trial_times(cfg.experiment_dir, "CK")), "two half-GPU trials never ran at once"
+    assert running.most == 2, "two half-GPU trials must run at once, and never more on one GPU"
+
+
+def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path, local_ray, capsys):
+    local_ray(num_cpus=2)
+    # lr 1e6 turns the weights NaN at once: every trial diverges at its first evaluation.
+    cfg = search_config(synth_tiny, tmp_path, "bad", data={"targets": ["CK"]}, schedule={"lr": 1e6},
+                        search={"num_samples": 2, "space": {"hyper_align": SPACE["hyper_align"]}})
+    from tune import main
+
+    assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "NO RESULT: split CK: every trial failed or diverged (2 diverged)" in err
+    assert not (cfg.experiment_dir / "best" / "CK.yaml").exists()
+    # Optuna was told so: PRUNED and infeasible, with the NaN evaluation recorded.
+    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage_url(cfg.experiment_dir))
+    table = pq.read_table(cfg.experiment_dir / "trials.parquet").to_pylist()
+    assert_optuna_tells_what_tune_recorded(study, cfg.experiment_dir / "CK", table)
 
 
 def test_gpu_trials_without_gpus_fail_clearly(synth_tiny, tmp_path, local_ray):
@@ -159,42 +228,82 @@ def test_two_node_cluster_shares_storage(synth_tiny, tmp_path):
         assert list(trial.parent.glob("tb/events.out.tfevents.*")), f"{trial.parent} has no TensorBoard run"
 
 
-def test_resume_after_the_driver_is_killed(synth_tiny, tmp_path):
+def test_resume_after_the_driver_is_killed_widens_the_search(synth_tiny, tmp_path):
     cfg = search_config(synth_tiny, tmp_path, "resume", data={"targets": ["CK"]},
                         schedule={"steps": 24, "lr_decay_steps": 24}, eval={"interval": 6},
-                        search={"num_samples": 4, "max_concurrent": 1, "asha": {"grace_period": 4}})
+                        search={"num_samples": 3, "max_concurrent": 1, "asha": {"grace_period": 4}})
     config = save_yaml(cfg, tmp_path)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, str(REPO / "tune.py"), "--config", str(config)]
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    split = cfg.experiment_dir / "CK"
+    exp = cfg.experiment_dir
     deadline = time.time() + 240
 
-    def finished_trials() -> dict[str, int]:
+    def finished_trials(target: str) -> dict[str, int]:
         out = {}
-        for result in split.glob("*/result.json"):
+        for result in (exp / target).glob("**/result.json"):
             lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
             if lines and lines[-1].get("final_evaluation") == 1.0:
                 out[result.parent.name] = len(lines)
         return out
 
-    while len(finished_trials()) < 1 and time.time() < deadline and driver.poll() is None:
+    while len(finished_trials("CK")) < 1 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
-    before = finished_trials()
-    assert 1 <= len(before) < 4, "the driver must be killed mid-search"
+    before = finished_trials("CK")
+    assert 1 <= len(before) < 3, "the driver must be killed mid-search"
 
-    resumed = subprocess.run([*cmd[:2], "--resume", "--name", "resume", "--results", str(tmp_path)],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    # Widen it: one more trial per split, and a split it did not have.
+    resumed = subprocess.run([*cmd[:2], "--resume", "--name", "resume", "--results", str(tmp_path),
+                              "--num-samples", "4", "--targets", "RAF"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = finished_trials()
+    after = finished_trials("CK")
     for trial, reports in before.items():
         assert after[trial] == reports  # a finished trial was not run again
-    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage_url(cfg.experiment_dir))
-    assert len([t for t in study.trials if t.state.is_finished()]) >= 4
-    assert len(pq.read_table(cfg.experiment_dir / "trials.parquet")) == 4
+    saved = load_config(exp / "config.yaml")
+    assert saved.data.targets == ["CK", "RAF"] and saved.search.num_samples == 4
+    table = pq.read_table(exp / "trials.parquet").to_pylist()
+    assert sorted(r["target"] for r in table) == ["CK"] * 4 + ["RAF"] * 4
+    assert (exp / "CK" / "round-2").is_dir() and (exp / "best" / "RAF.yaml").exists()
+    for target in ("CK", "RAF"):
+        study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(exp))
+        assert all(t.state.is_finished() for t in study.trials)  # none left RUNNING by the killed driver
+        assert_optuna_tells_what_tune_recorded(study, exp / target, [r for r in table if r["target"] == target])
+
+
+def test_closing_trials_a_killed_driver_left_running():
+    from search.driver import close_orphaned_trials
+
+    study = optuna.create_study()
+    resumes, lost, unnamed, done = (study.ask() for _ in range(4))
+    resumes.set_user_attr(TUNE_TRIAL_ID, "a")
+    lost.set_user_attr(TUNE_TRIAL_ID, "b")  # proposed after Tune's last snapshot
+    done.set_user_attr(TUNE_TRIAL_ID, "c")
+    study.tell(done, 0.5)
+    assert close_orphaned_trials(study, continuing={"a", "c"}) == 2
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL,
+                      optuna.trial.TrialState.COMPLETE]
+
+
+def test_a_second_driver_on_one_experiment_is_refused(synth_tiny, tmp_path, capsys):
+    from search.driver import experiment_lock
+    from tune import main
+
+    cfg = search_config(synth_tiny, tmp_path, "busy")
+    cfg.experiment_dir.mkdir(parents=True)
+    save_config(cfg, cfg.experiment_dir / "config.yaml")
+    with experiment_lock(cfg.experiment_dir):  # the first driver
+        with pytest.raises(SystemExit) as exit_:
+            main(["--resume", "--name", "busy", "--results", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"another tune.py (pid {os.getpid()}) is running this experiment" in err and "Traceback" not in err
+    with experiment_lock(cfg.experiment_dir):  # free again once the first driver is gone
+        pass
 
 
 def test_existing_experiment_is_not_overwritten(synth_tiny, tmp_path):

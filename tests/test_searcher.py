@@ -1,45 +1,79 @@
+import math
+
 import optuna
+from optuna.samplers._tpe.sampler import _split_trials  # TPE's own good/bad split, read as TPE reads it
 
 from lacmfer.config import config_from_dict
 from search.spaces import SearchSpace
-from search.tuner import StoppedAsPrunedOptunaSearch
+from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, StoppedAsPrunedOptunaSearch
 
 State = optuna.trial.TrialState
 
 
-def report(searcher, trial_id, values, final=False, diverged=False):
-    for i, v in enumerate(values, start=1):
-        result = {"objective": v, "training_iteration": i, "final_evaluation": float(final and i == len(values)),
-                  "diverged": float(diverged and i == len(values))}
-        searcher.on_trial_result(trial_id, result)
-    return result
-
-
-def test_only_finished_trials_are_complete(tmp_path):
+def searcher_for(scope="best", seed=0):
     cfg = config_from_dict({"search": {"space": {"hyper_align": {"distribution": "uniform", "low": 0.1, "high": 1}}}})
-    searcher = StoppedAsPrunedOptunaSearch(space=SearchSpace(cfg.search.space), metric="objective", mode="max",
-                                           sampler=optuna.samplers.RandomSampler(seed=0), scope="best")
-    for trial_id in ("full", "stopped", "diverged", "error"):
-        assert "hyper_align" in searcher.suggest(trial_id)
-    searcher.on_trial_complete("full", report(searcher, "full", [0.3, 0.7, 0.5], final=True))
-    searcher.on_trial_complete("stopped", report(searcher, "stopped", [0.9]))  # ASHA stopped it after one
-    searcher.on_trial_complete("diverged", report(searcher, "diverged", [0.2, float("nan")], final=True, diverged=True))
+    return StoppedAsPrunedOptunaSearch(space=SearchSpace(cfg.search.space), metric="objective", mode="max",
+                                       sampler=optuna.samplers.RandomSampler(seed=seed), scope=scope)
+
+
+def run_like_tune(searcher, trial_id, values, final=False, diverged=False):
+    """Feed a trial's evaluations as Tune does when the scheduler stops it at the last one
+    (ASHA at a cut or at max_t): every result but the last through `on_trial_result`, the
+    last only through `on_trial_complete(result=...)`."""
+    searcher.suggest(trial_id)
+    results = [{"objective": v, "training_iteration": i, "final_evaluation": float(final and i == len(values)),
+                "diverged": float(diverged and i == len(values))} for i, v in enumerate(values, start=1)]
+    for result in results[:-1]:
+        searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, results[-1])
+
+
+def test_every_evaluation_reaches_optuna_including_the_one_tune_withholds():
+    searcher = searcher_for()
+    run_like_tune(searcher, "full", [0.3, 0.5, 0.7], final=True)  # its best is the withheld last one
+    run_like_tune(searcher, "stopped", [0.9, 0.4])  # ASHA stopped it at its second evaluation
+    run_like_tune(searcher, "diverged", [0.2, float("nan")], diverged=True)
+    searcher.suggest("error")
     searcher.on_trial_complete("error", None, error=True)
-    trials = searcher._ot_study.trials
-    assert [t.state for t in trials] == [State.COMPLETE, State.PRUNED, State.FAIL, State.FAIL]
-    assert trials[0].value == 0.7  # scope "best": the best evaluation of the trial
-    assert trials[1].intermediate_values == {1: 0.9}  # kept for TPE, but not a final value
+    full, stopped, diverged, error = searcher._ot_study.trials
+    assert (full.state, full.value, full.intermediate_values) == (State.COMPLETE, 0.7, {1: 0.3, 2: 0.5, 3: 0.7})
+    # Optuna gives a PRUNED trial its last intermediate value as value, when finite.
+    assert (stopped.state, stopped.value, stopped.intermediate_values) == (State.PRUNED, 0.4, {1: 0.9, 2: 0.4})
+    assert (diverged.state, diverged.value, diverged.intermediate_values[1]) == (State.PRUNED, None, 0.2)
+    assert math.isnan(diverged.intermediate_values[2]) and diverged.constraints == {DIVERGED_CONSTRAINT: 1.0}
+    assert error.state == State.FAIL and error.intermediate_values == {}
+    assert [t.user_attrs[TUNE_TRIAL_ID] for t in searcher._ot_study.trials] == ["full", "stopped", "diverged", "error"]
     # Importance and best trial see only the completed one.
     assert searcher._ot_study.best_trial.number == 0
 
 
-def test_scope_last(tmp_path):
-    cfg = config_from_dict({"search": {"space": {"hyper_align": {"distribution": "uniform", "low": 0.1, "high": 1}}}})
-    searcher = StoppedAsPrunedOptunaSearch(space=SearchSpace(cfg.search.space), metric="objective", mode="max",
-                                           sampler=optuna.samplers.RandomSampler(seed=0), scope="last")
-    searcher.suggest("t")
-    searcher.on_trial_complete("t", report(searcher, "t", [0.3, 0.7, 0.5], final=True))
+def test_scope_last_takes_the_last_evaluation():
+    searcher = searcher_for(scope="last")
+    run_like_tune(searcher, "t", [0.3, 0.7, 0.5], final=True)
     assert searcher._ot_study.trials[0].value == 0.5
+
+
+def test_a_result_seen_twice_is_reported_once():
+    searcher = searcher_for()
+    searcher.suggest("t")
+    result = {"objective": 0.4, "training_iteration": 1, "final_evaluation": 1.0, "diverged": 0.0}
+    searcher.on_trial_result("t", result)
+    searcher.on_trial_complete("t", result)  # Tune hands a finished function trial its last result again
+    assert searcher._ot_study.trials[0].intermediate_values == {1: 0.4}
+
+
+def test_tpe_counts_a_diverged_trial_among_the_worst():
+    """TPE splits trials into a good and a bad group; a diverged trial must be in the bad
+    one even when it got further than a trial ASHA stopped early (FAIL would leave it out)."""
+    searcher = searcher_for()
+    run_like_tune(searcher, "good", [0.5, 0.6, 0.8], final=True)
+    run_like_tune(searcher, "stopped", [0.1])
+    run_like_tune(searcher, "diverged", [0.7, 0.7, float("nan")], diverged=True)
+    study = searcher._ot_study
+    trials = study.get_trials(states=(State.COMPLETE, State.PRUNED))
+    assert len(trials) == 3  # the diverged trial is among the trials TPE reads
+    below, above = _split_trials(study, trials, n_below=2)
+    assert [t.number for t in below] == [0, 1] and [t.number for t in above] == [2]
 
 
 def test_each_split_samples_its_own_start_up_points():
@@ -47,3 +81,10 @@ def test_each_split_samples_its_own_start_up_points():
 
     seeds = {split_seed(0, t) for t in ("CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff")}
     assert len(seeds) == 6 and split_seed(0, "CK") == split_seed(0, "CK") != split_seed(1, "CK")
+
+
+def test_default_concurrency_is_the_square_root_of_the_trials_within_what_fits():
+    from search.driver import default_max_concurrent
+
+    assert [default_max_concurrent(n, slots=64) for n in (1, 3, 4, 16, 100)] == [1, 1, 2, 4, 10]
+    assert default_max_concurrent(100, slots=3) == 3  # never more than the cluster fits

@@ -32,3 +32,18 @@ def test_scalars_grouped_and_best_so_far_tracked(tmp_path):
         acc.PluginTagToContent("hparams")["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["target"].string_value == "CK"
     assert scalar_tag("pl_acc") == "pseudo_label/acc" and scalar_tag("lr") == "train/lr"
+
+
+def test_diverged_or_failed_runs_are_flagged_in_the_hparams_table(tmp_path):
+    logger = RunLogger(tmp_path, {"target": "CK"}, {"objective": "max"})
+    logger.log({"objective": 0.6}, 1)
+    logger.mark("diverged")
+    logger.log({"objective": float("nan")}, 2)
+    logger.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("hparam/diverged")] == [0.0, 1.0]
+    assert [e.value for e in acc.Scalars("hparam/failed")] == [0.0, 0.0]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/experiment"])
+    columns = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert {"hparam/diverged", "hparam/failed", "hparam/objective_best"} <= columns

@@ -146,6 +146,9 @@ def test_diverging_trial_ends_itself_and_the_other_completes(normal_and_divergin
     assert normal.metrics["pid"] == diverging.metrics["pid"]
     for result in (diverging, normal):
         assert "_hparams_/session_start_info" in _tensorboard(result).PluginTagToContent("hparams")
+    # The HParams table tells the diverged trial from the successful one.
+    assert _tensorboard(diverging).Scalars("hparam/diverged")[-1].value == 1.0
+    assert [e.value for e in _tensorboard(normal).Scalars("hparam/diverged")] == [0.0, 0.0, 0.0]
 
 
 class _KillWorkerAtFirstCheckpoint(tune.Callback):

@@ -157,13 +157,14 @@ def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
                 # NaN weights still give finite accuracies (argmax of NaN is a fixed class),
                 # so the objective must be replaced. NaN rather than a very low number, as
                 # nothing downstream ranks NaN as good or crashes on it: ASHA's rung cutoffs
-                # use nanpercentile (NaN ignored); OptunaSearch reports it as an
-                # intermediate value, which TPE ranks last if the trial is told PRUNED, and
-                # Optuna refuses a NaN COMPLETE value (OptunaSearch catches and logs that),
-                # so it never enters TPE or importance as a result; Tune's best-result
+                # use nanpercentile (NaN ignored); the searcher records it as an
+                # intermediate value and tells the trial PRUNED and infeasible, which TPE
+                # ranks last (search.tuner.StoppedAsPrunedOptunaSearch), so it never
+                # enters TPE or importance as a result; Tune's best-result
                 # lookup skips NaN. A finite sentinel would enter TPE's density model and
                 # the importance analysis as a real, extreme value.
                 metrics["objective"] = math.nan
+                logger.mark("diverged")
             logger.log(metrics, trainer.step_count)
             metrics["final_evaluation"] = float(trainer.step_count >= cfg.schedule.steps)
             metrics["diverged"] = float(diverged)
@@ -174,6 +175,12 @@ def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
             with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
                 save_checkpoint(Path(directory), trainer, logger.best)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    except Exception:
+        # Shown in the HParams table. Not for Tune's stop (SystemExit, below) or a
+        # resumed retry's purged steps: the mark is written at the failing step.
+        logger.mark("failed")
+        logger.log({}, trainer.step_count)
+        raise
     finally:
         # Also runs when Tune stops the trial: ASHA's stop raises SystemExit inside report().
         logger.close()
