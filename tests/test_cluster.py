@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -44,10 +45,18 @@ JOIN = "import ray; ray.init(address={!r}, logging_level='ERROR'); print('joined
 def test_local_ray_admits_only_holders_of_its_token(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    env = clean_env(HOME=str(home))
+    # Ray's record of "the current cluster" names a dead address: a plain ray.init() would
+    # try to join it (and hang); the search's own Ray must ignore it. A short folder:
+    # Ray's socket paths under it must stay under 108 characters.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="lacmfer-rt-", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+    env = clean_env(HOME=str(home), RAY_TMPDIR=str(ray_tmp))
     driver = subprocess.Popen([sys.executable, "-c", LOCAL_DRIVER], cwd=REPO, env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
+        ready, _, _ = select.select([driver.stdout], [], [], 300)
+        assert ready, "the driver's local Ray did not start (did it try to join the recorded cluster?)"
         gcs_address, token, probe = driver.stdout.readline().split()
         assert probe == "via-runtime-env"  # cluster.runtime_env reaches the tasks
         # Someone else on the network, with Ray's usual client settings: refused.
@@ -61,7 +70,11 @@ def test_local_ray_admits_only_holders_of_its_token(tmp_path):
         assert holder.returncode == 0 and "joined" in holder.stdout, holder.stderr[-2000:]
     finally:
         driver.stdin.close()
-        driver.wait(timeout=120)
+        try:
+            driver.wait(timeout=120)
+        finally:
+            driver.kill()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not (home / ".ray" / "auth_token").exists()  # the token lived in memory only
 
 
