@@ -1,9 +1,10 @@
 """The per-split driver: one Tuner and one Optuna study per target, in turn.
 
 Holds the experiment's lock (one driver per experiment), connects to Ray (local by
-default, a cluster with an address), checks that a trial can be scheduled at all, runs
-or resumes each split (a resume may add trials, as a new round), and checks that every
-split finished (Ctrl-C makes `Tuner.fit()` return normally with a partial result).
+default, a cluster with an address; `search.cluster`), checks every node (preflight) and
+that a trial can be scheduled at all, runs or resumes each split (a resume may add trials,
+as a new round), and checks that every split finished (Ctrl-C makes `Tuner.fit()` return
+normally with a partial result).
 """
 
 from __future__ import annotations
