@@ -107,10 +107,10 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print(f"results: {experiment_location(cfg)}")
 
 
-def export(cfg: ExperimentConfig) -> ExportSummary:
+def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSummary:
     from search.export import export_experiment
 
-    summary = export_experiment(str(experiment_location(cfg)))
+    summary = export_experiment(str(experiment_location(cfg)), finished=finished or [])
     print(summary)
     return summary
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     # the caches built here.
     cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    summary = export(cfg)
+    summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
     unfinished = [o.target for o in outcomes if not o.finished]
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     exp = experiment_location(cfg)
     print(f"\nresults:     {exp}")
     print(f"tensorboard: tensorboard --logdir {exp}")
-    print(f"final:       python -m lacmfer.train --config {exp / 'best'}/<target>.yaml --seeds 0 1 2")
+    print(f"final:       python -m lacmfer.train --experiment {exp} --seeds 0 1 2 --baseline source_only"
+          + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "

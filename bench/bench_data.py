@@ -1,10 +1,11 @@
 """Cached loading vs decoding the image files every time, through the same DataLoader.
 
-Both sides yield the same thing: a (3, S, S) uint8 tensor from `decode_image` at the cache
-size, then the same transform. "cache" reads it from the memory-mapped Arrow cache;
-"decode" opens, decodes and resizes the PNG/JPEG each time. Two pipelines separate where
-time goes: "load" (uint8 tensor only, no augmentation) and "train" (the SPEC §4 train
-augmentation of `lacmfer.data.transforms.train_transform`, defaults of the config).
+Both sides yield the same thing: a (B, 3, S, S) uint8 batch of `decode_image` at the cache
+size, then the same batch transform in the training process. "cache" gathers the rows
+from the memory-mapped Arrow cache (`DecodedImages.take`, as the training loaders do);
+"decode" opens, decodes and resizes each PNG/JPEG every time. Two pipelines separate
+where time goes: "load" (the uint8 batch only) and "train" (plus the SPEC §4 training
+augmentation, batched: `lacmfer.data.augment.BatchAugment` with the config's defaults).
 
     python bench/bench_data.py                      # 400 generated 256x256 PNG/JPEG images
     python bench/bench_data.py --synthfer small     # 400 images of a fresh SynthFER (128 px PNGs)
@@ -27,46 +28,47 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from lacmfer.config import AugmentConfig  # noqa: E402
+from lacmfer.data.augment import BatchAugment  # noqa: E402
 from lacmfer.data.cache import DecodedImages, decode_image, load_or_build  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
-from lacmfer.data.transforms import train_transform  # noqa: E402
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _uint8_only(image: torch.Tensor) -> torch.Tensor:
-    return image
+BatchTransform = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-class CachedImages(Dataset):
-    """Images from the memory-mapped cache (copied: the map is read-only)."""
-
-    def __init__(self, images: DecodedImages, transform: Transform):
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(torch.from_numpy(self.images[i].copy()).permute(2, 0, 1))
+def _uint8_only(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return images
 
 
-class ImageFiles(Dataset):
-    """The same images decoded from their files on every access."""
+class CachedBatches(Dataset):
+    """Item b: the rows of batch b gathered from the memory-mapped cache, channels first."""
 
-    def __init__(self, paths: Sequence[Path], size: int, transform: Transform):
-        self.paths, self.size, self.transform = list(paths), size, transform
+    def __init__(self, images: DecodedImages, batches: list[np.ndarray]):
+        self.images, self.batches = images, batches
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.batches)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(torch.from_numpy(decode_image(self.paths[i], self.size)).permute(2, 0, 1))
+    def __getitem__(self, b: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.images.take(self.batches[b]).transpose(0, 3, 1, 2)))
+
+
+class DecodedBatches(Dataset):
+    """Item b: the same images, decoded from their files on every access."""
+
+    def __init__(self, paths: Sequence[Path], size: int, batches: list[np.ndarray]):
+        self.paths, self.size, self.batches = list(paths), size, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        images = np.stack([decode_image(self.paths[i], self.size) for i in self.batches[b]])
+        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
 def write_face_like_images(folder: Path, count: int, side: int, seed: int) -> list[Path]:
@@ -95,17 +97,20 @@ def write_face_like_images(folder: Path, count: int, side: int, seed: int) -> li
     return paths
 
 
-def images_per_second(dataset: Dataset, workers: int, samples: int, batch_size: int, seed: int) -> float:
-    """Throughput of one pass of `samples` random draws; the first batch (worker start) is not timed."""
-    sampler = RandomSampler(dataset, replacement=True, num_samples=samples,
-                            generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
-    batches = iter(loader)
-    first = len(next(batches))
+def random_batches(count: int, samples: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    rows = np.random.default_rng(seed).integers(0, count, samples)
+    return [rows[i : i + batch_size] for i in range(0, samples, batch_size)]
+
+
+def images_per_second(dataset: Dataset, transform: BatchTransform, workers: int) -> float:
+    """Throughput of one pass over the dataset's batches, each transformed in this process;
+    the first batch (worker start) is not timed."""
+    batches = iter(DataLoader(dataset, batch_size=None, num_workers=workers))
+    first = len(transform(next(batches), 0))
     start = time.perf_counter()
-    seen = sum(len(batch) for batch in batches)
+    seen = sum(len(transform(batch, seed)) for seed, batch in enumerate(batches, start=1))
     elapsed = time.perf_counter() - start
-    assert first + seen == samples
+    assert first + seen == sum(len(b) for b in dataset.batches)
     return seen / elapsed
 
 
@@ -145,19 +150,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                                progress=False, workers=1)
         build_s = time.perf_counter() - start
 
-        pipelines: dict[str, Transform] = {
+        pipelines: dict[str, BatchTransform] = {
             "load (uint8, no augmentation)": _uint8_only,
-            "train augmentation": train_transform(args.size, AugmentConfig(), cache_size=args.size),
+            "train augmentation (batched)": BatchAugment(AugmentConfig(), args.size),
         }
         rows = []
         for workers in args.workers:
             for pipeline, transform in pipelines.items():
-                sides = {"decode": ImageFiles(paths, args.size, transform), "cache": CachedImages(cached, transform)}
-                rates: dict[str, list[float]] = {side: [] for side in sides}
+                rates: dict[str, list[float]] = {"decode": [], "cache": []}
                 for repeat in range(args.repeats):  # interleaved so machine load hits both sides alike
+                    batches = random_batches(len(paths), args.samples, args.batch_size, args.seed + repeat)
+                    sides = {"decode": DecodedBatches(paths, args.size, batches), "cache": CachedBatches(cached, batches)}
                     for side, dataset in sides.items():
-                        rates[side].append(images_per_second(dataset, workers, args.samples, args.batch_size,
-                                                             args.seed + repeat))
+                        rates[side].append(images_per_second(dataset, transform, workers))
                 decode, cache = (statistics.median(rates[s]) for s in ("decode", "cache"))
                 rows.append((workers, pipeline, decode, cache))
 

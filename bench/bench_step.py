@@ -5,17 +5,20 @@ Side by side in one process, on the same model and the same fixed batch:
   network + SGD   — the same and the optimiser step
   + losses        — the same plus every adaptation loss of SPEC §3 (both views)
   trainer.step()  — the above plus drawing and augmenting the two batches
+  draw + augment  — drawing both batches and augmenting them alone (for the breakdown)
 
     python bench/bench_step.py [--width 0.25] [--size 64] [--batch 32] [--repeats 30]
 
-Prints a markdown table (median ms per step), the ratio to the network alone, and the
-share the adaptation losses add: (+ losses − network + SGD) / network.
+Prints a markdown table (median ms per step), the ratio to the network alone, the share
+the adaptation losses add, (+ losses − network + SGD) / network, and last the line
+`step/network: X.XX`, trainer.step() over the network's forward + backward.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,12 +27,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lacmfer.config import config_from_dict
-from lacmfer.data.synth import generate_synthfer
-from lacmfer.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lacmfer, not an installed one
+
+from lacmfer.config import config_from_dict  # noqa: E402
+from lacmfer.data.synth import generate_synthfer  # noqa: E402
+from lacmfer.trainer import Trainer  # noqa: E402
+
+CLOCKS = {
+    # CPU time of this process: on a machine shared with other jobs it leaves out the time
+    # the scheduler gives to them, which wall-clock time counts at random (1 torch thread,
+    # no loader workers: all the work is this process's).
+    "process": time.process_time,
+    "wall": time.perf_counter,
+}
 
 
-def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
+                          clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median ms of each function, alternating them every repeat so load changes hit all alike."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -37,9 +51,9 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, wa
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
@@ -50,6 +64,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="per domain (source and target each)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=list(CLOCKS), default="process",
+                        help="process CPU time (default; steady on a shared machine) or wall-clock time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -65,8 +81,8 @@ def main() -> None:
             "resources": {"threads": args.threads},
         })
         trainer = Trainer(cfg, "RAF")
-        x_s, y_s, _ = next(trainer.source_stream)
-        x_t, _, _ = next(trainer.target_stream)
+        x_s, y_s = trainer._draw(trainer.source_stream)
+        x_t, _ = trainer._draw(trainer.target_stream)
         x = torch.cat([x_s, x_t])
         model, n_s = trainer.model, x_s.shape[0]
 
@@ -86,20 +102,27 @@ def main() -> None:
             terms["total"].backward()
             trainer.optimizer.step()
 
+        def draw_and_augment() -> None:
+            trainer._draw(trainer.source_stream)
+            trainer._draw(trainer.target_stream)
+
         timed = interleaved_median_ms(
-            {"network": network, "network + SGD": network_sgd, "+ losses": with_losses, "trainer.step()": trainer.step},
+            {"network": network, "network + SGD": network_sgd, "+ losses": with_losses, "trainer.step()": trainer.step,
+             "draw + augment": draw_and_augment},
             args.repeats,
+            clock=CLOCKS[args.clock],
         )
         rows = list(timed.items())
 
     base = rows[0][1]
     print(f"width {args.width}, {args.size} px, batch {args.batch}+{args.batch}, {args.threads} thread(s), "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, {args.clock} time")
     print("| step | ms | × network |\n|---|---:|---:|")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} | {ms / base:.2f} |")
     added = (rows[2][1] - rows[1][1]) / base
     print(f"\nthe adaptation losses add {100 * added:.1f} % to the network's forward + backward")
+    print(f"step/network: {rows[3][1] / base:.2f}")
 
 
 if __name__ == "__main__":

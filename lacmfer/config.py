@@ -155,6 +155,14 @@ class EvalConfig(_Section):
     interval: Annotated[int, Field(ge=1)] = 100
     objective: Objective = "source_val_acc"
     snd_temperature: Positive = 0.05
+    # Intermediate evaluations look at fixed seeded subsets (null: the whole set) so that
+    # they cost a few percent of a trial: the label-free validators and pl_acc on this
+    # many target-stream images, source_val_acc on this many hold-out images.
+    target_subset: Annotated[int, Field(ge=16)] | None = 4096
+    source_val_subset: Annotated[int, Field(ge=16)] | None = 2048
+    # target_acc (oracle) on the whole target test set every this many evaluations and
+    # at the last one; NaN in between. Every evaluation when the objective is the oracle.
+    test_every: Annotated[int, Field(ge=1)] = 4
 
 
 # The searchable hyperparameters (DomainBed's registry habit): search-space name → the
@@ -234,6 +242,11 @@ class SearchConfig(_Section):
     # (for several machines on one shared filesystem). Default: SQLite optuna.db in the
     # experiment folder (object-storage results: on the driver's disk, copied beside them).
     storage: str | None = None
+    # A trial checkpoints every this many evaluations and at its last one (resume after a
+    # failure or an interruption restarts from there; ASHA itself needs no checkpoint).
+    checkpoint_every: Annotated[int, Field(ge=1)] = 10
+    # After the export, trial checkpoints other than each split's exported best are removed.
+    keep_checkpoints: bool = False
     asha: AshaConfig = Field(default_factory=AshaConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict)
 

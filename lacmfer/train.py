@@ -1,139 +1,229 @@
-"""Final training: `python -m lacmfer.train --config C.yaml [--target CK ...] [--seeds 0 1 2]`.
+"""Final training: the whole protocol, target × seed × method, and its table.
 
-Trains each target × seed with a fixed config (an exported best config runs unchanged),
-and writes under `<results>/<experiment>/final/<target>/seed<k>/`: TensorBoard scalars and
-hyperparameters (`tb/`), `metrics.json` (every evaluation, the last one, and the one the
-config's label-free objective selects), `config.yaml` and the final `checkpoint.pt`.
-Prints a per-target table of mean ± std over seeds.
+    python -m lacmfer.train --experiment results/<exp> --baseline source_only
+    python -m lacmfer.train --config results/<exp>/best/CK.yaml --seeds 0 1 2
+    python -m lacmfer.train --experiment results/<exp> --resume      # after an interruption
+
+`--experiment` trains every split's exported best config (`best/<target>.yaml`, written
+by the search's export); `--config` trains one config on its `data.targets`. Each
+`--baseline` (a `loss.adaptation`) trains the same configs and seeds with that method.
+Runs go to Ray as tasks with the config's `resources` (as many at once as the cluster
+holds; `--address`/RAY_ADDRESS joins a cluster), or one after another in this process
+with `--sequential`; both give the same numbers for the same seed. A run that raises is
+retried from its last evaluation (`--retries`). Every run writes
+`<experiment>/final/<target>/<method>/seed<k>/` (see `lacmfer.final_run`); the protocol
+table goes to `final/report.md` and `final/report.parquet` (see `lacmfer.final_report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import statistics
+import os
+import shlex
 import sys
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
-from lacmfer.config import ExperimentConfig, load_config, save_config
+from lacmfer.config import ExperimentConfig, LossConfig, load_config
 from lacmfer.data.domains import DOMAIN_NAMES
+from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
 from lacmfer.errors import UserError, exit_on_user_error
-from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
-from lacmfer.trainer import Trainer
+from lacmfer.final_report import write_report
+from lacmfer.final_run import STATE_FILE, FinalRun, failed_result, read_result, result_line, train_run
+
+METHODS: tuple[str, ...] = typing.get_args(LossConfig.model_fields["adaptation"].annotation)
 
 
-def run_dir(cfg: ExperimentConfig, target: str) -> Path:
-    return cfg.experiment_dir / "final" / target / f"seed{cfg.seed}"
+@dataclass
+class Plan:
+    """Every run of one final training, and what its report needs."""
+
+    name: str
+    final_dir: Path
+    targets: list[str]
+    methods: list[str]
+    seeds: list[int]
+    objective: str
+    runs: list[FinalRun]
 
 
-def train_one(cfg: ExperimentConfig, target: str, progress: bool = True) -> dict[str, Any]:
-    """Train one target with `cfg.seed`; returns what `metrics.json` holds."""
-    out = run_dir(cfg, target)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml", header=f"final training: target {target}, seed {cfg.seed}")
-    trainer = Trainer(cfg, target, progress=progress)
-    logger = RunLogger(out / "tb", run_hparams(cfg, target), BEST_OF)
-    history: list[dict[str, float]] = []
-    status = "completed"
-    bar = tqdm(total=cfg.schedule.steps, desc=f"{target} seed {cfg.seed}", unit="step", disable=not progress,
-               leave=False)
-    try:
-        for metrics in trainer.evaluations():
-            bar.update(trainer.step_count - bar.n)
-            history.append(metrics)
-            diverged = not math.isfinite(metrics.get("loss_total", 0.0))
-            if diverged:
-                logger.mark("diverged")
-            logger.log(metrics, trainer.step_count)
-            bar.set_postfix(objective=f"{metrics['objective']:.3f}", target_acc=f"{metrics['target_acc']:.3f}")
-            if diverged:
-                status = "diverged"  # the weights are NaN from here on: stop instead of wasting steps
+def _experiment_configs(exp_dir: Path, targets: Sequence[str] | None,
+                        overrides: list[str]) -> list[tuple[str, ExperimentConfig]]:
+    """(target, config) of every exported best config of a search, in the search's order."""
+    best = exp_dir / "best"
+    if not best.is_dir():
+        raise UserError(f"{best}: no exported best configs (run `python tune.py` or `--export-only` first)")
+    found = {p.stem: p for p in best.glob("*.yaml")}
+    saved = exp_dir / "config.yaml"
+    order = load_config(saved).data.targets if saved.exists() else DOMAIN_NAMES
+    wanted = list(targets) if targets else [t for t in order if t in found]
+    skipped = [t for t in order if t not in found and not targets]
+    if skipped and saved.exists():  # the export writes no config for a split without an exportable trial
+        print(f"note: no best config for {', '.join(skipped)} in {best}: not trained", file=sys.stderr)
+    missing = [t for t in wanted if t not in found]
+    if missing:
+        raise UserError(f"{best}: no best config for {', '.join(missing)} (found: {', '.join(sorted(found)) or 'none'})")
+    if not wanted:
+        raise UserError(f"{best}: no <target>.yaml here")
+    configs = []
+    for target in wanted:
+        cfg = load_config(found[target], overrides)
+        if cfg.data.targets != [target]:
+            raise UserError(f"{found[target]}: data.targets is {cfg.data.targets}, expected [{target}]")
+        configs.append((target, cfg))
+    return configs
+
+
+def plan_runs(args: argparse.Namespace) -> Plan:
+    """Targets × methods × seeds, from `--experiment` or `--config`, with their run folders."""
+    if args.experiment is not None:
+        exp_dir = args.experiment.absolute()
+        configs = _experiment_configs(exp_dir, args.target, args.overrides)
+        name = exp_dir.name
+    else:
+        cfg = load_config(args.config, args.overrides)
+        targets = args.target or cfg.data.targets
+        unknown = [t for t in targets if t not in cfg.data.domains]
+        if unknown:
+            raise UserError(f"--target {unknown}: not among data.domains {cfg.data.domains} of {args.config}")
+        configs = [(t, cfg) for t in targets]
+        exp_dir, name = cfg.experiment_dir, cfg.output.name
+    objectives = {cfg.eval.objective for _, cfg in configs}
+    if len(objectives) > 1:
+        raise UserError(f"the configs select with different objectives ({', '.join(sorted(objectives))}); "
+                        "one table needs one (set it with --set eval.objective=...)")
+    method = configs[0][1].loss.adaptation
+    if any(cfg.loss.adaptation != method for _, cfg in configs):
+        raise UserError("the configs train different loss.adaptation methods; give them as --baseline instead")
+    for baseline in args.baseline:
+        if baseline == method:
+            raise UserError(f"--baseline {baseline}: that is the configs' own method (loss.adaptation)")
+    methods = [method, *dict.fromkeys(args.baseline)]
+    final_dir = exp_dir / "final"
+    runs = []
+    for target, cfg in configs:
+        for m in methods:
+            for seed in args.seeds:
+                run_cfg = cfg.with_values({"seed": seed, "loss.adaptation": m}, source=f"{target}/{m}/seed{seed}")
+                runs.append(FinalRun(target, m, seed, run_cfg, final_dir / target / m / f"seed{seed}"))
+    return Plan(name, final_dir, [t for t, _ in configs], methods, list(args.seeds), objectives.pop(), runs)
+
+
+def check_fresh(plan: Plan, resume: bool) -> None:
+    """Refuse to mix a new final training into started runs unless --resume says so."""
+    if resume:
+        return
+    started = [r.name for r in plan.runs if (r.run_dir / STATE_FILE).exists() or read_result(r.run_dir)]
+    if started:
+        raise UserError(f"{plan.final_dir}: runs already started ({', '.join(started[:3])}"
+                        f"{', …' if len(started) > 3 else ''}): continue with --resume, or remove them")
+
+
+def run_sequential(runs: Sequence[FinalRun], retries: int, progress: bool,
+                   on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """Every run in this process, one after another; split data is loaded once per target."""
+    data: dict[str, SplitData] = {}
+    results = []
+    for run in runs:
+        if run.target not in data:
+            data[run.target] = load_split_data(run.config, run.target, progress=progress)
+        for attempt in range(retries + 1):
+            try:
+                result = train_run(run, data=data[run.target], progress=progress)
                 break
-    finally:
-        bar.close()
-        logger.close()
-
-    finite = [m for m in history if math.isfinite(m["objective"])]
-    selected = max(finite, key=lambda m: m["objective"]) if finite else None
-    result = {
-        "target": target,
-        "seed": cfg.seed,
-        "status": status,
-        "objective": cfg.eval.objective,
-        "oracle": cfg.eval.objective == "oracle_target_acc",
-        "last": history[-1] if history else None,
-        "selected": selected,
-        "history": history,
-    }
-    (out / "metrics.json").write_text(json.dumps(result, indent=1, allow_nan=True), encoding="utf-8")
-    torch.save(
-        {"model": trainer.model.state_dict(), "config": cfg.to_dict(), "target": target, "step": trainer.step_count},
-        out / "checkpoint.pt",
-    )
-    return result
+            except UserError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any crash of a run is retried from its state
+                print(f"{run.name}: attempt {attempt + 1} failed: {type(err).__name__}: {err}", file=sys.stderr)
+                result = failed_result(run, f"{type(err).__name__}: {err}")
+        on_result(result)
+        results.append(result)
+    return results
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * std:.2f}"
-
-
-def results_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table per target: accuracies in %, mean ± std over seeds."""
-    objective = results[0]["objective"] if results else "objective"
-    lines = [
-        f"| target | seeds | target acc (last) | target acc (selected by {objective}) | {objective} (selected) |",
-        "|---|---|---|---|---|",
-    ]
-    for target in dict.fromkeys(r["target"] for r in results):
-        runs = [r for r in results if r["target"] == target and r["last"] is not None]
-        sel = [r["selected"] for r in runs if r["selected"] is not None]
-        lines.append(
-            f"| {target} | {len(runs)} | {_mean_std([r['last']['target_acc'] for r in runs])} "
-            f"| {_mean_std([m['target_acc'] for m in sel])} | {_mean_std([m['objective'] for m in sel])} |"
-        )
-    return "\n".join(lines)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lacmfer.train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:5]))
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--experiment", type=Path, help="a search's folder, results/<exp>: trains best/<target>.yaml")
+    what.add_argument("--config", type=Path, help="one config, e.g. results/<exp>/best/CK.yaml")
+    p.add_argument("--target", nargs="+", choices=DOMAIN_NAMES, help="a subset of the targets")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--baseline", nargs="+", default=[], choices=METHODS, metavar="METHOD",
+                   help=f"methods to train beside it on the same seeds, any loss.adaptation: {', '.join(METHODS)}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every config, e.g. --set schedule.steps=1000")
+    p.add_argument("--resume", action="store_true", help="keep finished runs, continue interrupted ones")
+    p.add_argument("--retries", type=int, default=1, help="attempts after a run raises (default 1)")
+    p.add_argument("--sequential", action="store_true", help="train in this process, one run after another (no Ray)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.retries < 0:
+        p.error("--retries must be >= 0")
+    if args.sequential and args.address:
+        p.error("--sequential trains in this process; --address is for Ray")
+    return args
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lacmfer.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="a config, e.g. results/<exp>/best/<target>.yaml")
-    parser.add_argument("--target", nargs="+", choices=DOMAIN_NAMES, help="default: data.targets of the config")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    resume = " ".join(["python -m lacmfer.train", *map(shlex.quote, argv), *([] if args.resume else ["--resume"])])
+    plan = plan_runs(args)
+    check_fresh(plan, args.resume)
+    if plan.objective == "oracle_target_acc":
+        print("note: the objective is oracle_target_acc (selection on target TEST labels)", file=sys.stderr)
+    # Before any run (and before Ray): SynthFER is generated once, a bad list or image is
+    # one `file:line` error, and the runs open the caches built here.
+    for data_config in {r.config.data.root: r.config.data for r in plan.runs}.values():
+        cache_every_list(data_config, workers=min(8, os.cpu_count() or 1), progress=not args.no_progress)
 
-    cfg = load_config(args.config, args.overrides)
-    targets = args.target or cfg.data.targets
-    unknown = [t for t in targets if t not in cfg.data.domains]
-    if unknown:
-        raise UserError(f"--target {unknown}: not among data.domains {cfg.data.domains} of {args.config}")
-    if cfg.eval.objective == "oracle_target_acc":
-        print("note: the objective is oracle_target_acc (selection on target test labels)", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for run in plan.runs:
+        finished = read_result(run.run_dir)
+        if finished is not None:
+            results[run.name] = finished
+        else:
+            todo.append(run)
 
-    results = []
-    for target in targets:
-        for seed in args.seeds:
-            run_cfg = cfg.with_values({"seed": seed}, source=str(args.config))
-            results.append(train_one(run_cfg, target, progress=not args.no_progress))
-    table = results_table(results)
-    summary = cfg.experiment_dir / "final" / "summary.md"
-    summary.write_text(f"# Final training: {cfg.output.name}\n\n{table}\n", encoding="utf-8")
-    print(table)
-    diverged = [f"{r['target']}/seed{r['seed']}" for r in results if r["status"] != "completed"]
+    def report(result: dict[str, Any]) -> None:
+        results[f"{result['target']}/{result['method']}/seed{result['seed']}"] = result
+        print(f"[{len(results)}/{len(plan.runs)}] {result_line(result)}", flush=True)
+
+    kept = len(results)
+    if kept:
+        print(f"kept {kept} finished run(s) of {len(plan.runs)}")
+    try:
+        if args.sequential:
+            run_sequential(todo, args.retries, not args.no_progress, report)
+        elif todo:
+            # Ray only here, in the command-line entry point: `lacmfer` itself never imports
+            # it, so a user of the method or of `--sequential` needs no Ray.
+            from trainables.final_training import run_on_ray
+
+            run_on_ray(todo, address=args.address, retries=args.retries, on_result=report)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with {resume}", file=sys.stderr)
+        return 130
+
+    ordered = [results[r.name] for r in plan.runs]
+    path = write_report(plan.final_dir, plan.name, ordered, plan.targets, plan.methods, plan.seeds, plan.objective)
+    print(path.read_text(encoding="utf-8"))
+    print(f"report: {path}   tensorboard --logdir {plan.final_dir}")
+    diverged = [f"{r['target']}/{r['method']}/seed{r['seed']}" for r in ordered if r["status"] == "diverged"]
     if diverged:
         print(f"warning: diverged runs (NaN/inf loss): {', '.join(diverged)}", file=sys.stderr)
-    print(f"results: {cfg.experiment_dir / 'final'}   tensorboard --logdir {cfg.experiment_dir / 'final'}")
+    failed = [f"{r['target']}/{r['method']}/seed{r['seed']}" for r in ordered if r["status"] == "failed"]
+    if failed:
+        print(f"FAILED runs: {', '.join(failed)}; retry them with {resume}", file=sys.stderr)
+        return 1
     return 0
 
 

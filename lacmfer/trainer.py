@@ -13,14 +13,15 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lacmfer import losses
 from lacmfer.config import ExperimentConfig
-from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, load_split_data
-from lacmfer.data.transforms import eval_transform, train_transform
+from lacmfer.data.augment import BatchAugment, network_input
+from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, fixed_subset, load_split_data
 from lacmfer.device import Placement, claim, local_placement
 from lacmfer.model import LACMFERNet, load_trunk_weights
 from lacmfer.schedules import cluster_weight, inverse_decay_scheduler
@@ -34,6 +35,7 @@ from lacmfer.validators import (
 HEADLINE_METRICS = ("objective", "target_acc", "source_val_acc", "loss_total", "step")
 LOSS_TERMS = ("total", "sup", "sid", "cid", "mcc", "mvv", "mvv_kept")
 _SOURCE_STREAM, _TARGET_STREAM = 0, 1
+_TARGET_SUBSET, _SOURCE_VAL_SUBSET = 2, 3  # seed words of the fixed evaluation subsets
 
 
 class Trainer:
@@ -76,12 +78,17 @@ class Trainer:
 
         d = config.data
         pin = self.device.type == "cuda"
-        augment = train_transform(d.image_size, d.augment, d.resolved_cache_size)
-        self.source_stream = BatchStream(self.data.source_train, d.batch_size, augment, config.seed,
+        self.source_stream = BatchStream(self.data.source_train, d.batch_size, config.seed,
                                          _SOURCE_STREAM, d.source_sampling, d.num_workers, pin)
-        self.target_stream = BatchStream(self.data.target_train, d.batch_size, augment, config.seed,
+        self.target_stream = BatchStream(self.data.target_train, d.batch_size, config.seed,
                                          _TARGET_STREAM, "pooled", d.num_workers, pin)
-        self.eval_transform = eval_transform(d.image_size, d.resolved_cache_size)
+        self.augment = BatchAugment(d.augment, d.image_size)
+        # Fixed subsets, seeded like the hold-out: the same images at every evaluation and
+        # in every trial and seed of a split, so evaluations compare like with like.
+        e = config.eval
+        self.target_subset = fixed_subset(len(self.data.target_train), e.target_subset, [d.split_seed, _TARGET_SUBSET])
+        self.source_val_subset = (None if self.data.source_val is None else fixed_subset(
+            len(self.data.source_val), e.source_val_subset, [d.split_seed, _SOURCE_VAL_SUBSET]))
         self.step_count = 0
         self._loss_sums = torch.zeros(len(LOSS_TERMS), device=self.device)
         self._loss_steps = 0
@@ -89,13 +96,21 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.resources.precision == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        # CPU autocast too: the bf16 path then runs (and is tested) without a GPU.
+        if self.cfg.resources.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _to_device(self, x: Tensor) -> Tensor:
-        x = x.to(self.device, non_blocking=True)
+    def _memory_format(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.model.channels_last else x
+
+    def _draw(self, stream: BatchStream) -> tuple[Tensor, Tensor]:
+        """The next batch of a stream on the device, augmented there: (images, labels)."""
+        batch = next(stream)
+        # Pinned on CUDA (see BatchStream), so both copies are queued without waiting.
+        images = batch.images.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        return self._memory_format(self.augment(images, batch.seed)), labels
 
     def cluster_weight(self) -> float:
         """λ_cid(t) = hyper_inter · r(t), r the clustering schedule (SPEC §5)."""
@@ -106,14 +121,13 @@ class Trainer:
     def step(self) -> dict[str, Tensor]:
         """One SGD step on a source and a target batch; returns the loss terms (on device)."""
         self.model.train()
-        x_s, y_s, _ = next(self.source_stream)
-        x_t, _, _ = next(self.target_stream)  # the target stream's labels are never used
-        y_s = y_s.to(self.device, non_blocking=True)
+        x_s, y_s = self._draw(self.source_stream)
+        x_t, _ = self._draw(self.target_stream)  # the target stream's labels are never used
         n_s = x_s.shape[0]
         # One forward over both domains: half the kernel launches, and BatchNorm sees the
         # statistics of both domains, as in the MMD-based adaptation methods it follows.
         with self._autocast():
-            out = self.model(self._to_device(torch.cat([x_s, x_t])))
+            out = self.model(torch.cat([x_s, x_t]))
         feats = (out.feat_g.float(), out.feat_l.float())
         logits = (out.logits_g.float(), out.logits_l.float())
         terms = self._losses(feats, logits, y_s, n_s)
@@ -175,26 +189,48 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def _predict(self, samples: SampleSet) -> dict[str, Tensor]:
-        """Global/local logits and labels over a whole set, on the CPU."""
+    def _predict(self, samples: SampleSet, indices: np.ndarray | None = None) -> dict[str, Tensor]:
+        """Global/local logits and labels of `samples` (or of `indices` of it), on the CPU."""
         self.model.eval()
         zg, zl, ys = [], [], []
         d = self.cfg.data
-        for x, y, _ in eval_batches(samples, self.eval_transform, d.eval_batch_size, d.num_workers,
-                                    self.device.type == "cuda"):
+        for batch in eval_batches(samples, d.eval_batch_size, indices, d.num_workers, self.device.type == "cuda"):
+            x = network_input(batch.images.to(self.device, non_blocking=True), d.image_size)
             with self._autocast():
-                out = self.model(self._to_device(x))
-            zg.append(out.logits_g.float().cpu())
-            zl.append(out.logits_l.float().cpu())
-            ys.append(y)
-        return {"g": torch.cat(zg), "l": torch.cat(zl), "y": torch.cat(ys)}
+                out = self.model(self._memory_format(x))
+            zg.append(out.logits_g.float())
+            zl.append(out.logits_l.float())
+            ys.append(batch.labels)
+        return {"g": torch.cat(zg).cpu(), "l": torch.cat(zl).cpu(), "y": torch.cat(ys)}
+
+    @property
+    def evaluation_index(self) -> int:
+        """1-based number of the evaluation at the current step (they run every interval and at the end)."""
+        return -(-self.step_count // self.cfg.eval.interval)
+
+    @property
+    def finished(self) -> bool:
+        return self.step_count >= self.cfg.schedule.steps
+
+    def _test_due(self) -> bool:
+        """Whether this evaluation reads the whole target test set (see `eval.test_every`)."""
+        e = self.cfg.eval
+        return self.finished or self.evaluation_index % e.test_every == 0 or e.objective == "oracle_target_acc"
 
     def evaluate(self) -> dict[str, float]:
         """Every metric as a flat dict of floats (SPEC §6); higher is better for validators.
 
-        Target accuracies use the test list; the label-free validators use the unlabeled
-        target stream, on softmax of the mean logits (the inference prediction).
-        `pl_acc`/`pl_coverage` read the stream's labels for reporting only.
+        What each number is computed on (docs/METHOD.md §6):
+        - `entropy`, `im`, `bnm`, `snd` (label-free validators) and `pl_acc`/`pl_coverage`:
+          the fixed subset of `eval.target_subset` images of the unlabeled target stream,
+          from one forward pass, on softmax of the mean logits (the inference prediction);
+          `pl_acc` reads the stream's labels for reporting only.
+        - `source_val_acc`: the fixed subset of `eval.source_val_subset` images of the
+          source hold-out.
+        - `target_acc`, `target_acc_g`, `target_acc_l` (oracle: test labels; logged, never
+          the default objective): the whole target test set, at every `eval.test_every`-th
+          evaluation and at the last one of the schedule; NaN at the others.
+        - `target_val_acc`: the whole explicit target validation list, where there is one.
         """
         metrics: dict[str, float] = {"step": float(self.step_count)}
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
@@ -207,13 +243,7 @@ class Trainer:
             self._loss_sums.zero_()
             self._loss_steps = 0
 
-        test = self._predict(self.data.target_test)
-        mean_logits = (test["g"] + test["l"]) / 2
-        metrics["target_acc"] = accuracy(mean_logits, test["y"])
-        metrics["target_acc_g"] = accuracy(test["g"], test["y"])
-        metrics["target_acc_l"] = accuracy(test["l"], test["y"])
-
-        stream = test if self.data.split.target_test_is_train else self._predict(self.data.target_train)
+        stream = self._predict(self.data.target_train, self.target_subset)
         probs = ((stream["g"] + stream["l"]) / 2).softmax(dim=1)
         for name, validator in UNSUPERVISED_VALIDATORS.items():
             kwargs = {"temperature": self.cfg.eval.snd_temperature} if name == "snd" else {}
@@ -222,8 +252,18 @@ class Trainer:
             stream["g"].softmax(1), stream["l"].softmax(1), stream["y"], self.cfg.loss.ps_threshold
         )
 
+        # Lab sets: the stream is the test set, so a whole-stream pass is the test pass too.
+        test_is_stream = self.data.split.target_test_is_train and self.target_subset is None
+        if test_is_stream or self._test_due():
+            test = stream if test_is_stream else self._predict(self.data.target_test)
+            metrics["target_acc"] = accuracy((test["g"] + test["l"]) / 2, test["y"])
+            metrics["target_acc_g"] = accuracy(test["g"], test["y"])
+            metrics["target_acc_l"] = accuracy(test["l"], test["y"])
+        else:
+            metrics.update(target_acc=math.nan, target_acc_g=math.nan, target_acc_l=math.nan)
+
         if self.data.source_val is not None:
-            val = self._predict(self.data.source_val)
+            val = self._predict(self.data.source_val, self.source_val_subset)
             metrics["source_val_acc"] = accuracy((val["g"] + val["l"]) / 2, val["y"])
         else:
             metrics["source_val_acc"] = math.nan
@@ -255,7 +295,7 @@ class Trainer:
             "loss_sums": self._loss_sums.cpu(),
             "loss_steps": self._loss_steps,
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -268,5 +308,6 @@ class Trainer:
         self._loss_sums = state["loss_sums"].to(self.device)
         self._loss_steps = int(state["loss_steps"])
         torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        # The trainer's own GPU only: a trial may resume on another GPU, or another machine.
+        if isinstance(state.get("rng_cuda"), torch.Tensor) and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)

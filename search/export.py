@@ -14,7 +14,8 @@ storage), after everything was computed:
                          runnable as is by `python -m lacmfer.train --config ...`
     trials.parquet       one row per trial × split (schema: `trials_schema`)
     summary.md           per split: best value, oracle accuracy, chosen values, counts,
-                         importance and the validator ranking
+                         importance and the validator ranking, linking the pictures of
+    plots/               each split's search (search.plots)
 
 Works offline: no Ray cluster is started (Tune's files are read as files). The
 experiment may be a local folder or in object storage (`search.storage`).
@@ -22,13 +23,18 @@ experiment may be a local folder or in object storage (`search.storage`).
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec, config_from_dict, config_text, parse_yaml
@@ -43,9 +49,11 @@ from search.analysis import (
     check_scope,
     param_importances,
     read_split,
+    round_dirs,
     select_best,
     validator_ranking,
 )
+from search.plots import PLOTS_DIR, write_search_plots
 from search.storage import Location, experiment_location, location, readable_optuna_storage
 
 ORACLE_OBJECTIVE = "oracle_target_acc"
@@ -89,6 +97,8 @@ class ExportSummary:
     missing_targets: list[str]
     trials_table: Location
     summary: Location
+    removed_checkpoints: int = 0
+    removed_bytes: int = 0
 
     @property
     def oracle(self) -> bool:
@@ -111,6 +121,9 @@ class ExportSummary:
         if self.missing_targets:
             lines.append(f"  not run: {', '.join(self.missing_targets)}")
         lines.append(f"summary: {self.summary}   trials: {self.trials_table}")
+        if self.removed_checkpoints:
+            lines.append(f"removed {self.removed_checkpoints} checkpoint(s) of trials not exported "
+                         f"({self.removed_bytes / 2**20:.1f} MiB; search.keep_checkpoints: true keeps them)")
         return "\n".join(lines)
 
 
@@ -349,6 +362,30 @@ def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: 
 # ---------------------------------------------------------------- the export
 
 
+def _plots(exp_dir: Location, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+           rankings: dict[str, Sequence[tuple[str, float]]]) -> str:
+    """The search's pictures in `exp_dir/plots/` (`search.plots`); returns their summary.md section.
+
+    In object storage they are drawn in a local folder, beside a copy of the default Optuna
+    database, and uploaded; the split's earlier pictures there are replaced.
+    """
+    if exp_dir.is_local:
+        return write_search_plots(exp_dir.local_path(), cfg, records, rankings)
+    with tempfile.TemporaryDirectory(prefix="lacmfer-plots-") as staging:
+        staging = Path(staging)
+        with readable_optuna_storage(cfg, exp_dir) as storage:
+            if isinstance(storage, str):  # the default SQLite database
+                shutil.copy(storage.removeprefix("sqlite:///"), staging / "optuna.db")
+        text = write_search_plots(staging, cfg, records, rankings)
+        plots = exp_dir / PLOTS_DIR
+        for old in plots.fs.get_file_info(pafs.FileSelector(plots.path, allow_not_found=True)):
+            if old.base_name.startswith(tuple(f"{target}_" for target in records)):
+                plots.fs.delete_file(old.path)
+        for picture in sorted((staging / PLOTS_DIR).glob("*.png")):
+            (plots / picture.name).upload(picture)
+    return text
+
+
 def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
                  scope: str = "best", missing: list[str] | None = None) -> ExportSummary:
     """Write best configs, trials.parquet and summary.md from the records of each split.
@@ -384,6 +421,7 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     summary_text = summary_markdown(cfg, splits, missing, scope)
+    summary_text += "\n" + _plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits})
 
     for split in splits:
         path = exp_dir / "best" / f"{split.target}.yaml"
@@ -399,11 +437,33 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
     return ExportSummary(exp_dir, cfg.eval.objective, scope, splits, missing, trials_path, summary_path)
 
 
-def export_experiment(exp_dir: Path | str, scope: str | None = None) -> ExportSummary:
+def remove_checkpoints(split_dir: Path, keep_trial_id: str | None) -> tuple[int, int]:
+    """Delete the checkpoint folders of every trial in `split_dir` (one round's Tune
+    experiment folder) but `keep_trial_id`'s.
+
+    A trial folder is recognised by the `trial_id` of its first report (result.json).
+    Returns (checkpoints removed, bytes freed).
+    """
+    removed = freed = 0
+    for result in sorted(Path(split_dir).glob("*/result.json")):
+        with open(result, encoding="utf-8") as lines:
+            first = lines.readline()
+        if not first.strip() or json.loads(first).get("trial_id") == keep_trial_id:
+            continue
+        for checkpoint in sorted(result.parent.glob("checkpoint_*")):
+            freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+            shutil.rmtree(checkpoint)
+            removed += 1
+    return removed, freed
+
+
+def export_experiment(exp_dir: Path | str, scope: str | None = None, finished: Sequence[str] = ()) -> ExportSummary:
     """Export `results/<exp>`: see the module docstring for what is read and written.
 
     `scope` is how a trial's objective is summarised, `best` (its best evaluation) or
     `last`; default: the search's own `search.scope`, which is also what Optuna was told.
+    In the `finished` splits (whose search will not be resumed), checkpoints of trials
+    other than the exported best are removed unless `search.keep_checkpoints` is set.
     """
     exp_dir = location(exp_dir)
     if not exp_dir.is_dir():
@@ -419,4 +479,12 @@ def export_experiment(exp_dir: Path | str, scope: str | None = None) -> ExportSu
         raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
     records = {t: read_split(exp_dir, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
-    return write_export(exp_dir, cfg, records, scope, missing)
+    summary = write_export(exp_dir, cfg, records, scope, missing)
+    if not cfg.search.keep_checkpoints and exp_dir.is_local:  # object storage: kept (README)
+        for split in summary.splits:
+            if split.target in finished:
+                for folder in round_dirs(exp_dir, split.target):
+                    removed, freed = remove_checkpoints(folder, split.best and split.best.trial_id)
+                    summary.removed_checkpoints += removed
+                    summary.removed_bytes += freed
+    return summary

@@ -59,11 +59,16 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
       importance read COMPLETE trials only, so the constraint changes nothing there.
     - An errored trial is FAIL: an error is usually the machine's (a lost node, memory),
       not evidence about the hyperparameters, and Tune retries it within max_failures.
+      When a resumed experiment retries it again, the retry is added as a new trial
+      (`_tell_retry`).
     """
 
     def __init__(self, *args: Any, scope: str = "best", **kwargs: Any):
         self._scope = scope
         self._evaluations: dict[str, dict[int, float]] = {}
+        # Trials told FAIL for an error, with their evaluations kept: a resumed experiment
+        # (`resume_errored`) retries them from their last checkpoint.
+        self._errored: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -77,7 +82,8 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
 
     def _record(self, trial_id: str, result: dict) -> None:
         """Report one evaluation to Optuna at its step, once."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        retried = trial_id in self._errored
+        if trial_id not in self._ot_trials or (trial_id in self._completed_trials and not retried):
             return
         value, step = result.get(self.metric), result.get("training_iteration")
         if value is None or step is None:
@@ -86,43 +92,94 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
         if int(step) in seen:
             return
         seen[int(step)] = float(value)
+        if retried:
+            return  # its Optuna trial is FAIL for good; `_tell_retry` adds the retry when it ends
         try:
             self._ot_trials[trial_id].report(float(value), int(step))
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # told already by a driver that was killed after telling (resume)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials:
+            return  # not one of ours (RetriedTrialsConcurrencyLimiter passes every end on)
+        if trial_id in self._errored:
+            return self._tell_retry(trial_id, result, error)
+        if trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         if result and not error:
             self._record(trial_id, result)  # the evaluation ASHA stopped it on, or its last
-        evaluations = self._evaluations.pop(trial_id, {})
+        if error:
+            self._errored.add(trial_id)
+        evaluations = self._evaluations.get(trial_id, {}) if error else self._evaluations.pop(trial_id, {})
         ot_trial = self._ot_trials[trial_id]
-        state = optuna.trial.TrialState
-        value = None
-        if error or not result or not evaluations:
-            outcome = state.FAIL
-        elif result.get("diverged", 0.0) >= 1.0:
-            outcome = state.PRUNED
-            self._mark_diverged(ot_trial)
-        elif result.get("final_evaluation", 0.0) < 1.0:
-            outcome = state.PRUNED
-        else:
-            outcome = state.COMPLETE
-            finite = [v for v in evaluations.values() if math.isfinite(v)]
-            value = max(finite, default=None) if self._scope == "best" else evaluations[max(evaluations)]
-            if value is None or not math.isfinite(value):
-                outcome, value = state.FAIL, None
+        outcome, value = self._outcome(result, error, evaluations)
+        if _diverged(result) and outcome == optuna.trial.TrialState.PRUNED:
+            try:
+                ot_trial.set_constraint(DIVERGED_CONSTRAINT, 1.0)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
         # skip_if_finished: a driver killed after telling left the trial finished already.
         self._ot_study.tell(ot_trial, value, state=outcome, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
-    @staticmethod
-    def _mark_diverged(ot_trial: optuna.Trial) -> None:
-        try:
-            ot_trial.set_constraint(DIVERGED_CONSTRAINT, 1.0)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+    def _outcome(self, result: dict | None, error: bool, evaluations: dict[int, float]
+                 ) -> tuple[optuna.trial.TrialState, float | None]:
+        """The Optuna state and value of a trial that ended with `result` (see the class doc)."""
+        state = optuna.trial.TrialState
+        if error or not result or not evaluations:
+            return state.FAIL, None
+        if _diverged(result) or result.get("final_evaluation", 0.0) < 1.0:
+            return state.PRUNED, None
+        finite = [v for v in evaluations.values() if math.isfinite(v)]
+        value = max(finite, default=None) if self._scope == "best" else evaluations[max(evaluations)]
+        if value is None or not math.isfinite(value):
+            return state.FAIL, None
+        return state.COMPLETE, value
+
+    def _tell_retry(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """End a trial that a resumed experiment retried after an error.
+
+        Its first Optuna trial is FAIL and cannot change, so the retry is added as a new
+        trial with the same values, the same Tune trial id and the evaluations of both
+        attempts (the retry went on from the first attempt's last checkpoint). A retry
+        that fails again adds nothing.
+        """
+        if error:
+            return
+        if result:
+            self._record(trial_id, result)
+        evaluations = self._evaluations.pop(trial_id, {})
+        self._errored.discard(trial_id)
+        outcome, value = self._outcome(result, False, evaluations)
+        if outcome == optuna.trial.TrialState.PRUNED:  # as Optuna's tell does: the last value, if finite
+            last = evaluations[max(evaluations)]
+            value = last if math.isfinite(last) else None
+        first = self._ot_trials[trial_id]
+        retry = optuna.trial.create_trial(
+            state=outcome, value=value, params=first.params, distributions=first.distributions,
+            intermediate_values=evaluations, user_attrs={TUNE_TRIAL_ID: trial_id, "retry_of": first.number},
+        )
+        if _diverged(result) and outcome == optuna.trial.TrialState.PRUNED:
+            retry.set_constraint(DIVERGED_CONSTRAINT, 1.0)
+        self._ot_study.add_trial(retry)
+
+
+def _diverged(result: dict | None) -> bool:
+    return bool(result) and result.get("diverged", 0.0) >= 1.0
+
+
+class RetriedTrialsConcurrencyLimiter(ConcurrencyLimiter):
+    """ConcurrencyLimiter that also passes on the end of a trial it no longer tracks.
+
+    A trial that errored and that a resumed experiment retries (`resume_errored`) has
+    ended once already; the stock limiter drops its second end, so the searcher would
+    never hear how the retry went.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        return self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
 
 def split_seed(seed: int, target: str, round_index: int = 1) -> int:
@@ -212,7 +269,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
+            search_alg=RetriedTrialsConcurrencyLimiter(searcher, max_concurrent=max_concurrent),
             scheduler=scheduler,
             num_samples=num_samples or s.num_samples,
             # Safe: the trainable builds every piece of state (model, optimiser, RNG seeds,

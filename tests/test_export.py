@@ -344,3 +344,28 @@ def test_export_experiment_end_to_end_on_a_real_run(tune_run):
     assert "Trials: 4 — 1 completed, 1 stopped early, 1 failed, 1 diverged." in text
     assert "optuna.db not found" in text and "Not run (no experiment folder): JAFFE." in text
     assert "exp1" in str(summary) and "best/CK.yaml" in str(summary)
+
+
+def test_export_removes_checkpoints_of_trials_not_exported_in_finished_splits(tune_run):
+    _, exp_dir = tune_run
+    trial_dirs = {read_result_trial_id(r): r.parent for r in (exp_dir / "CK").glob("*/result.json")}
+    for trial_dir in trial_dirs.values():
+        (trial_dir / "checkpoint_000003").mkdir(exist_ok=True)
+        (trial_dir / "checkpoint_000003" / "trainer.pt").write_bytes(b"x" * 1000)
+
+    summary = export_experiment(exp_dir)  # not a finished split: it may still be resumed
+    assert summary.removed_checkpoints == 0
+    assert all((d / "checkpoint_000003").is_dir() for d in trial_dirs.values())
+
+    summary = export_experiment(exp_dir, finished=["CK"])
+    best = summary.splits[0].best.trial_id
+    kept = {t for t, d in trial_dirs.items() if (d / "checkpoint_000003").is_dir()}
+    assert kept == {best} and len(trial_dirs) == 4
+    assert (summary.removed_checkpoints, summary.removed_bytes) == (3, 3000)
+    assert "removed 3 checkpoint(s)" in str(summary)
+
+
+def read_result_trial_id(result_json: Path) -> str:
+    import json
+
+    return json.loads(result_json.read_text(encoding="utf-8").splitlines()[0])["trial_id"]

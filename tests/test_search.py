@@ -127,13 +127,16 @@ OPTUNA_STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": 
 def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path, rows: list[dict]) -> None:
     """Trial by trial, the study holds what Tune's result.json and trials.parquet hold (scope best):
     every evaluation as an intermediate value at its training_iteration, the state, and the value.
-    Optuna trials that no Tune trial ran (closed on resume) must be FAIL."""
-    matched = [t for t in study.trials if TUNE_TRIAL_ID in t.user_attrs]
-    by_tune_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in matched}
-    assert len(by_tune_id) == len(matched)  # one Optuna trial per Tune trial
+    Optuna trials that no Tune trial ran (closed on resume), and the first attempt of a trial
+    retried after an error, must be FAIL."""
+    trials = study.trials
+    matched = [t for t in trials if TUNE_TRIAL_ID in t.user_attrs]
     # A driver killed between Optuna's ask and the attribute (TPE writes each sampled value
     # in between) leaves a trial that no Tune trial ran: the resume must have closed it.
-    assert all(t.state == optuna.trial.TrialState.FAIL for t in study.trials if t not in matched)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials if t not in matched)
+    by_tune_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in matched}  # the latest attempt
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in matched
+               if by_tune_id[t.user_attrs[TUNE_TRIAL_ID]].number != t.number)
     assert {r["trial_id"] for r in rows} <= set(by_tune_id)
     ran = {r["trial_id"] for r in rows}
     assert all(t.state == optuna.trial.TrialState.FAIL for tid, t in by_tune_id.items() if tid not in ran)
@@ -276,6 +279,38 @@ def test_resume_after_the_driver_is_killed_widens_the_search(synth_tiny, tmp_pat
         study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(exp))
         assert all(t.state.is_finished() for t in study.trials)  # none left RUNNING by the killed driver
         assert_optuna_tells_what_tune_recorded(study, exp / target, [r for r in table if r["target"] == target])
+
+
+class KillOneWorkerOnce(tune.Callback):
+    """SIGKILL the worker of the first trial that saves a checkpoint, once per test (a file
+    remembers it: Tune restores a copy of its callbacks on resume)."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        if not self.flag.exists():
+            self.flag.write_text(trial.trial_id)
+            os.kill(trial.last_result["pid"], signal.SIGKILL)
+
+
+def test_a_trial_retried_on_resume_after_an_error_is_told_to_optuna(synth_tiny, tmp_path, local_ray):
+    from search.export import export_experiment
+
+    local_ray(num_cpus=2)
+    cfg = search_config(synth_tiny, tmp_path, "retry", data={"targets": ["CK"]},
+                        search={"num_samples": 2, "max_concurrent": 1, "max_failures": 0,
+                                "asha": {"grace_period": 4}})
+    flag = tmp_path / "killed"
+    run_search(cfg, callbacks=[KillOneWorkerOnce(flag)])
+    killed = flag.read_text()
+    run_search(cfg, resume=True)  # retries the errored trial from its checkpoint
+    export_experiment(cfg.experiment_dir)
+    table = pq.read_table(cfg.experiment_dir / "trials.parquet").to_pylist()
+    assert {r["trial_id"]: r["status"] for r in table}[killed] == "completed"
+    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage_url(cfg.experiment_dir))
+    assert len(study.trials) == 3  # the errored attempt (FAIL) and its retry
+    assert_optuna_tells_what_tune_recorded(study, cfg.experiment_dir / "CK", table)
 
 
 def test_closing_trials_a_killed_driver_left_running():

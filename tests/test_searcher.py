@@ -88,3 +88,17 @@ def test_default_concurrency_is_the_square_root_of_the_trials_within_what_fits()
 
     assert [default_max_concurrent(n, slots=64) for n in (1, 3, 4, 16, 100)] == [1, 1, 2, 4, 10]
     assert default_max_concurrent(100, slots=3) == 3  # never more than the cluster fits
+
+
+def test_a_trial_retried_after_an_error_is_told_as_a_new_trial():
+    searcher = searcher_for()
+    searcher.suggest("t")
+    searcher.on_trial_result("t", {"objective": 0.3, "training_iteration": 1})
+    searcher.on_trial_complete("t", error=True)  # errored; its last checkpoint is at iteration 1
+    # A resumed experiment retries it from that checkpoint, and it finishes.
+    searcher.on_trial_result("t", {"objective": 0.6, "training_iteration": 2})
+    searcher.on_trial_complete("t", {"objective": 0.5, "training_iteration": 3, "final_evaluation": 1.0})
+    first, retry = searcher._ot_study.trials
+    assert (first.state, first.intermediate_values) == (State.FAIL, {1: 0.3})
+    assert (retry.state, retry.value, retry.intermediate_values) == (State.COMPLETE, 0.6, {1: 0.3, 2: 0.6, 3: 0.5})
+    assert retry.params == first.params and retry.user_attrs[TUNE_TRIAL_ID] == "t"

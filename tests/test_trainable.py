@@ -2,7 +2,7 @@
 
 One Ray session serves the file. The first experiment runs a diverging trial, then a
 normal one in the same (reused) worker; the second kills a trial's worker process at
-its first checkpoint and lets Tune retry it from there.
+its first checkpoint (the second of three evaluations) and lets Tune retry it from there.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ METRICS = ("step", "objective", "target_acc", "source_val_acc", "im", "bnm", "sn
 def base_config(synth_tiny) -> dict:
     # threads unset: each trial takes its CPU allocation (1) as torch threads.
     cfg = tiny_config(synth_tiny, schedule={"steps": STEPS, "lr": NORMAL_LR, "lr_decay_steps": 20},
-                      eval={"interval": INTERVAL}, resources={"threads": None})
+                      eval={"interval": INTERVAL}, resources={"threads": None},
+                      search={"checkpoint_every": 2})  # checkpoints at the 2nd and the last evaluation
     return cfg.to_dict()
 
 
@@ -104,6 +105,8 @@ def test_trial_reports_every_evaluation_with_a_loadable_checkpoint(normal_and_di
     for key in METRICS:
         assert history[key].notna().all(), key
 
+    # Checkpoints every 2nd evaluation and at the last one, not at every evaluation.
+    assert [metrics["step"] for _, metrics in result.best_checkpoints] == [4.0, 6.0]
     # The last checkpoint is the final trainer state: a fresh Trainer loads it and
     # evaluates to the reported metrics.
     trainer = Trainer(trial_config(base_config, result.config), "CK")

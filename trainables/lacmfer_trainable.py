@@ -10,8 +10,9 @@ Used by the Tuner builder as
 A trial's `config` holds only the sampled search values, keyed by search-space names
 (`lacmfer.config.SEARCHABLE`); everything else comes from `base_config`. At every
 evaluation the trial writes TensorBoard scalars, then reports the trainer's flat metrics
-with a checkpoint of the exact trainer state, so ASHA can stop it, a failed trial can be
-retried and an interrupted experiment resumed where it was.
+with a checkpoint of the exact trainer state every `search.checkpoint_every` evaluations
+and at the last one, so a failed trial can be retried and an interrupted experiment
+resumed from there (ASHA needs no checkpoint to stop a trial).
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def load_checkpoint(directory: Path, trainer: Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in progress["best"].items()}
 
 
+def checkpoint_due(trainer: Trainer, every: int) -> bool:
+    """Checkpoint at every `every`-th evaluation and at the last one of the schedule."""
+    return trainer.finished or trainer.evaluation_index % every == 0
+
+
 def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], target: str) -> None:
     """Train one trial on `target`, reporting `Trainer.evaluate()` at every evaluation.
 
@@ -172,6 +178,9 @@ def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
                 # No checkpoint: NaN weights are not worth resuming from.
                 tune.report(metrics)
                 return
+            if not checkpoint_due(trainer, cfg.search.checkpoint_every):
+                tune.report(metrics)
+                continue
             with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
                 save_checkpoint(Path(directory), trainer, logger.best)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -1,26 +1,37 @@
-"""Batches for training and evaluation, from the decoded-image cache.
+"""Batches of uint8 images for training and evaluation, gathered from the decoded-image cache.
 
+Loaders only gather rows: a batch is (B, 3, S, S) uint8 straight from the memory-mapped
+cache, and augmentation (`lacmfer.data.augment`) runs batched on the training device.
 Training streams are infinite and resumable: batch number b is a pure function of
-(seed, stream, b) — which rows it holds and the seed of each image's augmentation — so
-a stream restored from `{"batches": b}` continues exactly, whatever `num_workers` is.
+(seed, stream, b) — which rows it holds and the seed of its augmentation — so a stream
+restored from `{"batches": b}` continues exactly, whatever `num_workers` is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from lacmfer.config import DataConfig, ExperimentConfig
 from lacmfer.data.cache import DecodedImages, load_or_build
 from lacmfer.data.manifest import Manifest, load_domains, unique_manifests
 from lacmfer.data.splits import Part, Split, make_split
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, domain ids
+
+class Batch(NamedTuple):
+    """uint8 images (B, 3, S, S), labels and domain ids (B,), and the augmentation seed."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    domains: torch.Tensor
+    seed: int
 
 
 class SampleSet:
@@ -41,31 +52,21 @@ class SampleSet:
         """(H, W, 3) uint8, a read-only view into the memory-mapped cache."""
         return self._decoded[self._part[k]][int(self._row[k])]
 
-
-class _TransformedImages(Dataset):
-    """Keys are (index, seed): seed ≥ 0 fixes that image's augmentation, -1 means none needed."""
-
-    def __init__(self, samples: SampleSet, transform: Callable[[torch.Tensor], torch.Tensor]):
-        self.samples = samples
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        k, seed = key
-        # Copy: the cache view is read-only and torch wants a writable buffer.
-        image = torch.from_numpy(np.array(self.samples.image(k))).permute(2, 0, 1)
-        if seed < 0:
-            out = self.transform(image)
-        elif get_worker_info() is not None:
-            torch.manual_seed(seed)  # a worker's global RNG serves only this dataset
-            out = self.transform(image)
-        else:
-            with torch.random.fork_rng(devices=[]):  # leave the training RNG untouched
-                torch.manual_seed(seed)
-                out = self.transform(image)
-        return out, int(self.samples.labels[k]), int(self.samples.domains[k])
+    def gather(self, indices: np.ndarray, seed: int = -1) -> Batch:
+        """The samples at `indices` as one Batch, images channels-first and contiguous."""
+        indices = np.asarray(indices, dtype=np.int64)
+        parts = self._part[indices]
+        first = self._decoded[0]
+        images = np.empty((len(indices), first.size, first.size, 3), dtype=np.uint8)
+        for part in np.unique(parts):
+            at = parts == part
+            images[at] = self._decoded[part].take(self._row[indices[at]])
+        return Batch(
+            torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+            torch.from_numpy(self.labels[indices]),
+            torch.from_numpy(self.domains[indices]),
+            seed,
+        )
 
 
 class _Cycler:
@@ -99,25 +100,38 @@ def _shares(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+class _NumberedBatches(Dataset):
+    """Item b is batch number b of a stream (a DataLoader with batch_size=None fetches it)."""
+
+    def __init__(self, stream: BatchStream):
+        self.samples = stream.samples
+        self.rows = stream.batch_rows
+        self.seed = stream.batch_seed
+
+    def __getitem__(self, batch: int) -> Batch:
+        return self.samples.gather(self.rows(batch), self.seed(batch))
+
+
 class BatchStream:
-    """Infinite, resumable stream of augmented batches from a SampleSet.
+    """Infinite, resumable stream of uint8 Batches from a SampleSet.
 
     `pooled` draws from all samples at once (the paper); `balanced_domains` gives every
-    domain an equal share of each batch.
+    domain an equal share of each batch. With `num_workers` > 0 the batches are gathered
+    ahead in worker processes; `pin_memory` puts them in page-locked memory so that the
+    copy to the GPU can run asynchronously (`non_blocking=True`).
     """
 
     def __init__(
         self,
         samples: SampleSet,
         batch_size: int,
-        transform: Callable[[torch.Tensor], torch.Tensor],
         seed: int,
         stream_id: int,
         sampling: str = "pooled",
         num_workers: int = 0,
         pin_memory: bool = False,
     ):
-        self.dataset = _TransformedImages(samples, transform)
+        self.samples = samples
         self.batch_size = batch_size
         self.seed = seed
         self.stream_id = stream_id
@@ -137,31 +151,30 @@ class BatchStream:
         self._consumed = 0
         self._iterator: Iterator[Batch] | None = None
 
-    def batch_keys(self, batch: int) -> list[tuple[int, int]]:
-        """The (row, augmentation seed) pairs of batch number `batch`."""
-        rows = np.concatenate([c.take(batch) for c in self._cyclers])
-        seeds = np.random.SeedSequence([self.seed, self.stream_id, batch]).generate_state(len(rows), np.uint32)
-        return [(int(r), int(s)) for r, s in zip(rows, seeds, strict=True)]
+    def batch_rows(self, batch: int) -> np.ndarray:
+        """The sample indices of batch number `batch`."""
+        return np.concatenate([c.take(batch) for c in self._cyclers])
 
-    def _keys_from(self, start: int) -> Iterator[list[tuple[int, int]]]:
-        batch = start
-        while True:
-            yield self.batch_keys(batch)
-            batch += 1
+    def batch_seed(self, batch: int) -> int:
+        """The augmentation seed of batch number `batch` (63 bits)."""
+        words = np.random.SeedSequence([self.seed, self.stream_id, batch]).generate_state(2, np.uint64)
+        return int(words[0] >> np.uint64(1))
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> Batch:
-        if self._iterator is None:
-            loader = DataLoader(
-                self.dataset,
-                batch_sampler=self._keys_from(self._consumed),
-                num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
-            )
-            self._iterator = iter(loader)
-        batch = next(self._iterator)
+        if self.num_workers == 0:
+            batch = _NumberedBatches(self)[self._consumed]
+            if self.pin_memory:
+                batch = Batch(batch.images.pin_memory(), batch.labels.pin_memory(), batch.domains, batch.seed)
+        else:
+            if self._iterator is None:
+                loader = DataLoader(_NumberedBatches(self), batch_size=None,
+                                    sampler=itertools.count(self._consumed),  # type: ignore[arg-type]
+                                    num_workers=self.num_workers, pin_memory=self.pin_memory)
+                self._iterator = iter(loader)
+            batch = next(self._iterator)
         self._consumed += 1
         return batch
 
@@ -173,20 +186,36 @@ class BatchStream:
         self._iterator = None  # workers may have prefetched past the restored position
 
 
+class _Chunks(Dataset):
+    def __init__(self, samples: SampleSet, chunks: list[np.ndarray]):
+        self.samples, self.chunks = samples, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.samples.gather(self.chunks[i])
+
+
 def eval_batches(
     samples: SampleSet,
-    transform: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
+    indices: np.ndarray | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[Batch]:
-    """One ordered pass over `samples`, without augmentation."""
-    keys = [(k, -1) for k in range(len(samples))]
-    chunks = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-    loader = DataLoader(
-        _TransformedImages(samples, transform), batch_sampler=chunks, num_workers=num_workers, pin_memory=pin_memory
-    )
+    """One ordered pass over `samples` (or over `indices` of it), unaugmented uint8."""
+    indices = np.arange(len(samples)) if indices is None else np.asarray(indices, dtype=np.int64)
+    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    loader = DataLoader(_Chunks(samples, chunks), batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
     yield from loader
+
+
+def fixed_subset(size: int, limit: int | None, seed: Sequence[int]) -> np.ndarray | None:
+    """Sorted indices of a seeded subset of `limit` of `size` samples; None: use them all."""
+    if limit is None or limit >= size:
+        return None
+    return np.sort(np.random.default_rng(list(seed)).choice(size, limit, replace=False))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,216 @@
+"""The protocol table of final training: `final/report.md`, `final/report.parquet` and a bar chart.
+
+Per target and method, over the seeds: target test accuracy at the evaluation the
+objective selects (the weights kept in `checkpoint_selected.pt`), at the last step, and
+the best over all evaluations, which only target test labels can pick (the oracle that
+the field's released code reports; marked as such). The mean over targets is the
+field's summary number. Means and standard deviations are over the runs that
+completed; diverged and failed runs are counted and named, never averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MEAN_ROW = "mean"
+#: The accuracies of a run, each a function of its metrics.json: name → (column title, oracle?)
+STATISTICS: dict[str, tuple[str, bool]] = {
+    "selected": ("selected", False),
+    "last": ("last step", False),
+    "oracle_best": ("best of all evaluations (ORACLE)", True),
+}
+REPORT_MD, REPORT_PARQUET, BAR_CHART = "report.md", "report.parquet", "plots/accuracy.png"
+BAR_CHART_SIZE_IN, BAR_CHART_DPI = (10.0, 4.0), 100
+
+
+def run_accuracy(result: dict[str, Any], statistic: str) -> float:
+    """Target test accuracy of a completed run under `statistic` (NaN when it has none)."""
+    if result["status"] != "completed":
+        return math.nan
+    if statistic == "selected":
+        return result["selected"]["target_acc"] if result["selected"] else math.nan
+    if statistic == "last":
+        return result["last"]["target_acc"]
+    return max((m["target_acc"] for m in result["history"] if math.isfinite(m["target_acc"])), default=math.nan)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass
+class Cell:
+    """One target × method of the table."""
+
+    target: str
+    method: str
+    runs: int
+    completed: int
+    diverged: int
+    failed: int
+    values: dict[str, tuple[float, float]]  # statistic → (mean, std) over seeds
+
+
+def table_cells(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str]) -> list[Cell]:
+    """Every target × method, then the mean row of each method.
+
+    The mean row averages the per-target means; its ± is the standard deviation over
+    seeds of the target-averaged accuracy, given only when every target completed the
+    same seeds (otherwise the seeds' averages would mix different targets).
+    """
+    cells = []
+    for method in methods:
+        per_target = []
+        for target in targets:
+            runs = [r for r in results if r["target"] == target and r["method"] == method]
+            count = {s: sum(r["status"] == s for r in runs) for s in ("completed", "diverged", "failed")}
+            values = {s: _mean_std([run_accuracy(r, s) for r in runs]) for s in STATISTICS}
+            per_target.append((target, runs, Cell(target, method, len(runs), **count, values=values)))
+        cells += [cell for _, _, cell in per_target]
+        mean_values = {}
+        for s in STATISTICS:
+            means = [cell.values[s][0] for _, _, cell in per_target]
+            seeds = [{r["seed"]: run_accuracy(r, s) for r in runs} for _, runs, _ in per_target]
+            common = set(seeds[0]) if seeds else set()
+            same_seeds = all(set(d) == common and all(math.isfinite(v) for v in d.values()) for d in seeds)
+            if not means or not all(math.isfinite(m) for m in means):
+                mean_values[s] = (math.nan, math.nan)
+            elif same_seeds and common:
+                by_seed = [statistics.fmean(d[seed] for d in seeds) for seed in sorted(common)]
+                mean_values[s] = (statistics.fmean(means), _mean_std(by_seed)[1])
+            else:
+                mean_values[s] = (statistics.fmean(means), math.nan)
+        total = [cell for _, _, cell in per_target]
+        cells.append(Cell(MEAN_ROW, method, sum(c.runs for c in total), sum(c.completed for c in total),
+                          sum(c.diverged for c in total), sum(c.failed for c in total), mean_values))
+    return cells
+
+
+def _pct(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if math.isfinite(std) else "")
+
+
+def _cell_text(cell: Cell, statistic: str) -> str:
+    text = _pct(*cell.values[statistic])
+    if cell.target != MEAN_ROW and cell.completed < cell.runs:
+        text += f" (n={cell.completed})"
+    return text
+
+
+def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Sequence[str],
+                    methods: Sequence[str], seeds: Sequence[int], objective: str) -> str:
+    cells = {(c.target, c.method): c for c in table_cells(results, targets, methods)}
+    oracle_objective = objective == "oracle_target_acc"
+    lines = [f"# Final training: {name}", ""]
+    if oracle_objective:
+        lines += [("> **ORACLE SELECTION: the objective is oracle_target_acc, i.e. the kept evaluation is chosen "
+                   "on target TEST labels. Not a valid unsupervised result.**"), ""]
+    lines += [
+        f"Target test accuracy (%), mean ± std over seeds {', '.join(map(str, seeds))}. "
+        f"**selected**: at the evaluation with the best `{objective}` (its weights are `checkpoint_selected.pt`)"
+        + (" — ORACLE" if oracle_objective else ", chosen without target labels") + "; **last step**: the weights of "
+        "`checkpoint.pt`; **best of all evaluations (ORACLE)**: the highest target test accuracy of any "
+        "evaluation, which only the test labels can pick (what the field's released code reports), for "
+        "reference only. The mean row averages the targets; its ± is over seeds.",
+        "",
+    ]
+    for statistic, (title, oracle) in STATISTICS.items():
+        heading = f"target accuracy: {title}" + (" — ORACLE" if oracle_objective and statistic == "selected" else "")
+        lines += [f"## {heading[0].upper()}{heading[1:]}", ""]
+        lines += ["| target | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for target in [*targets, MEAN_ROW]:
+            label = f"**{target}**" if target == MEAN_ROW else target
+            lines.append(f"| {label} | " + " | ".join(_cell_text(cells[target, m], statistic) for m in methods) + " |")
+        lines.append("")
+    bad = [r for r in results if r["status"] != "completed"]
+    if bad:
+        lines += ["Not averaged (n = completed runs where fewer than planned): "
+                  + ", ".join(f"{r['target']}/{r['method']}/seed{r['seed']} {r['status']}" for r in bad) + ".", ""]
+    lines += [f"![target accuracy per target, method against baselines]({BAR_CHART})", ""]
+    return "\n".join(lines)
+
+
+def report_table(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str],
+                 seeds: Sequence[int], objective: str) -> pa.Table:
+    """report.parquet: one row per target (and the mean row) × method; accuracies as fractions."""
+    rows = []
+    for cell in table_cells(results, targets, methods):
+        row: dict[str, Any] = {"target": cell.target, "method": cell.method, "runs": cell.runs,
+                               "completed": cell.completed, "diverged": cell.diverged, "failed": cell.failed}
+        for statistic in STATISTICS:
+            row[f"acc_{statistic}_mean"], row[f"acc_{statistic}_std"] = cell.values[statistic]
+        rows.append(row)
+    fields = [("target", pa.string()), ("method", pa.string())] + [(k, pa.int64()) for k in
+                                                                   ("runs", "completed", "diverged", "failed")]
+    fields += [(f"acc_{s}_{m}", pa.float64()) for s in STATISTICS for m in ("mean", "std")]
+    schema = pa.schema(fields).with_metadata({
+        "objective": objective, "selected_is_oracle": str(objective == "oracle_target_acc").lower(),
+        "oracle_columns": ",".join(f"acc_{s}_{m}" for s, (_, oracle) in STATISTICS.items() if oracle
+                                   for m in ("mean", "std")),
+        "seeds": ",".join(map(str, seeds)),
+    })
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def bar_chart(path: Path, results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str],
+              objective: str) -> None:
+    """Bars per target (and the mean), one per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display needed
+    import matplotlib.pyplot as plt
+
+    cells = {(c.target, c.method): c for c in table_cells(results, targets, methods)}
+    groups = [*targets, MEAN_ROW]
+    width = 0.8 / len(methods)
+    with plt.style.context("ggplot"):  # the look of the search's pictures (search.plots)
+        fig, axes = plt.subplots(1, 2, figsize=BAR_CHART_SIZE_IN, sharey=True)
+        for ax, statistic in zip(axes, ("selected", "last"), strict=True):
+            for i, method in enumerate(methods):
+                means = [100 * cells[g, method].values[statistic][0] for g in groups]
+                stds = [100 * cells[g, method].values[statistic][1] for g in groups]
+                xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(groups))]
+                ax.bar(xs, [m if math.isfinite(m) else 0.0 for m in means], width,
+                       yerr=stds, capsize=3, label=method)  # a NaN std draws no error bar
+            ax.set_xticks(range(len(groups)), groups)
+            title = f"selected by {objective}" if statistic == "selected" else "last step"
+            ax.set_title(f"target accuracy, {title}")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylabel("target test accuracy (%)")
+        axes[0].legend()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=BAR_CHART_DPI)
+        plt.close(fig)
+        tmp.replace(path)
+
+
+def write_report(final_dir: Path, name: str, results: Sequence[dict[str, Any]], targets: Sequence[str],
+                 methods: Sequence[str], seeds: Sequence[int], objective: str) -> Path:
+    """Write report.md, report.parquet and the bar chart into `final_dir`; returns report.md."""
+    final_dir = Path(final_dir)
+    final_dir.mkdir(parents=True, exist_ok=True)
+    bar_chart(final_dir / BAR_CHART, results, targets, methods, objective)
+    table = report_table(results, targets, methods, seeds, objective)
+    tmp = final_dir / f".{REPORT_PARQUET}.tmp"
+    pq.write_table(table, tmp)
+    tmp.replace(final_dir / REPORT_PARQUET)
+    path = final_dir / REPORT_MD
+    tmp = final_dir / f".{REPORT_MD}.tmp"
+    tmp.write_text(report_markdown(name, results, targets, methods, seeds, objective), encoding="utf-8")
+    tmp.replace(path)
+    return path

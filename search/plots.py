@@ -1,0 +1,190 @@
+"""Pictures of a search, per split, as PNG files under `results/<exp>/plots/`, linked from summary.md.
+
+- `<target>_history.png`: the objective of each complete trial in trial order with the best
+  so far (Optuna's `plot_optimization_history`, from the split's study);
+- `<target>_importance.png`: hyperparameter importance (Optuna's `plot_param_importances`,
+  complete trials only, with the evaluator and minimum of the summary's table);
+- `<target>_curves.png`: every trial's objective at each evaluation, coloured by status
+  (completed, stopped early, diverged; from the trials' `result.json`);
+- `<target>_validators.png`: each label-free validator against the oracle target accuracy
+  over all evaluations of all trials: the points behind the validator ranking.
+
+Optuna draws what it has a plot for; the last two are drawn here because Optuna knows
+neither the statuses of our trials nor the other validators. matplotlib runs headless
+(Agg); every picture has a fixed size in pixels (`FIGURE_SIZE_IN` × `DPI`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from lacmfer.config import ExperimentConfig
+from search.analysis import (
+    LABEL_FREE_VALIDATORS,
+    OBJECTIVE_KEY,
+    ORACLE_METRIC,
+    TrialRecord,
+    evaluation_pairs,
+    importance_evaluator,
+    param_importances,
+)
+from search.storage import optuna_storage
+
+PLOTS_DIR = "plots"
+FIGURE_SIZE_IN, DPI = (8.0, 4.5), 100
+STYLE = "ggplot"  # the style Optuna's matplotlib plots set, so every picture looks alike
+#: The pictures of a split: file-name kind → title in summary.md.
+PICTURES = {
+    "history": "objective per trial, best so far",
+    "curves": "learning curves by status",
+    "validators": "validators against oracle target accuracy",
+    "importance": "hyperparameter importance",
+}
+STATUS_COLOURS = {"completed": "tab:green", "stopped early": "tab:orange", "diverged": "tab:red"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: a search on a cluster has no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Save at the fixed size, atomically (a reader never sees half a PNG)."""
+    plt = _pyplot()
+    fig.set_size_inches(*FIGURE_SIZE_IN)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=DPI)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def load_split_study(exp_dir: Path, cfg: ExperimentConfig, target: str) -> optuna.Study | None:
+    """The split's Optuna study (named `<output.name>/<target>` in `optuna.db`, or in the
+    configured `search.storage`), or None."""
+    if cfg.search.storage is not None:
+        storage = optuna_storage(cfg)
+    else:
+        db = Path(exp_dir) / "optuna.db"
+        if not db.exists():
+            return None
+        storage = f"sqlite:///{db}"
+    try:
+        return optuna.load_study(study_name=f"{cfg.output.name}/{target}", storage=storage)
+    except KeyError:
+        return None
+
+
+def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+
+
+def plot_history(study: optuna.Study, objective: str, path: Path) -> Path | None:
+    """Optuna's optimisation history; None when the study has no complete trial."""
+    if not _complete(study):
+        return None
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    # The style context also undoes Optuna's global `plt.style.use` when it ends.
+    with warnings.catch_warnings(), _pyplot().style.context(STYLE):
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+        ax = plot_optimization_history(study, target_name=objective)
+        ax.set_title(f"{objective} of each complete trial, best so far")
+        return _save(ax.figure, path)
+
+
+def plot_importance(study: optuna.Study, path: Path) -> Path | None:
+    """Optuna's importance bars, by the evaluator and rule of the summary's table
+    (`search.analysis.param_importances`); None where that table has none."""
+    if not param_importances(study):
+        return None
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    with warnings.catch_warnings(), _pyplot().style.context(STYLE):
+        warnings.simplefilter("ignore")  # experimental backend; small studies warn about accuracy
+        ax = plot_param_importances(study, evaluator=importance_evaluator())
+        return _save(ax.figure, path)
+
+
+def plot_learning_curves(records: Sequence[TrialRecord], objective: str, path: Path) -> Path | None:
+    """The objective of every trial at each evaluation, one line per trial, coloured by status."""
+    curves = [r for r in records if r.history and r.status in STATUS_COLOURS]
+    if not curves:
+        return None
+    plt = _pyplot()
+    with plt.style.context(STYLE):
+        fig, ax = plt.subplots()
+        for record in curves:
+            steps = [report.get("step", i) for i, report in enumerate(record.history, start=1)]
+            values = [report.get(OBJECTIVE_KEY, math.nan) for report in record.history]
+            ax.plot(steps, values, marker="o", markersize=3, color=STATUS_COLOURS[record.status], alpha=0.8)
+        for status, colour in STATUS_COLOURS.items():
+            count = sum(r.status == status for r in curves)
+            ax.plot([], [], color=colour, label=f"{status} ({count})")
+        ax.set_xlabel("step")
+        ax.set_ylabel(objective)
+        ax.set_title(f"learning curves: {objective} at each evaluation")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return _save(fig, path)
+
+
+def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str, float]], objective: str,
+                    path: Path) -> Path | None:
+    """Each validator against oracle target accuracy over all evaluations; None without target labels."""
+    pairs = {name: evaluation_pairs(records, name, ORACLE_METRIC) for name in LABEL_FREE_VALIDATORS}
+    if not any(xs.size for xs, _ in pairs.values()):
+        return None
+    correlation = dict(ranking)
+    plt = _pyplot()
+    with plt.style.context(STYLE):
+        fig, axes = plt.subplots(1, len(pairs), sharey=True)
+        for ax, (name, (xs, ys)) in zip(axes, pairs.items(), strict=True):
+            ax.scatter(xs, ys, s=8, alpha=0.6, color="tab:blue" if name != objective else "tab:purple")
+            rho = correlation.get(name, math.nan)
+            ax.set_title(f"{name}{' (objective)' if name == objective else ''}\nρw = "
+                         + (f"{rho:.2f}" if math.isfinite(rho) else "n/a"), fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes[0].set_ylabel("target test accuracy (ORACLE)")
+        fig.suptitle("validators against oracle target accuracy, every evaluation of every trial", fontsize=10)
+        return _save(fig, path)
+
+
+def write_search_plots(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+                       rankings: dict[str, Sequence[tuple[str, float]]]) -> str:
+    """Draw every split's pictures into `exp_dir/plots/`; returns the summary.md section linking them."""
+    exp_dir = Path(exp_dir)
+    objective = cfg.eval.objective
+    lines = ["## Plots", ""]
+    folder = exp_dir / PLOTS_DIR
+    for target, split_records in records.items():
+        study = load_split_study(exp_dir, cfg, target)
+        paths = {kind: folder / f"{target}_{kind}.png" for kind in PICTURES}
+        drawn = {
+            "history": plot_history(study, objective, paths["history"]) if study else None,
+            "curves": plot_learning_curves(split_records, objective, paths["curves"]),
+            "validators": plot_validators(split_records, rankings.get(target, []), objective, paths["validators"]),
+            "importance": plot_importance(study, paths["importance"]) if study else None,
+        }
+        lines += [f"### {target}", ""]
+        for kind, title in PICTURES.items():
+            if drawn[kind] is None:
+                paths[kind].unlink(missing_ok=True)  # a picture of an earlier export would be out of date
+                lines.append(f"- {title}: not enough trials or evaluations to draw it.")
+            else:
+                lines.append(f"![{target}: {title}]({PLOTS_DIR}/{paths[kind].name})")
+        lines.append("")
+    return "\n".join(lines)
