@@ -484,7 +484,7 @@ def export_experiment(exp_dir: Path | str, scope: str | None = None, finished: S
         for split in summary.splits:
             if split.target in finished:
                 for folder in round_dirs(exp_dir, split.target):
-                    removed, freed = remove_checkpoints(folder, split.best and split.best.trial_id)
+                    removed, freed = remove_checkpoints(folder.local_path(), split.best and split.best.trial_id)
                     summary.removed_checkpoints += removed
                     summary.removed_bytes += freed
     return summary

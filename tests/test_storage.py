@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import boto3
 import optuna
 import pyarrow.parquet as pq
@@ -94,6 +96,8 @@ def test_search_and_export_on_s3(synth_tiny, tmp_path, monkeypatch, ray_with_s3_
     assert again == table
     summary = (exp / "summary.md").read_text()
     assert "optuna.db not found" not in summary and "complete of 2 Optuna trials" in summary
+    pictures = re.findall(r"\]\((plots/[^)]+\.png)\)", summary)
+    assert pictures and all((exp / picture).exists() for picture in pictures)  # drawn locally, uploaded
     assert load_config_text(exp / "best" / "CK.yaml") == best
 
 
