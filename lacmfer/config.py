@@ -342,7 +342,7 @@ class ExperimentConfig(_Section):
     @property
     def experiment_dir(self) -> Path:
         """The local experiment folder; a UserError when the results are in object storage
-        (the search reaches those through `search.storage`)."""
+        (the search reaches those through search/storage.py)."""
         if isinstance(self.output.results_dir, str):
             raise UserError(f"output.results_dir: {self.output.results_dir} is object storage; this command needs "
                             "a local folder (e.g. --set output.results_dir=results)")

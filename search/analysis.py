@@ -204,7 +204,7 @@ def read_tune_experiment(path: Path | str | Location, target: str) -> list[Trial
     columns at the first report and pandas is not needed for a list of dicts.
 
     Trials that never reported and did not fail (still PENDING when the driver stopped)
-    are left out: they were never run. `path` may be in object storage (`search.storage`).
+    are left out: they were never run. `path` may be in object storage (see search/storage.py).
     """
     path = path if isinstance(path, Location) else location(path)
     if not path.is_dir():

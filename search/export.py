@@ -18,7 +18,7 @@ storage), after everything was computed:
     plots/               each split's search (search.plots)
 
 Works offline: no Ray cluster is started (Tune's files are read as files). The
-experiment may be a local folder or in object storage (`search.storage`).
+experiment may be a local folder or in object storage (see search/storage.py).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ files, e.g. AWS_ENDPOINT_URL for an S3-compatible server). Ray Tune is given the
 string and resolves it the same way, so Tune's files, our exports and the resolved config
 all end up in one place. `Location` is the little of pathlib the search needs, on top of
 a pyarrow filesystem; a local location behaves exactly like the local folder it names.
+Optuna's storage (config `search.storage`) is chosen here too (`optuna_storage`).
 """
 
 from __future__ import annotations
