@@ -60,7 +60,7 @@ def ray_environment() -> Iterator[None]:
 
 
 def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local one.
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else (or for "local") start a local one.
 
     `runtime_env` (config `cluster.runtime_env`) is the job's Ray runtime environment,
     e.g. `{"working_dir": ".", "pip": [...]}`, so worker nodes need no checkout.
@@ -71,7 +71,7 @@ def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> N
     options: dict[str, Any] = {"logging_level": "WARNING"}
     if runtime_env:
         options["runtime_env"] = _checked_runtime_env(runtime_env)
-    if address:
+    if address and address != "local":  # Ray's own word for "start a new local Ray"
         try:
             ray.init(address=address, **options)
         except ConnectionError as err:
