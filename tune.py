@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from lacmfer.config import ExperimentConfig, config_from_dict, load_config, parse_yaml
-from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.errors import UserError, exit_on_user_error
+from lacmfer.names import domain_names, is_oracle
 from search.storage import experiment_location, location
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     p.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="experiment YAML")
-    p.add_argument("--targets", nargs="+", choices=DOMAIN_NAMES, help="target splits (default: data.targets)")
+    p.add_argument("--targets", nargs="+", choices=domain_names(), help="target splits (default: data.targets)")
     p.add_argument("--num-samples", type=int, help="trials per split (search.num_samples)")
     p.add_argument("--name", help="experiment name (output.name)")
     p.add_argument("--results", help="results folder or URI, e.g. s3://bucket/prefix (output.results_dir)")
@@ -102,7 +102,7 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print("search space:")
     for line in SearchSpace(cfg.search.space).describe():
         print(f"  {line}")
-    oracle = "   (ORACLE: selects on target test labels)" if cfg.eval.objective == "oracle_target_acc" else ""
+    oracle = "   (ORACLE: selects on target test labels)" if is_oracle(cfg.eval.objective) else ""
     print(f"objective: {cfg.eval.objective} (maximised){oracle}")
     print(f"results: {experiment_location(cfg)}")
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         dry_run(cfg)
         return 0
-    if cfg.eval.objective == "oracle_target_acc":
+    if is_oracle(cfg.eval.objective):
         print("WARNING: objective oracle_target_acc selects on target TEST labels (oracle); "
               "every export is marked as such.", file=sys.stderr)
     if args.export_only:

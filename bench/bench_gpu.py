@@ -95,22 +95,18 @@ def measure_step(trainer: Trainer, repeats: int) -> dict[str, float]:
     n_s = x.shape[0] // 2
     model = trainer.model
 
-    def network() -> None:
-        with trainer._autocast():
-            out = model(x)
-        loss = sum(F.cross_entropy(z[:n_s].float(), y_s) for z in (out.logits_g, out.logits_l))
+    def network() -> None:  # the trainer's forward (per-domain by default), source loss only
+        source, _ = trainer._forward(x[:n_s], x[n_s:])
+        loss = sum(F.cross_entropy(z, y_s) for z in (source.logits_g, source.logits_l))
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.optimizer.step()
 
     def network_and_losses() -> None:
-        with trainer._autocast():
-            out = model(x)
-        feats = (out.feat_g.float(), out.feat_l.float())
-        logits = (out.logits_g.float(), out.logits_l.float())
-        terms = trainer._losses(feats, logits, y_s, n_s)
+        source, target = trainer._forward(x[:n_s], x[n_s:])
+        losses = trainer.method.losses(source, y_s, target, trainer.step_count)
         trainer.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        losses.total.backward()
         trainer.optimizer.step()
 
     ms = {
@@ -169,8 +165,8 @@ def short_search(root: Path, results: Path, size: dict, per_gpu: int, gpu: bool,
         "model.local_blocks": size["local_blocks"], "model.channels_last": True, "resources.precision": "bf16",
         "resources.threads": 2, "schedule.steps": steps, "eval.interval": interval,
         "eval.target_subset": 512, "eval.source_val_subset": 256,
-        # No early stopping: every trial runs its whole (short) schedule.
-        "search.asha.grace_period": 2, "search.startup_trials": trials,
+        # No early stopping: every trial runs its whole (short) schedule; all that fit at once.
+        "search.asha.grace_period": 2, "search.startup_trials": trials, "search.max_concurrent": per_gpu,
     }
     command = [sys.executable, str(REPO / "tune.py"), "--config", str(REPO / "configs/default.yaml"),
                "--address", "local",  # a Ray of its own, never another one running on the machine

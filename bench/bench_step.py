@@ -83,23 +83,22 @@ def main() -> None:
         trainer = Trainer(cfg, "RAF")
         x_s, y_s = trainer._draw(trainer.source_stream)
         x_t, _ = trainer._draw(trainer.target_stream)
-        x = torch.cat([x_s, x_t])
-        model, n_s = trainer.model, x_s.shape[0]
+        model = trainer.model
 
-        def network() -> None:
+        def network() -> None:  # the trainer's forward (per-domain by default), source loss only
             model.zero_grad(set_to_none=True)
-            out = model(x)
-            sum(F.cross_entropy(z[:n_s], y_s, label_smoothing=0.1) for z in (out.logits_g, out.logits_l)).backward()
+            source, _ = trainer._forward(x_s, x_t)
+            sum(F.cross_entropy(z, y_s, label_smoothing=0.1) for z in (source.logits_g, source.logits_l)).backward()
 
         def network_sgd() -> None:
             network()
             trainer.optimizer.step()
 
         def with_losses() -> None:
-            out = model(x)
-            terms = trainer._losses((out.feat_g, out.feat_l), (out.logits_g, out.logits_l), y_s, n_s)
+            source, target = trainer._forward(x_s, x_t)
+            losses = trainer.method.losses(source, y_s, target, trainer.step_count)
             trainer.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
+            losses.total.backward()
             trainer.optimizer.step()
 
         def draw_and_augment() -> None:

@@ -12,16 +12,32 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lacmfer.data.domains import DOMAIN_NAMES
+from lacmfer import names
 from lacmfer.errors import UserError
+from lacmfer.hparams import HPARAMS
 
-DomainName = Literal["CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff"]
+
+def _one_of(allowed: Callable[[], Sequence[str]], what: str) -> AfterValidator:
+    """A check against a registry read at validation time, so run-time registrations count."""
+
+    def check(value: str) -> str:
+        if value not in allowed():
+            raise ValueError(f"unknown {what} {value!r} (expected one of {', '.join(allowed())})")
+        return value
+
+    return AfterValidator(check)
+
+
+DomainName = Annotated[str, _one_of(names.domain_names, "domain")]
+MethodName = Annotated[str, _one_of(lambda: names.METHOD_NAMES, "adaptation method")]
+Objective = Annotated[str, _one_of(names.objectives, "objective")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
 
@@ -72,8 +88,8 @@ class AugmentConfig(_Section):
 class DataConfig(_Section):
     root: Path = Path("data/synthfer-small")
     synth: SynthSpec | None = None
-    domains: list[DomainName] = Field(default_factory=lambda: list(DOMAIN_NAMES), min_length=2)
-    targets: list[DomainName] = Field(default_factory=lambda: list(DOMAIN_NAMES), min_length=1)
+    domains: list[DomainName] = Field(default_factory=lambda: list(names.domain_names()), min_length=2)
+    targets: list[DomainName] = Field(default_factory=lambda: list(names.domain_names()), min_length=1)
     lists: dict[DomainName, DomainLists] = Field(default_factory=dict)
     image_size: Annotated[int, Field(ge=16, le=1024)] = 224
     cache_size: Annotated[int, Field(ge=16, le=1024)] | None = None
@@ -112,10 +128,14 @@ class ModelConfig(_Section):
     local_blocks: Annotated[int, Field(ge=1)] = 2
     pretrained: Path | None = Field(None, description="local torchvision-format ResNet-18 state dict")
     channels_last: bool = False
+    # BatchNorm statistics in training: `per_domain` forwards the source and the target
+    # batch separately, as the released code does (docs/METHOD.md §3); `joint` forwards
+    # them as one batch (an ablation).
+    bn: Literal["per_domain", "joint"] = "per_domain"
 
 
 class LossConfig(_Section):
-    adaptation: Literal["lacmfer", "source_only", "mmd_baseline"] = "lacmfer"
+    adaptation: MethodName = "lacmfer"
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     hyper_align: Annotated[float, Field(ge=0.0)] = 0.4
     hyper_inter: Annotated[float, Field(ge=0.0)] = 0.02
@@ -144,11 +164,8 @@ class ScheduleConfig(_Section):
     lr_power: Annotated[float, Field(ge=0.0)] = 0.75
     lr_decay_steps: Annotated[int, Field(ge=1)] = 10000
     cluster_start: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    cluster_ramp: Literal["sigmoid", "linear", "step"] = "sigmoid"
+    cluster_ramp: Literal[names.CLUSTER_RAMPS] = "sigmoid"
     cluster_gamma: Positive = 10.0
-
-
-Objective = Literal["source_val_acc", "im", "entropy", "bnm", "snd", "oracle_target_acc"]
 
 
 class EvalConfig(_Section):
@@ -163,23 +180,6 @@ class EvalConfig(_Section):
     # target_acc (oracle) on the whole target test set every this many evaluations and
     # at the last one; NaN in between. Every evaluation when the objective is the oracle.
     test_every: Annotated[int, Field(ge=1)] = 4
-
-
-# The searchable hyperparameters (DomainBed's registry habit): search-space name → the
-# config field it sets. Defaults live in the sections above, ranges in `search.space`.
-SEARCHABLE: dict[str, str] = {
-    "hyper_align": "loss.hyper_align",
-    "hyper_inter": "loss.hyper_inter",
-    "hyper_intra": "loss.hyper_intra",
-    "hyper_tgt": "loss.hyper_tgt",
-    "threshold": "loss.threshold",
-    "ps_threshold": "loss.ps_threshold",
-    "label_smoothing": "loss.label_smoothing",
-    "cluster_start": "schedule.cluster_start",
-    "cluster_ramp": "schedule.cluster_ramp",
-    "cluster_gamma": "schedule.cluster_gamma",
-    "lr": "schedule.lr",
-}
 
 
 class ParamSpec(_Section):
@@ -248,14 +248,38 @@ class SearchConfig(_Section):
     # After the export, trial checkpoints other than each split's exported best are removed.
     keep_checkpoints: bool = False
     asha: AshaConfig = Field(default_factory=AshaConfig)
+    # true: `space` overrides or narrows the default space of lacmfer/hparams.py (an entry
+    # changes only the fields it gives, `null` drops a parameter, `{}` adds an unsearched
+    # one). A loaded config holds the resolved space and false, so it reads the same later.
+    use_default_space: bool = True
     space: dict[str, ParamSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_space(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("use_default_space", True):
+            return data
+        overrides = data.get("space") or {}
+        if not isinstance(overrides, dict):
+            return data  # the field check reports it
+        space: dict[str, Any] = {name: dict(h.distribution) for name, h in HPARAMS.items() if h.searched}
+        for name, override in overrides.items():
+            if isinstance(override, BaseModel):
+                override = override.model_dump(exclude_unset=True)
+            if override is None:
+                space.pop(name, None)
+            elif isinstance(override, dict) and name in HPARAMS and "distribution" not in override:
+                space[name] = {**HPARAMS[name].distribution, **override}
+            else:
+                space[name] = override
+        return {**data, "space": space, "use_default_space": False}
 
     @field_validator("space")
     @classmethod
     def _known_names(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
         for name, spec in space.items():
-            if name not in SEARCHABLE:
-                raise ValueError(f"unknown search parameter '{name}' (expected one of {sorted(SEARCHABLE)})")
+            if name not in HPARAMS:
+                raise ValueError(f"unknown search parameter '{name}' (expected one of {sorted(HPARAMS)})")
             for parent, value in (spec.only_if or {}).items():
                 parent_spec = space.get(parent)
                 if parent_spec is None or parent_spec.distribution != "choice":
@@ -351,9 +375,11 @@ class ExperimentConfig(_Section):
     def searchable_values(self) -> dict[str, Any]:
         """The current value of every searchable hyperparameter, keyed by search name."""
         values = {}
-        for name, dotted in SEARCHABLE.items():
-            section, key = dotted.split(".")
-            values[name] = getattr(getattr(self, section), key)
+        for name, hparam in HPARAMS.items():
+            node: Any = self
+            for part in hparam.key.split("."):
+                node = getattr(node, part)
+            values[name] = node
         return values
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lacmfer.names import is_oracle
+
 MEAN_ROW = "mean"
 #: The accuracies of a run, each a function of its metrics.json: name → (column title, oracle?)
 STATISTICS: dict[str, tuple[str, bool]] = {
@@ -113,7 +115,7 @@ def _cell_text(cell: Cell, statistic: str) -> str:
 def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Sequence[str],
                     methods: Sequence[str], seeds: Sequence[int], objective: str) -> str:
     cells = {(c.target, c.method): c for c in table_cells(results, targets, methods)}
-    oracle_objective = objective == "oracle_target_acc"
+    oracle_objective = is_oracle(objective)
     lines = [f"# Final training: {name}", ""]
     if oracle_objective:
         lines += [("> **ORACLE SELECTION: the objective is oracle_target_acc, i.e. the kept evaluation is chosen "
@@ -157,7 +159,7 @@ def report_table(results: Sequence[dict[str, Any]], targets: Sequence[str], meth
                                                                    ("runs", "completed", "diverged", "failed")]
     fields += [(f"acc_{s}_{m}", pa.float64()) for s in STATISTICS for m in ("mean", "std")]
     schema = pa.schema(fields).with_metadata({
-        "objective": objective, "selected_is_oracle": str(objective == "oracle_target_acc").lower(),
+        "objective": objective, "selected_is_oracle": str(is_oracle(objective)).lower(),
         "oracle_columns": ",".join(f"acc_{s}_{m}" for s, (_, oracle) in STATISTICS.items() if oracle
                                    for m in ("mean", "std")),
         "seeds": ",".join(map(str, seeds)),

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from lacmfer.config import ExperimentConfig, save_config
 from lacmfer.data.loaders import SplitData
 from lacmfer.device import Placement
+from lacmfer.names import is_oracle
 from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
@@ -126,7 +127,7 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
     bar = tqdm(total=cfg.schedule.steps, initial=trainer.step_count, desc=run.name, unit="step",
                disable=not progress, leave=False)
     try:
-        for metrics in trainer.evaluations():
+        for metrics in trainer.training_loop():
             bar.update(trainer.step_count - bar.n)
             if diverged(metrics):
                 # NaN weights still give finite accuracies (argmax of NaN is a fixed class): the
@@ -158,7 +159,7 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
         "seed": run.seed,
         "status": status,
         "objective": cfg.eval.objective,
-        "oracle": cfg.eval.objective == "oracle_target_acc",
+        "oracle": is_oracle(cfg.eval.objective),
         "steps": trainer.step_count,
         "time_s": seconds + time.perf_counter() - started,
         "resumed_at": resumed_at,
@@ -178,7 +179,7 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
 def failed_result(run: FinalRun, error: str) -> dict[str, Any]:
     """The result of a run whose every attempt raised; not written (a later --resume retries it)."""
     return {"target": run.target, "method": run.method, "seed": run.seed, "status": "failed", "error": error,
-            "objective": run.config.eval.objective, "oracle": run.config.eval.objective == "oracle_target_acc",
+            "objective": run.config.eval.objective, "oracle": is_oracle(run.config.eval.objective),
             "selected": None, "last": None, "history": []}
 
 

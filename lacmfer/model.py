@@ -32,6 +32,11 @@ _TRUNK_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.")
 _CHECKPOINT_NESTING_KEYS = ("state_dict", "model")
 
 
+def mean_view_logits(logits_g: Tensor, logits_l: Tensor) -> Tensor:
+    """The inference rule: the mean of the global and local logits, (z_g + z_l) / 2 (docs/METHOD.md §2)."""
+    return (logits_g + logits_l) / 2
+
+
 class LACMFEROutput(NamedTuple):
     """Features and logits of both views for one batch.
 
@@ -45,8 +50,8 @@ class LACMFEROutput(NamedTuple):
 
     @property
     def logits_mean(self) -> Tensor:
-        """Inference logits of the two views combined: (z_g + z_l) / 2."""
-        return (self.logits_g + self.logits_l) / 2
+        """Inference logits of the two views combined (`mean_view_logits`)."""
+        return mean_view_logits(self.logits_g, self.logits_l)
 
 
 def _init_conv(conv: nn.Conv2d) -> None:
@@ -97,12 +102,6 @@ class CBAM(nn.Module):
         super().__init__()
         self.channel = ChannelAttention(channels, reduction)
         self.spatial = SpatialAttention()
-
-    def attention_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (a_c [B, C, 1, 1], a_s [B, 1, H, W]) as used by forward()."""
-        a_c = self.channel(x)
-        a_s = self.spatial(x * a_c)
-        return a_c, a_s
 
     def forward(self, x: Tensor) -> Tensor:
         x = x * self.channel(x)

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-#: Ramp shapes of the clustering schedule; the config schema validates names against it.
-CLUSTER_RAMPS: tuple[str, ...] = ("sigmoid", "linear", "step")
+from lacmfer.names import CLUSTER_RAMPS
 
 
 @dataclass
@@ -78,7 +77,7 @@ def inverse_decay_scheduler(
     return LambdaLR(optimizer, lr_lambda=InverseDecay(gamma, power, decay_steps))
 
 
-def cluster_weight(
+def clustering_schedule(
     step: int,
     total_steps: int,
     start: float,

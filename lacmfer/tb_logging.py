@@ -16,13 +16,19 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from lacmfer import names
 from lacmfer.config import ExperimentConfig
 
 # Metric-name prefix → TensorBoard group, so related curves sit together.
 _GROUPS = (("loss_", "loss/"), ("target_", "target/"), ("source_", "source/"), ("pl_", "pseudo_label/"))
-_VALIDATORS = ("entropy", "im", "bnm", "snd", "objective")
 # The HParams-table metrics of every run (search trials and final training alike).
-BEST_OF: dict[str, str] = {"objective": "max", "target_acc": "max"}
+BEST_OF: dict[str, str] = {names.OBJECTIVE_KEY: "max", names.ORACLE_METRIC: "max"}
+
+
+def best_tag(metric: str) -> str:
+    """The HParams column of a best-so-far metric; target accuracy is named as the oracle it is."""
+    label = names.ORACLE_OBJECTIVE if metric == names.ORACLE_METRIC else metric
+    return f"hparam/{label}_best"
 # HParams-table flags of a run that went wrong: `hparam/<flag>` is 0 until `RunLogger.mark`,
 # then 1, so a diverged or failed run never looks like a successful one in the table
 # (its best-so-far values from before the failure are still real and stay).
@@ -33,7 +39,7 @@ def scalar_tag(name: str) -> str:
     for prefix, group in _GROUPS:
         if name.startswith(prefix):
             return group + name.removeprefix(prefix)
-    if name in _VALIDATORS:
+    if name == names.OBJECTIVE_KEY or name in names.TARGET_VALIDATOR_NAMES:
         return f"validators/{name}"
     return f"train/{name}"
 
@@ -75,7 +81,7 @@ class RunLogger:
         self.flags: set[str] = set()
         if purge_step is None:  # a resumed run already has its hparams summary
             hp = {k: _hparam_value(v) for k, v in hyperparameters.items()}
-            metrics = {f"hparam/{m}_best": 0.0 for m in self.best_of} | {f"hparam/{f}": 0.0 for f in RUN_FLAGS}
+            metrics = {best_tag(m): 0.0 for m in self.best_of} | {f"hparam/{f}": 0.0 for f in RUN_FLAGS}
             exp, ssi, sei = hparams(hp, metrics)
             for summary in (exp, ssi, sei):
                 self.writer.file_writer.add_summary(summary)
@@ -100,7 +106,7 @@ class RunLogger:
             old = self.best.get(name)
             if old is None or (value > old if mode == "max" else value < old):
                 self.best[name] = float(value)
-            self.writer.add_scalar(f"hparam/{name}_best", self.best[name], step)
+            self.writer.add_scalar(best_tag(name), self.best[name], step)
         for flag in RUN_FLAGS:
             self.writer.add_scalar(f"hparam/{flag}", float(flag in self.flags), step)
         self.writer.flush()

@@ -21,20 +21,18 @@ import argparse
 import os
 import shlex
 import sys
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lacmfer.config import ExperimentConfig, LossConfig, load_config
-from lacmfer.data.domains import DOMAIN_NAMES
+from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.final_report import write_report
 from lacmfer.final_run import STATE_FILE, FinalRun, failed_result, read_result, result_line, train_run
+from lacmfer.names import METHOD_NAMES, domain_names, is_oracle
 
-METHODS: tuple[str, ...] = typing.get_args(LossConfig.model_fields["adaptation"].annotation)
 
 
 @dataclass
@@ -58,7 +56,7 @@ def _experiment_configs(exp_dir: Path, targets: Sequence[str] | None,
         raise UserError(f"{best}: no exported best configs (run `python tune.py` or `--export-only` first)")
     found = {p.stem: p for p in best.glob("*.yaml")}
     saved = exp_dir / "config.yaml"
-    order = load_config(saved).data.targets if saved.exists() else DOMAIN_NAMES
+    order = load_config(saved).data.targets if saved.exists() else domain_names()
     wanted = list(targets) if targets else [t for t in order if t in found]
     skipped = [t for t in order if t not in found and not targets]
     if skipped and saved.exists():  # the export writes no config for a split without an exportable trial
@@ -151,10 +149,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--experiment", type=Path, help="a search's folder, results/<exp>: trains best/<target>.yaml")
     what.add_argument("--config", type=Path, help="one config, e.g. results/<exp>/best/CK.yaml")
-    p.add_argument("--target", nargs="+", choices=DOMAIN_NAMES, help="a subset of the targets")
+    p.add_argument("--target", nargs="+", choices=domain_names(), help="a subset of the targets")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--baseline", nargs="+", default=[], choices=METHODS, metavar="METHOD",
-                   help=f"methods to train beside it on the same seeds, any loss.adaptation: {', '.join(METHODS)}")
+    p.add_argument("--baseline", nargs="+", default=[], choices=METHOD_NAMES, metavar="METHOD",
+                   help=f"methods to train beside it on the same seeds, any loss.adaptation: {', '.join(METHOD_NAMES)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every config, e.g. --set schedule.steps=1000")
     p.add_argument("--resume", action="store_true", help="keep finished runs, continue interrupted ones")
@@ -177,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = " ".join(["python -m lacmfer.train", *map(shlex.quote, argv), *([] if args.resume else ["--resume"])])
     plan = plan_runs(args)
     check_fresh(plan, args.resume)
-    if plan.objective == "oracle_target_acc":
+    if is_oracle(plan.objective):
         print("note: the objective is oracle_target_acc (selection on target TEST labels)", file=sys.stderr)
     # Before any run (and before Ray): SynthFER is generated once, a bad list or image is
     # one `file:line` error, and the runs open the caches built here.

@@ -1,8 +1,9 @@
 """The LA-CMFER trainer: one target split, one model, step by step (no Ray here).
 
 Read top to bottom: build data, model, optimiser and schedules; `step()` draws a source
-and a target batch and applies the total loss of SPEC §3.8; `evaluate()` computes every
-validator of SPEC §6. Nothing in `step()` waits for the device: loss values are summed
+and a target batch, runs the network and minimises the loss of the adaptation method
+(`lacmfer.methods`, docs/METHOD.md §3); `evaluate()` computes every validator of
+docs/METHOD.md §6. Nothing in `step()` waits for the device: loss values are summed
 on the device and read only by `evaluate()`, so a GPU step is queued without a host sync.
 """
 
@@ -15,25 +16,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lacmfer import losses
 from lacmfer.config import ExperimentConfig
 from lacmfer.data.augment import BatchAugment, network_input
 from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, fixed_subset, load_split_data
 from lacmfer.device import Placement, claim, local_placement
-from lacmfer.model import LACMFERNet, load_trunk_weights
-from lacmfer.schedules import cluster_weight, inverse_decay_scheduler
-from lacmfer.validators import (
-    OBJECTIVE_METRIC_KEYS,
-    UNSUPERVISED_VALIDATORS,
-    accuracy,
-    pseudo_label_accuracy_and_coverage,
-)
+from lacmfer.methods import build_method
+from lacmfer.model import LACMFERNet, LACMFEROutput, load_trunk_weights, mean_view_logits
+from lacmfer.names import OBJECTIVE_KEY, objective_metric
+from lacmfer.schedules import inverse_decay_scheduler
+from lacmfer.validators import TARGET_VALIDATORS, accuracy, pseudo_label_accuracy_and_coverage
 
 HEADLINE_METRICS = ("objective", "target_acc", "source_val_acc", "loss_total", "step")
-LOSS_TERMS = ("total", "sup", "sid", "cid", "mcc", "mvv", "mvv_kept")
 _SOURCE_STREAM, _TARGET_STREAM = 0, 1
 _TARGET_SUBSET, _SOURCE_VAL_SUBSET = 2, 3  # seed words of the fixed evaluation subsets
 
@@ -57,6 +52,7 @@ class Trainer:
             torch.set_num_threads(config.resources.threads)
         self.data = data if data is not None else load_split_data(config, target, progress=progress)
 
+        self.method = build_method(config)
         torch.manual_seed(config.seed)  # model initialisation is part of the seed
         m = config.model
         self.model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks)
@@ -90,7 +86,9 @@ class Trainer:
         self.source_val_subset = (None if self.data.source_val is None else fixed_subset(
             len(self.data.source_val), e.source_val_subset, [d.split_seed, _SOURCE_VAL_SUBSET]))
         self.step_count = 0
-        self._loss_sums = torch.zeros(len(LOSS_TERMS), device=self.device)
+        # Running sums of the logged step values (`loss_<term>` and the method's batch
+        # metrics), by name, on the device: read once per evaluation interval.
+        self._loss_sums: dict[str, Tensor] = {}
         self._loss_steps = 0
 
     # ------------------------------------------------------------------ training
@@ -113,74 +111,52 @@ class Trainer:
         return self._memory_format(self.augment(images, batch.seed)), labels
 
     def cluster_weight(self) -> float:
-        """λ_cid(t) = hyper_inter · r(t), r the clustering schedule (SPEC §5)."""
-        s = self.cfg.schedule
-        r = cluster_weight(self.step_count, s.steps, s.cluster_start, s.cluster_ramp, s.cluster_gamma)
-        return self.cfg.loss.hyper_inter * r
+        """λ_cid(t) = hyper_inter · r(t) at the current step (docs/METHOD.md §3.5)."""
+        return self.method.cluster_weight(self.step_count)
+
+    def _forward(self, x_s: Tensor, x_t: Tensor | None) -> tuple[LACMFEROutput, LACMFEROutput | None]:
+        """Source and target outputs in float32 (the losses' precision).
+
+        `model.bn: per_domain` (the released code) forwards each domain on its own, so
+        BatchNorm normalises each with its own batch statistics; `joint` forwards one
+        concatenated batch (an ablation).
+        """
+        joint = x_t is not None and self.cfg.model.bn == "joint"
+        with self._autocast():
+            if x_t is None:
+                outputs = [self.model(x_s)]
+            elif joint:
+                outputs = [self.model(torch.cat([x_s, x_t]))]
+            else:
+                outputs = [self.model(x_s), self.model(x_t)]
+        outputs = [LACMFEROutput(*(t.float() for t in out)) for out in outputs]
+        if joint:
+            n_s = x_s.shape[0]
+            return LACMFEROutput(*(t[:n_s] for t in outputs[0])), LACMFEROutput(*(t[n_s:] for t in outputs[0]))
+        return outputs[0], outputs[1] if x_t is not None else None
 
     def step(self) -> dict[str, Tensor]:
-        """One SGD step on a source and a target batch; returns the loss terms (on device)."""
+        """One SGD step; returns `total` and the method's loss terms (on the device)."""
         self.model.train()
         x_s, y_s = self._draw(self.source_stream)
-        x_t, _ = self._draw(self.target_stream)  # the target stream's labels are never used
-        n_s = x_s.shape[0]
-        # One forward over both domains: half the kernel launches, and BatchNorm sees the
-        # statistics of both domains, as in the MMD-based adaptation methods it follows.
-        with self._autocast():
-            out = self.model(torch.cat([x_s, x_t]))
-        feats = (out.feat_g.float(), out.feat_l.float())
-        logits = (out.logits_g.float(), out.logits_l.float())
-        terms = self._losses(feats, logits, y_s, n_s)
+        # The target stream's labels are never used; source-only draws no target batch.
+        x_t = self._draw(self.target_stream)[0] if self.method.uses_target else None
+        source, target = self._forward(x_s, x_t)
+        out = self.method.losses(source, y_s, target, self.step_count)
 
         self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        out.total.backward()
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
 
-        self._loss_sums += torch.stack([terms[k].detach().float() for k in LOSS_TERMS])
+        terms = {"total": out.total, **out.terms}
+        logged = {f"loss_{k}": v for k, v in terms.items()} | out.metrics
+        for key, value in logged.items():
+            value = value.detach().float()
+            self._loss_sums[key] = self._loss_sums[key] + value if key in self._loss_sums else value
         self._loss_steps += 1
         return {k: v.detach() for k, v in terms.items()}
-
-    def _losses(self, feats: tuple[Tensor, Tensor], logits: tuple[Tensor, Tensor], y_s: Tensor, n_s: int) -> dict[str, Tensor]:
-        """L = L_sup + hyper_align·L_inter + hyper_intra·L_mcc + hyper_tgt·L_mvv (SPEC §3.8)."""
-        lc = self.cfg.loss
-        zero = logits[0].new_zeros(())
-        sup = sum(F.cross_entropy(z[:n_s], y_s, label_smoothing=lc.label_smoothing) for z in logits)
-        terms = {"sup": sup, "sid": zero, "cid": zero, "mcc": zero, "mvv": zero, "mvv_kept": zero}
-        total = sup
-        if lc.adaptation == "source_only":
-            terms["total"] = total
-            return terms
-
-        kernel = {"kernel_num": lc.kernel_num, "kernel_mul": lc.kernel_mul}
-        lambda_cid = self.cluster_weight()
-        for f, z in zip(feats, logits, strict=True):
-            f_s, f_t, z_s, z_t = f[:n_s], f[n_s:], z[:n_s], z[n_s:]
-            if lc.adaptation == "mmd_baseline":
-                terms["sid"] = terms["sid"] + losses.multi_kernel_mmd(f_s, f_t, **kernel)
-                continue
-            use_cid = lc.cluster_level and lambda_cid > 0
-            if lc.sample_level and use_cid:  # both terms from one distance matrix
-                sid, cid = losses.inter_domain_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
-                terms["sid"], terms["cid"] = terms["sid"] + sid, terms["cid"] + cid
-            elif lc.sample_level:
-                terms["sid"] = terms["sid"] + losses.sample_level_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
-            elif use_cid:
-                terms["cid"] = terms["cid"] + losses.cluster_level_alignment(f_s, f_t, z_s, z_t, y_s, lc.threshold, **kernel)
-        total = total + lc.hyper_align * (terms["sid"] + lambda_cid * terms["cid"])
-
-        z_g_t, z_l_t = logits[0][n_s:], logits[1][n_s:]
-        if lc.mcc:
-            views = (z_g_t, z_l_t) if lc.mcc_input == "logits" else (z_g_t.softmax(1), z_l_t.softmax(1))
-            terms["mcc"] = losses.cross_view_mcc(*views)
-            total = total + lc.hyper_intra * terms["mcc"]
-        if lc.pseudo_label:
-            terms["mvv"], kept = losses.multiview_pseudo_label_loss(z_g_t, z_l_t, lc.ps_threshold)
-            terms["mvv_kept"] = kept.float().mean()
-            total = total + lc.hyper_tgt * terms["mvv"]
-        terms["total"] = total
-        return terms
 
     def train_until(self, step: int) -> None:
         while self.step_count < step:
@@ -238,14 +214,14 @@ class Trainer:
         metrics["lr_trunk"] = float(lrs.get("trunk", metrics["lr"]))
         metrics["cluster_weight"] = self.cluster_weight()
         if self._loss_steps:
-            means = (self._loss_sums / self._loss_steps).tolist()  # the one host sync per interval
-            metrics.update({f"loss_{k}": v for k, v in zip(LOSS_TERMS, means, strict=True)})
-            self._loss_sums.zero_()
+            means = (torch.stack(list(self._loss_sums.values())) / self._loss_steps).tolist()  # the one host sync
+            metrics.update(zip(self._loss_sums, means, strict=True))
+            self._loss_sums = {}
             self._loss_steps = 0
 
         stream = self._predict(self.data.target_train, self.target_subset)
-        probs = ((stream["g"] + stream["l"]) / 2).softmax(dim=1)
-        for name, validator in UNSUPERVISED_VALIDATORS.items():
+        probs = mean_view_logits(stream["g"], stream["l"]).softmax(dim=1)
+        for name, validator in TARGET_VALIDATORS.items():
             kwargs = {"temperature": self.cfg.eval.snd_temperature} if name == "snd" else {}
             metrics[name] = validator(probs, **kwargs)
         metrics["pl_acc"], metrics["pl_coverage"] = pseudo_label_accuracy_and_coverage(
@@ -256,7 +232,7 @@ class Trainer:
         test_is_stream = self.data.split.target_test_is_train and self.target_subset is None
         if test_is_stream or self._test_due():
             test = stream if test_is_stream else self._predict(self.data.target_test)
-            metrics["target_acc"] = accuracy((test["g"] + test["l"]) / 2, test["y"])
+            metrics["target_acc"] = accuracy(mean_view_logits(test["g"], test["l"]), test["y"])
             metrics["target_acc_g"] = accuracy(test["g"], test["y"])
             metrics["target_acc_l"] = accuracy(test["l"], test["y"])
         else:
@@ -264,17 +240,17 @@ class Trainer:
 
         if self.data.source_val is not None:
             val = self._predict(self.data.source_val, self.source_val_subset)
-            metrics["source_val_acc"] = accuracy((val["g"] + val["l"]) / 2, val["y"])
+            metrics["source_val_acc"] = accuracy(mean_view_logits(val["g"], val["l"]), val["y"])
         else:
             metrics["source_val_acc"] = math.nan
         if self.data.target_val is not None:
             tv = self._predict(self.data.target_val)
-            metrics["target_val_acc"] = accuracy((tv["g"] + tv["l"]) / 2, tv["y"])
-        metrics["objective"] = metrics[OBJECTIVE_METRIC_KEYS[self.cfg.eval.objective]]
+            metrics["target_val_acc"] = accuracy(mean_view_logits(tv["g"], tv["l"]), tv["y"])
+        metrics[OBJECTIVE_KEY] = metrics[objective_metric(self.cfg.eval.objective)]
         # Headline metrics first: progress tables (Ray's included) show the first columns.
         return {k: metrics[k] for k in HEADLINE_METRICS if k in metrics} | metrics
 
-    def evaluations(self) -> Iterator[dict[str, float]]:
+    def training_loop(self) -> Iterator[dict[str, float]]:
         """Train to the end, yielding `evaluate()` every `eval.interval` steps and at the end."""
         interval, steps = self.cfg.eval.interval, self.cfg.schedule.steps
         while self.step_count < steps:
@@ -292,7 +268,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "source_stream": self.source_stream.state_dict(),
             "target_stream": self.target_stream.state_dict(),
-            "loss_sums": self._loss_sums.cpu(),
+            "loss_sums": {k: v.cpu() for k, v in self._loss_sums.items()},
             "loss_steps": self._loss_steps,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -305,7 +281,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.source_stream.load_state_dict(state["source_stream"])
         self.target_stream.load_state_dict(state["target_stream"])
-        self._loss_sums = state["loss_sums"].to(self.device)
+        self._loss_sums = {k: v.to(self.device) for k, v in state["loss_sums"].items()}
         self._loss_steps = int(state["loss_steps"])
         torch.set_rng_state(state["rng_cpu"])
         # The trainer's own GPU only: a trial may resume on another GPU, or another machine.

@@ -18,22 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lacmfer.losses import multiview_agreement
-
-#: Search objectives that need no target labels (`source_val_acc` uses the labels of
-#: the held-out source part only).
-LABEL_FREE_OBJECTIVES: tuple[str, ...] = ("source_val_acc", "im", "entropy", "bnm", "snd")
-#: Selection on target test accuracy: only with explicit consent, marked in every export.
-ORACLE_OBJECTIVE = "oracle_target_acc"
-OBJECTIVES: tuple[str, ...] = LABEL_FREE_OBJECTIVES + (ORACLE_OBJECTIVE,)
-#: Objective name -> key of the metrics dict produced by the trainer's evaluate().
-OBJECTIVE_METRIC_KEYS: dict[str, str] = {
-    "source_val_acc": "source_val_acc",
-    "im": "im",
-    "entropy": "entropy",
-    "bnm": "bnm",
-    "snd": "snd",
-    ORACLE_OBJECTIVE: "target_acc",
-}
+from lacmfer.names import TARGET_VALIDATOR_NAMES, add_name
 
 #: Above this many samples SND runs on a fixed subsample (its cost is N×N).
 SND_MAX_SAMPLES = 4096
@@ -169,10 +154,18 @@ def pseudo_label_accuracy_and_coverage(
     return correct / n_kept, n_kept / pg.shape[0]
 
 
-#: The label-free validators computed from target probabilities, by evaluate() key.
-UNSUPERVISED_VALIDATORS: dict[str, Callable[[torch.Tensor], float]] = {
-    "entropy": neg_entropy,
-    "im": information_maximization,
-    "bnm": bnm,
-    "snd": snd,
-}
+#: The label-free validators computed from the target stream's probabilities [N, C]
+#: (softmax of the inference logits), by metric key; each is also an `eval.objective`.
+TARGET_VALIDATORS: dict[str, Callable[[torch.Tensor], float]] = {}
+
+
+def register_validator(name: str, validator: Callable[[torch.Tensor], float]) -> None:
+    """Make `validator(probs) -> float` (higher is better) a reported metric and an objective."""
+    add_name(TARGET_VALIDATOR_NAMES, name)
+    TARGET_VALIDATORS[name] = validator
+
+
+register_validator("entropy", neg_entropy)
+register_validator("im", information_maximization)
+register_validator("bnm", bnm)
+register_validator("snd", snd)

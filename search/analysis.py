@@ -26,19 +26,16 @@ from typing import Any
 import numpy as np
 import optuna
 
-from lacmfer.config import SEARCHABLE
+from lacmfer import names
 from lacmfer.errors import UserError
+from lacmfer.hparams import HPARAMS
 from search.storage import Location, location
 
 STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
 #: Statuses whose trials may be exported as the best config of a split.
 SELECTABLE: tuple[str, ...] = ("completed", "stopped early")
-#: The label-free validators every evaluation reports (higher is better for each).
-LABEL_FREE_VALIDATORS: tuple[str, ...] = ("source_val_acc", "im", "entropy", "bnm", "snd")
-#: Target test accuracy: the oracle, needs target labels.
-ORACLE_METRIC = "target_acc"
-#: The metric key that holds the configured objective's value in every report.
-OBJECTIVE_KEY = "objective"
+ORACLE_METRIC = names.ORACLE_METRIC
+OBJECTIVE_KEY = names.OBJECTIVE_KEY
 SCOPES: tuple[str, ...] = ("best", "last")
 
 
@@ -183,11 +180,11 @@ def read_trial_dir(trial_dir: Path | Location, trial_id: str, target: str, tune_
                    config: dict[str, Any]) -> TrialRecord:
     """One TrialRecord from a trial folder, its Tune status and its config (the sampled values).
 
-    Only keys that are search-space names (`lacmfer.config.SEARCHABLE`) are kept as
+    Only keys that are search-space names (`lacmfer.hparams.HPARAMS`) are kept as
     params; a conditional parameter that was not sampled is simply absent.
     """
     history = read_result_json(trial_dir / "result.json")
-    params = {k: v for k, v in config.items() if k in SEARCHABLE}
+    params = {k: v for k, v in config.items() if k in HPARAMS}
     status = trial_status(tune_status, history)
     return TrialRecord(trial_id, target, params, status, history,
                        error=_error_line(trial_dir) if status == "failed" else None)
@@ -357,7 +354,7 @@ def evaluation_pairs(records: Iterable[TrialRecord], metric: str, oracle: str = 
 
 def validator_ranking(
     records: Iterable[TrialRecord],
-    validators: Sequence[str] = LABEL_FREE_VALIDATORS,
+    validators: Sequence[str] | None = None,
     oracle: str = ORACLE_METRIC,
     power: float = 2.0,
 ) -> list[tuple[str, float]]:
@@ -368,11 +365,12 @@ def validator_ranking(
     checkpoint, as in their benchmark), so agreement among the checkpoints that the
     validator or the oracle ranks highest counts most. Pass the records of ONE split:
     validator values are only comparable on the same evaluation set. A validator with
-    no finite value, or a constant one, gets NaN and is listed last.
+    no finite value, or a constant one, gets NaN and is listed last. `validators` defaults
+    to every objective that reads no target labels (`lacmfer.names.non_oracle_objectives`).
     """
     records = list(records)
     ranking = []
-    for name in validators:
+    for name in names.non_oracle_objectives() if validators is None else validators:
         xs, ys = evaluation_pairs(records, name, oracle)
         ranking.append((name, weighted_spearman(xs, ys, power) if xs.size else math.nan))
     return sorted(ranking, key=lambda item: -item[1] if not math.isnan(item[1]) else math.inf)

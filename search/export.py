@@ -37,10 +37,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec, config_from_dict, config_text, parse_yaml
+from lacmfer.config import ExperimentConfig, ParamSpec, config_from_dict, config_text, parse_yaml
 from lacmfer.errors import UserError
+from lacmfer.hparams import HPARAMS, to_config_values
+from lacmfer.names import ORACLE_OBJECTIVE
 from search.analysis import (
-    LABEL_FREE_VALIDATORS,
     MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
     ORACLE_METRIC,
@@ -56,7 +57,6 @@ from search.analysis import (
 from search.plots import PLOTS_DIR, write_search_plots
 from search.storage import Location, experiment_location, location, readable_optuna_storage
 
-ORACLE_OBJECTIVE = "oracle_target_acc"
 SCOPE_TEXT = {
     "best": "best evaluation (the max of the objective over the trial's evaluations)",
     "last": "last evaluation (the objective at the trial's last evaluation)",
@@ -165,7 +165,7 @@ def param_type(spec: ParamSpec | None, observed: list[Any]) -> pa.DataType:
 def param_columns(cfg: ExperimentConfig, records: list[TrialRecord]) -> dict[str, pa.DataType]:
     """Search-space names in the config's order, then any other sampled names."""
     names = list(cfg.search.space)
-    names += [n for n in SEARCHABLE if n not in names and any(n in r.params for r in records)]
+    names += [n for n in HPARAMS if n not in names and any(n in r.params for r in records)]
     return {n: param_type(cfg.search.space.get(n), [r.params.get(n) for r in records]) for n in names}
 
 
@@ -231,7 +231,7 @@ def trial_row(record: TrialRecord, scope: str, params: dict[str, pa.DataType], e
 
 def best_config(cfg: ExperimentConfig, record: TrialRecord) -> ExperimentConfig:
     """The base config with the trial's sampled values and its single target."""
-    values: dict[str, Any] = {SEARCHABLE[name]: value for name, value in record.params.items()}
+    values = to_config_values(record.params)
     values["data.targets"] = [record.target]
     return cfg.with_values(values, source=f"trial {record.trial_id} of split {record.target}")
 
@@ -408,7 +408,7 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
             split.best_config = exp_dir / "best" / f"{target}.yaml"
             configs[target] = (best_config(cfg, split.best), best_header(cfg, split, scope, split.best_config))
         split.importances, split.importance_note = split_importances(exp_dir, cfg, target)
-        split.ranking = validator_ranking(split_records, LABEL_FREE_VALIDATORS, ORACLE_METRIC)
+        split.ranking = validator_ranking(split_records, oracle=ORACLE_METRIC)
         split.ranking_points = sum(
             math.isfinite(report.get(ORACLE_METRIC, math.nan)) for r in split_records for report in r.history
         )

@@ -25,8 +25,8 @@ from typing import Any
 import optuna
 
 from lacmfer.config import ExperimentConfig
+from lacmfer.names import non_oracle_objectives
 from search.analysis import (
-    LABEL_FREE_VALIDATORS,
     OBJECTIVE_KEY,
     ORACLE_METRIC,
     TrialRecord,
@@ -145,7 +145,7 @@ def plot_learning_curves(records: Sequence[TrialRecord], objective: str, path: P
 def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str, float]], objective: str,
                     path: Path) -> Path | None:
     """Each validator against oracle target accuracy over all evaluations; None without target labels."""
-    pairs = {name: evaluation_pairs(records, name, ORACLE_METRIC) for name in LABEL_FREE_VALIDATORS}
+    pairs = {name: evaluation_pairs(records, name, ORACLE_METRIC) for name in non_oracle_objectives()}
     if not any(xs.size for xs, _ in pairs.values()):
         return None
     correlation = dict(ranking)

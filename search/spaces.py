@@ -11,8 +11,9 @@ from typing import Any
 
 import optuna
 
-from lacmfer.config import SEARCHABLE, ExperimentConfig, ParamSpec
+from lacmfer.config import ExperimentConfig, ParamSpec
 from lacmfer.errors import UserError
+from lacmfer.hparams import HPARAMS
 
 
 def _ordered(space: dict[str, ParamSpec]) -> list[str]:
@@ -71,7 +72,7 @@ class SearchSpace:
             else:
                 what = f"constant {s.value!r}"
             cond = "".join(f"  (only if {p} = {v})" for p, v in (s.only_if or {}).items())
-            lines.append(f"{name:<16} {what}{cond}   -> {SEARCHABLE[name]}")
+            lines.append(f"{name:<16} {what}{cond}   -> {HPARAMS[name].key}")
         return lines
 
 
@@ -98,8 +99,3 @@ def default_point(cfg: ExperimentConfig) -> dict[str, Any]:
                 value = int(value)
         point[name] = value
     return point
-
-
-def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
-    """Sampled values keyed by search name → dotted config keys, for `with_values`."""
-    return {SEARCHABLE[k]: v for k, v in sampled.items() if k in SEARCHABLE}

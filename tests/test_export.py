@@ -40,7 +40,7 @@ def make_config(tmp_path: Path, objective: str = "source_val_acc", targets=("CK"
         "data": {"root": str(tmp_path / "data"), "targets": list(targets)},
         "schedule": {"steps": 40},
         "eval": {"interval": 10, "objective": objective},
-        "search": {"space": SPACE, "num_samples": 4},
+        "search": {"space": SPACE, "use_default_space": False, "num_samples": 4},
         "output": {"results_dir": str(tmp_path / "results"), "name": "exp1"},
     })
 
@@ -268,7 +268,7 @@ TRAINABLE = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def tune_run(tmp_path_factory):
     """One split (CK) of 4 trials run by Ray Tune: completed, ASHA-stopped, errored, diverged."""
-    ray = pytest.importorskip("ray")
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -355,6 +355,13 @@ def test_export_removes_checkpoints_of_trials_not_exported_in_finished_splits(tu
 
     summary = export_experiment(exp_dir)  # not a finished split: it may still be resumed
     assert summary.removed_checkpoints == 0
+    assert all((d / "checkpoint_000003").is_dir() for d in trial_dirs.values())
+    cfg = load_config(exp_dir / "config.yaml")
+    save_config(cfg.with_values({"search.keep_checkpoints": True}), exp_dir / "config.yaml")
+    try:
+        assert export_experiment(exp_dir, finished=["CK"]).removed_checkpoints == 0  # asked to keep them
+    finally:
+        save_config(cfg, exp_dir / "config.yaml")
     assert all((d / "checkpoint_000003").is_dir() for d in trial_dirs.values())
 
     summary = export_experiment(exp_dir, finished=["CK"])

@@ -95,7 +95,7 @@ def test_every_run_writes_its_outputs_and_complete_metrics(experiment):
                 cfg = torch.load(run_dir / "checkpoint_selected.pt", weights_only=False)["config"]
                 assert (cfg["seed"], cfg["loss"]["adaptation"], cfg["loss"]["hyper_align"]) == (seed, method, 0.3)
     # The baseline really trained without the adaptation terms, the method with them.
-    assert metrics(exp, "CK", "source_only", 0)["last"]["loss_mcc"] == 0
+    assert "loss_mcc" not in metrics(exp, "CK", "source_only", 0)["last"]
     assert metrics(exp, "CK", "lacmfer", 0)["last"]["loss_mcc"] > 0
     # One progress line per run, each naming it.
     lines = [ln for ln in out.splitlines() if ln.startswith("[")]

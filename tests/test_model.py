@@ -130,10 +130,11 @@ def test_local_subnetworks_are_independent() -> None:
         assert torch.count_nonzero(outside) == 0
 
 
-def test_cbam_attention_maps_are_in_unit_interval() -> None:
+def test_cbam_scales_by_channel_then_spatial_attention_in_unit_interval() -> None:
     cbam = CBAM(32)
     x = torch.randn(4, 32, 5, 7) * 10
-    a_c, a_s = cbam.attention_maps(x)
+    a_c = cbam.channel(x)
+    a_s = cbam.spatial(x * a_c)
     assert a_c.shape == (4, 32, 1, 1) and a_s.shape == (4, 1, 5, 7)
     for a in (a_c, a_s):
         assert a.min() >= 0 and a.max() <= 1

@@ -10,7 +10,7 @@ import torch
 from lacmfer.schedules import (
     CLUSTER_RAMPS,
     InverseDecay,
-    cluster_weight,
+    clustering_schedule,
     inverse_decay_lr,
     inverse_decay_scheduler,
 )
@@ -127,46 +127,46 @@ def test_ramp_names() -> None:
 @pytest.mark.parametrize("ramp", CLUSTER_RAMPS)
 def test_zero_before_start(ramp: str) -> None:
     for step in (0, 1, 100, 199):
-        assert cluster_weight(step, TOTAL, START, ramp) == 0.0
+        assert clustering_schedule(step, TOTAL, START, ramp) == 0.0
 
 
 def test_values_at_start() -> None:
-    assert cluster_weight(200, TOTAL, START, "sigmoid") == pytest.approx(0.0, abs=1e-12)
-    assert cluster_weight(200, TOTAL, START, "linear") == pytest.approx(0.0, abs=1e-12)
-    assert cluster_weight(200, TOTAL, START, "step") == 1.0
+    assert clustering_schedule(200, TOTAL, START, "sigmoid") == pytest.approx(0.0, abs=1e-12)
+    assert clustering_schedule(200, TOTAL, START, "linear") == pytest.approx(0.0, abs=1e-12)
+    assert clustering_schedule(200, TOTAL, START, "step") == 1.0
 
 
 def test_values_half_way_and_at_end() -> None:
     gamma = 10.0
-    assert cluster_weight(600, TOTAL, START, "linear") == pytest.approx(0.5, rel=1e-9)
-    assert cluster_weight(600, TOTAL, START, "sigmoid", gamma) == pytest.approx(
+    assert clustering_schedule(600, TOTAL, START, "linear") == pytest.approx(0.5, rel=1e-9)
+    assert clustering_schedule(600, TOTAL, START, "sigmoid", gamma) == pytest.approx(
         2.0 / (1.0 + math.exp(-5.0)) - 1.0, rel=1e-9
     )
-    assert cluster_weight(600, TOTAL, START, "step") == 1.0
-    assert cluster_weight(TOTAL, TOTAL, START, "linear") == pytest.approx(1.0)
-    assert cluster_weight(TOTAL, TOTAL, START, "sigmoid", gamma) == pytest.approx(math.tanh(gamma / 2))
+    assert clustering_schedule(600, TOTAL, START, "step") == 1.0
+    assert clustering_schedule(TOTAL, TOTAL, START, "linear") == pytest.approx(1.0)
+    assert clustering_schedule(TOTAL, TOTAL, START, "sigmoid", gamma) == pytest.approx(math.tanh(gamma / 2))
 
 
 def test_sigmoid_gamma_controls_steepness() -> None:
-    slow = cluster_weight(400, TOTAL, START, "sigmoid", gamma=2.0)
-    fast = cluster_weight(400, TOTAL, START, "sigmoid", gamma=20.0)
+    slow = clustering_schedule(400, TOTAL, START, "sigmoid", gamma=2.0)
+    fast = clustering_schedule(400, TOTAL, START, "sigmoid", gamma=20.0)
     assert 0.0 < slow < fast < 1.0
 
 
 @pytest.mark.parametrize("ramp", CLUSTER_RAMPS)
 @pytest.mark.parametrize("start", [0.0, 0.2, 0.9])
 def test_monotone_and_bounded(ramp: str, start: float) -> None:
-    values = [cluster_weight(step, TOTAL, start, ramp) for step in range(0, TOTAL + 200, 7)]
+    values = [clustering_schedule(step, TOTAL, start, ramp) for step in range(0, TOTAL + 200, 7)]
     assert all(0.0 <= v <= 1.0 for v in values)
     assert all(a <= b for a, b in zip(values, values[1:]))
     # q is clamped: past the end the weight stays at its final value
-    assert cluster_weight(TOTAL + 500, TOTAL, start, ramp) == cluster_weight(TOTAL, TOTAL, start, ramp)
+    assert clustering_schedule(TOTAL + 500, TOTAL, start, ramp) == clustering_schedule(TOTAL, TOTAL, start, ramp)
 
 
 def test_start_zero_ramps_from_first_step() -> None:
-    assert cluster_weight(0, TOTAL, 0.0, "linear") == 0.0
-    assert cluster_weight(500, TOTAL, 0.0, "linear") == pytest.approx(0.5)
-    assert cluster_weight(0, TOTAL, 0.0, "step") == 1.0
+    assert clustering_schedule(0, TOTAL, 0.0, "linear") == 0.0
+    assert clustering_schedule(500, TOTAL, 0.0, "linear") == pytest.approx(0.5)
+    assert clustering_schedule(0, TOTAL, 0.0, "step") == 1.0
 
 
 @pytest.mark.parametrize(
@@ -182,4 +182,4 @@ def test_invalid_arguments(kwargs: dict[str, object], match: str) -> None:
     args: dict[str, object] = {"step": 10, "total_steps": TOTAL, "start": START, "ramp": "linear"}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        cluster_weight(**args)  # type: ignore[arg-type]
+        clustering_schedule(**args)  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ def search_config(root: Path, results: Path, name: str, **sections):
         "schedule": {"steps": 8, "lr_decay_steps": 8},
         "eval": {"interval": 2},  # 4 evaluations: room for ASHA to stop some trials
         "search": {"num_samples": 4, "startup_trials": 2, "asha": {"grace_period": 1, "reduction_factor": 2},
-                   "space": SPACE},
+                   "space": SPACE, "use_default_space": False},
         "resources": {"cpu": 1, "threads": 1},
         "output": {"results_dir": str(results), "name": name},
     }

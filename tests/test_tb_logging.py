@@ -3,7 +3,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lacmfer.config import config_from_dict
-from lacmfer.tb_logging import RunLogger, run_hparams, scalar_tag
+from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams, scalar_tag
 
 SPACE = {
     "cluster_ramp": {"distribution": "choice", "choices": ["sigmoid", "linear"]},
@@ -14,6 +14,7 @@ SPACE = {
 def test_inactive_conditional_parameters_are_left_out():
     linear = config_from_dict({"schedule": {"cluster_ramp": "linear"}, "search": {"space": SPACE}})
     sigmoid = config_from_dict({"schedule": {"cluster_ramp": "sigmoid"}, "search": {"space": SPACE}})
+    assert set(linear.search.space) >= set(SPACE)  # the default space, with these two entries overridden
     assert "cluster_gamma" not in run_hparams(linear, "CK")
     assert run_hparams(sigmoid, "CK")["cluster_gamma"] == 10.0
     assert run_hparams(linear, "CK")["target"] == "CK" and run_hparams(linear, "CK")["hyper_align"] == 0.4
@@ -32,6 +33,16 @@ def test_scalars_grouped_and_best_so_far_tracked(tmp_path):
         acc.PluginTagToContent("hparams")["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["target"].string_value == "CK"
     assert scalar_tag("pl_acc") == "pseudo_label/acc" and scalar_tag("lr") == "train/lr"
+
+
+def test_target_accuracy_column_is_marked_oracle(tmp_path):
+    logger = RunLogger(tmp_path, {"target": "CK"}, BEST_OF)
+    logger.log({"objective": 0.4, "target_acc": 0.7}, 1)
+    logger.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("hparam/oracle_target_acc_best")] == pytest.approx([0.7])
+    assert "hparam/target_acc_best" not in acc.Tags()["scalars"]
 
 
 def test_diverged_or_failed_runs_are_flagged_in_the_hparams_table(tmp_path):

@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
+from lacmfer.data.augment import network_input
 from lacmfer.data.loaders import load_split_data
-from lacmfer.trainer import LOSS_TERMS, Trainer
+from lacmfer.trainer import Trainer
+from lacmfer.validators import accuracy
 from tests.conftest import NO_AUGMENT, tiny_config
 
 
@@ -25,7 +27,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(synth_tiny, ck_dat
     cfg = tiny_config(synth_tiny, loss={"threshold": 0.0, "ps_threshold": 0.0})  # every term active
     straight = Trainer(cfg, "CK", data=ck_data)
     want = [straight.step() for _ in range(6)]
-    assert all(want[-1][k] != 0 for k in ("sid", "cid", "mcc", "mvv"))
+    assert all(want[-1][k] != 0 for k in ("sample_level", "cluster_level", "mcc", "pseudo_label"))
 
     first = Trainer(cfg, "CK", data=ck_data)
     for _ in range(3):
@@ -36,35 +38,96 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(synth_tiny, ck_dat
     resumed.load_state_dict(state)
     got = [resumed.step() for _ in range(3)]
     for w, g in zip(want[3:], got, strict=True):
-        assert all(torch.equal(w[k], g[k]) for k in LOSS_TERMS), (w, g)
+        assert w.keys() == g.keys() and all(torch.equal(w[k], g[k]) for k in w), (w, g)
     for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert straight.evaluate() == resumed.evaluate()
 
 
 @pytest.mark.parametrize(
-    ("loss", "zero", "nonzero"),
+    ("loss", "terms"),
     [
-        ({"adaptation": "source_only"}, ("sid", "cid", "mcc", "mvv"), ()),
-        ({"adaptation": "mmd_baseline", "mcc": False, "pseudo_label": False}, ("cid", "mcc", "mvv"), ("sid",)),
-        ({"threshold": 0.0, "cluster_level": False, "ps_threshold": 0.0}, ("cid",), ("sid", "mcc", "mvv")),
-        ({"threshold": 0.0, "sample_level": False, "mcc": False}, ("sid", "mcc"), ("cid",)),
+        ({"adaptation": "source_only"}, {"sup"}),
+        ({"adaptation": "mmd_baseline", "mcc": False, "pseudo_label": False}, {"sup", "mmd"}),
+        ({"threshold": 0.0, "cluster_level": False, "ps_threshold": 0.0}, {"sup", "sample_level", "mcc", "pseudo_label"}),
+        ({"threshold": 0.0, "sample_level": False, "mcc": False, "ps_threshold": 0.0},
+         {"sup", "cluster_level", "pseudo_label"}),
+        ({"threshold": 0.0, "ps_threshold": 0.0}, {"sup", "sample_level", "cluster_level", "mcc", "pseudo_label"}),
     ],
 )
-def test_every_term_switches(synth_tiny, ck_data, loss, zero, nonzero):
-    # A step ramp puts the cluster term at full weight from step 0.
+def test_every_term_switches_and_the_total_is_their_weighted_sum(synth_tiny, ck_data, loss, terms):
+    # A step ramp puts the cluster term at its full weight λ = hyper_inter from step 0.
     cfg = tiny_config(synth_tiny, loss=loss, schedule={"cluster_ramp": "step"})
     trainer = Trainer(cfg, "CK", data=ck_data)
     steps = [trainer.step() for _ in range(4)]
-    assert all(t[k] == 0 for t in steps for k in zero), steps
+    assert all(t.keys() == terms | {"total"} for t in steps), steps
     # An enabled term can be 0 in a step (e.g. the two views agree on no target sample yet).
-    assert all(any(t[k] != 0 for t in steps) for k in nonzero), steps
-    terms = steps[-1]
-    weights = {"mcc": trainer.cfg.loss.hyper_intra, "mvv": trainer.cfg.loss.hyper_tgt}
-    expected = terms["sup"] + sum(w * terms[k] for k, w in weights.items())
-    expected = expected + trainer.cfg.loss.hyper_align * (terms["sid"] + trainer.cluster_weight() * terms["cid"])
-    # The weight of the cluster term is read after the step, so allow the schedule's drift.
-    assert torch.allclose(terms["total"], expected, rtol=1e-2)
+    assert all(any(t[k] != 0 for t in steps) for k in terms), steps
+    lc = trainer.cfg.loss
+    t = {k: steps[-1].get(k, torch.tensor(0.0)) for k in ("sup", "sample_level", "cluster_level", "mmd", "mcc",
+                                                          "pseudo_label", "total")}
+    lam = trainer.cluster_weight()
+    assert lam == lc.hyper_inter
+    inter = t["mmd"] if lc.adaptation == "mmd_baseline" else t["sample_level"] + lam * t["cluster_level"]
+    expected = t["sup"] + lc.hyper_align * inter + lc.hyper_intra * t["mcc"] + lc.hyper_tgt * t["pseudo_label"]
+    torch.testing.assert_close(t["total"], expected, rtol=1e-6, atol=0)
+    if "cluster_level" in terms:  # the tolerance is far below the smallest weighted term
+        assert lc.hyper_align * lam * t["cluster_level"] > 1e-5 * t["total"]
+
+
+def test_per_domain_forward_normalises_each_domain_with_its_own_statistics(synth_tiny, ck_data):
+    x_s, x_t = torch.randn(6, 3, 48, 48), torch.randn(5, 3, 48, 48) + 1.0
+    outputs = {}
+    for bn in ("per_domain", "joint"):
+        trainer = Trainer(tiny_config(synth_tiny, model={"bn": bn}), "CK", data=ck_data)
+        trainer.model.train()
+        source, target = trainer._forward(x_s, x_t)
+        alone_s, alone_t = trainer.model(x_s), trainer.model(x_t)
+        joint = trainer.model(torch.cat([x_s, x_t]))
+        outputs[bn] = (source, target, alone_s, alone_t, joint)
+    source, target, alone_s, alone_t, _ = outputs["per_domain"]
+    torch.testing.assert_close(source.logits_g, alone_s.logits_g, rtol=0, atol=0)
+    torch.testing.assert_close(target.feat_l, alone_t.feat_l, rtol=0, atol=0)
+    source, target, _, _, joint = outputs["joint"]
+    torch.testing.assert_close(source.logits_g, joint.logits_g[:6], rtol=0, atol=0)
+    torch.testing.assert_close(target.feat_l, joint.feat_l[6:], rtol=0, atol=0)
+    # The two modes differ: the batch statistics are not the same.
+    assert not torch.allclose(outputs["per_domain"][0].logits_g, outputs["joint"][0].logits_g)
+
+
+def test_source_only_forwards_source_images_only(synth_tiny, ck_data, monkeypatch):
+    trainer = Trainer(tiny_config(synth_tiny, loss={"adaptation": "source_only"}), "CK", data=ck_data)
+    before = trainer.target_stream.state_dict()
+    batch_sizes = []
+    forward = trainer.model.forward
+    monkeypatch.setattr(trainer.model, "forward", lambda x: batch_sizes.append(x.shape[0]) or forward(x))
+    trainer.step()
+    trainer.step()
+    assert batch_sizes == [16, 16]  # the source batch alone, never the 32 of source + target
+    assert trainer.target_stream.state_dict() == before
+
+
+def test_loss_sums_are_saved_by_name(synth_tiny, ck_data):
+    cfg = tiny_config(synth_tiny, loss={"mcc": False})
+    trainer = Trainer(cfg, "CK", data=ck_data)
+    trainer.step()
+    sums = trainer.state_dict()["loss_sums"]
+    assert set(sums) == {"loss_total", "loss_sup", "loss_sample_level", "loss_cluster_level", "loss_pseudo_label",
+                         "pl_train_coverage"}
+
+
+def test_target_accuracy_is_that_of_the_models_inference_rule(synth_tiny, ck_data):
+    trainer = Trainer(tiny_config(synth_tiny), "CK", data=ck_data)
+    trainer.train_until(3)
+    metrics = trainer.evaluate()
+    test = trainer._predict(trainer.data.target_test)
+    uint8 = torch.stack([torch.from_numpy(ck_data.target_test.image(k).copy()).permute(2, 0, 1)
+                         for k in range(len(ck_data.target_test))])
+    images = network_input(uint8, trainer.cfg.data.image_size)
+    with torch.no_grad():
+        predicted = trainer.model.predict(images)
+    assert metrics["target_acc"] == accuracy(predicted, test["y"])
+    assert metrics["target_acc"] != accuracy(test["g"], test["y"]) or metrics["target_acc"] != accuracy(test["l"], test["y"])
 
 
 def test_evaluate_reports_every_metric(synth_tiny, ck_data):
@@ -73,7 +136,8 @@ def test_evaluate_reports_every_metric(synth_tiny, ck_data):
     trainer.train_until(2)
     m = trainer.evaluate()
     for key in ("target_acc", "target_acc_g", "target_acc_l", "source_val_acc", "entropy", "im", "bnm", "snd",
-                "pl_acc", "pl_coverage", "lr", "lr_trunk", "cluster_weight", *(f"loss_{k}" for k in LOSS_TERMS)):
+                "pl_acc", "pl_coverage", "pl_train_coverage", "lr", "lr_trunk", "cluster_weight", "loss_total",
+                "loss_sup", "loss_sample_level", "loss_cluster_level", "loss_mcc", "loss_pseudo_label"):
         assert key in m and math.isfinite(m[key]), key
     assert m["objective"] == m["im"] and m["step"] == 2
     assert 0 <= m["target_acc"] <= 1 and m["entropy"] <= 0
@@ -82,7 +146,7 @@ def test_evaluate_reports_every_metric(synth_tiny, ck_data):
 
 def test_evaluations_follow_the_interval(synth_tiny, ck_data):
     cfg = tiny_config(synth_tiny, schedule={"steps": 7}, eval={"interval": 3})
-    steps = [m["step"] for m in Trainer(cfg, "CK", data=ck_data).evaluations()]
+    steps = [m["step"] for m in Trainer(cfg, "CK", data=ck_data).training_loop()]
     assert steps == [3, 6, 7]
 
 
@@ -97,7 +161,7 @@ def test_bf16_and_channels_last_reach_the_network_and_resume_exactly(synth_tiny,
                                                  out.dtype)))
     want = [straight.step() for _ in range(4)]
     hook.remove()
-    assert seen == [(True, torch.bfloat16)] * 4
+    assert seen == [(True, torch.bfloat16)] * 8  # two forwards a step: source and target (model.bn: per_domain)
     assert all(p.dtype == torch.float32 for p in straight.model.parameters())  # the weights stay fp32
     assert all(torch.isfinite(t["total"]) for t in want)
 
@@ -107,7 +171,7 @@ def test_bf16_and_channels_last_reach_the_network_and_resume_exactly(synth_tiny,
     resumed.load_state_dict(first.state_dict())
     for w in want[2:]:
         g = resumed.step()
-        assert all(torch.equal(w[k], g[k]) for k in LOSS_TERMS), (w, g)
+        assert w.keys() == g.keys() and all(torch.equal(w[k], g[k]) for k in w), (w, g)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +191,7 @@ def test_evaluation_reads_fixed_subsets_and_the_whole_test_set_every_test_every(
         return predict(samples, indices)
 
     trainer._predict = spy
-    evaluations = list(trainer.evaluations())  # at steps 2, 4 and 5 (the last)
+    evaluations = list(trainer.training_loop())  # at steps 2, 4 and 5 (the last)
     assert [m["step"] for m in evaluations] == [2, 4, 5]
     assert [math.isnan(m["target_acc"]) for m in evaluations] == [True, False, False]
     assert all(math.isfinite(m[k]) for m in evaluations for k in ("im", "snd", "pl_acc", "source_val_acc"))

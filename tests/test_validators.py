@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lacmfer import names
+from lacmfer.config import config_from_dict
+from lacmfer.errors import UserError
 from lacmfer.validators import (
-    LABEL_FREE_OBJECTIVES,
-    OBJECTIVE_METRIC_KEYS,
-    OBJECTIVES,
-    ORACLE_OBJECTIVE,
-    UNSUPERVISED_VALIDATORS,
+    TARGET_VALIDATORS,
     accuracy,
     bnm,
     information_maximization,
@@ -200,28 +199,29 @@ def test_pseudo_label_rejects_shape_mismatch() -> None:
 # ---------------------------------------------------------------- registry
 
 
-def test_objective_registry() -> None:
-    assert set(LABEL_FREE_OBJECTIVES) == {"source_val_acc", "im", "entropy", "bnm", "snd"}
-    assert ORACLE_OBJECTIVE in OBJECTIVES and ORACLE_OBJECTIVE not in LABEL_FREE_OBJECTIVES
-    assert set(OBJECTIVE_METRIC_KEYS) == set(OBJECTIVES)
-    assert OBJECTIVE_METRIC_KEYS[ORACLE_OBJECTIVE] == "target_acc"
+def test_every_objective_is_accepted_by_the_config_and_selects_its_metric() -> None:
+    for objective in names.objectives():
+        assert config_from_dict({"eval": {"objective": objective}}).eval.objective == objective
+    with pytest.raises(UserError, match="unknown objective 'target_acc'"):
+        config_from_dict({"eval": {"objective": "target_acc"}})  # the metric, not an objective
+    oracle = [o for o in names.objectives() if names.is_oracle(o)]
+    assert oracle == [names.ORACLE_OBJECTIVE] and names.objective_metric(oracle[0]) == names.ORACLE_METRIC
+    assert names.ORACLE_OBJECTIVE not in names.non_oracle_objectives()
 
 
-def test_unsupervised_validators_match_their_functions() -> None:
-    probs = torch.softmax(torch.randn(40, C, generator=torch.Generator().manual_seed(2)), dim=1)
-    expected = {
-        "entropy": neg_entropy(probs),
-        "im": information_maximization(probs),
-        "bnm": bnm(probs),
-        "snd": snd(probs),
-    }
-    got = {name: fn(probs) for name, fn in UNSUPERVISED_VALIDATORS.items()}
-    assert got == expected
-    assert all(isinstance(v, float) and math.isfinite(v) for v in got.values())
+def test_registered_validators_compute_what_their_names_say() -> None:
+    # Balanced one-hot predictions, N = 3·C: entropy 0, IM = log C, BNM = sqrt(C/N).
+    probs = F.one_hot(torch.arange(3 * C) % C, C).double()
+    assert list(TARGET_VALIDATORS) == names.TARGET_VALIDATOR_NAMES
+    got = {name: fn(probs) for name, fn in TARGET_VALIDATORS.items()}
+    assert got["entropy"] == pytest.approx(0.0, abs=1e-12)
+    assert got["im"] == pytest.approx(math.log(C))
+    assert got["bnm"] == pytest.approx(math.sqrt(C / (3 * C)))
+    # Each sample has 2 exact duplicates among the others: its neighbour distribution is
+    # (nearly) uniform over those 2, so SND = log 2.
+    assert got["snd"] == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_validators_of_a_diverged_model_are_nan_not_errors():
-    from lacmfer.validators import UNSUPERVISED_VALIDATORS
-
     probs = torch.full((8, 7), float("nan"))
-    assert all(math.isnan(v(probs)) for v in UNSUPERVISED_VALIDATORS.values())
+    assert all(math.isnan(v(probs)) for v in TARGET_VALIDATORS.values())

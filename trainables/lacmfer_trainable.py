@@ -8,7 +8,7 @@ Used by the Tuner builder as
     )
 
 A trial's `config` holds only the sampled search values, keyed by search-space names
-(`lacmfer.config.SEARCHABLE`); everything else comes from `base_config`. At every
+(`lacmfer.hparams.HPARAMS`); everything else comes from `base_config`. At every
 evaluation the trial writes TensorBoard scalars, then reports the trainer's flat metrics
 with a checkpoint of the exact trainer state every `search.checkpoint_every` evaluations
 and at the last one, so a failed trial can be retried and an interrupted experiment
@@ -29,8 +29,9 @@ import ray
 import torch
 from ray import tune
 
-from lacmfer.config import SEARCHABLE, ExperimentConfig, config_from_dict
+from lacmfer.config import ExperimentConfig, config_from_dict
 from lacmfer.device import Placement, out_of_memory_message, scheduled_placement
+from lacmfer.hparams import to_config_values
 from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
 
@@ -47,9 +48,8 @@ def trial_config(base_config: Mapping[str, Any], sampled: Mapping[str, Any]) -> 
     absent). Values are validated by the schema, so an out-of-range sample fails the trial
     with a message naming the key.
     """
-    values = {SEARCHABLE[name]: value for name, value in sampled.items() if name in SEARCHABLE}
     base = config_from_dict(dict(base_config), source="base config")
-    return base.with_values(values, source=f"trial values {dict(sampled)}")
+    return base.with_values(to_config_values(sampled), source=f"trial values {dict(sampled)}")
 
 
 def _with_trial_threads(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -154,7 +154,7 @@ def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
     logger = RunLogger(trial_artifact_dir() / "tb", hyperparameters, BEST_OF, purge_step=purge_step)
     logger.restore_best(best)
     try:
-        for metrics in trainer.evaluations():
+        for metrics in trainer.training_loop():
             # Weights can turn NaN within an interval whose mean loss is still finite; the
             # predictions' entropy is then NaN already, so that ends the trial one
             # evaluation earlier.

@@ -13,14 +13,13 @@ NUM_CLASSES = len(CLASSES)
 
 @dataclass(frozen=True)
 class DomainInfo:
-    """One dataset of the benchmark.
+    """One dataset of the benchmark (docs/METHOD.md §1).
 
     Lab-controlled sets have a single list that is both the unlabeled target stream and
     the test set (the field's convention); in-the-wild sets have separate train/test lists.
     """
 
     name: str
-    kind: str  # "lab" or "wild"
     train_list: str
     test_list: str
     train_counts: tuple[int, ...]  # images per class in the real train list
@@ -31,25 +30,33 @@ class DomainInfo:
         return self.train_list != self.test_list
 
 
-_LAB = "lab"
-_WILD = "wild"
-
 DOMAINS: dict[str, DomainInfo] = {
     d.name: d
     for d in (
-        DomainInfo("CK", _LAB, "CK.txt", "CK.txt",
+        DomainInfo("CK", "CK.txt", "CK.txt",
                    (249, 75, 177, 207, 84, 135, 123), (249, 75, 177, 207, 84, 135, 123)),
-        DomainInfo("JAFFE", _LAB, "JAFFE.txt", "JAFFE.txt",
+        DomainInfo("JAFFE", "JAFFE.txt", "JAFFE.txt",
                    (30, 32, 29, 31, 31, 30, 30), (30, 32, 29, 31, 31, 30, 30)),
-        DomainInfo("Oulu", _LAB, "Oulu.txt", "Oulu.txt",
+        DomainInfo("Oulu", "Oulu.txt", "Oulu.txt",
                    (417, 417, 417, 417, 417, 423, 480), (417, 417, 417, 417, 417, 423, 480)),
-        DomainInfo("RAF", _WILD, "RAF_train.txt", "RAF_test.txt",
+        DomainInfo("RAF", "RAF_train.txt", "RAF_test.txt",
                    (1610, 352, 874, 5934, 2425, 854, 3157), (327, 72, 160, 1177, 469, 160, 666)),
-        DomainInfo("FER2013", _WILD, "FER2013_train.txt", "FER2013_test.txt",
+        DomainInfo("FER2013", "FER2013_train.txt", "FER2013_test.txt",
                    (3171, 4097, 436, 7215, 4830, 3995, 4965), (416, 528, 55, 879, 594, 491, 626)),
         # AffectNet's per-class train counts are approximate in the literature (SPEC §1).
-        DomainInfo("Aff", _WILD, "Aff_train.txt", "Aff_test.txt",
+        DomainInfo("Aff", "Aff_train.txt", "Aff_test.txt",
                    (4500, 4500, 3300, 4500, 4500, 4500, 4504), (497, 498, 497, 500, 500, 499, 497)),
     )
 }
+#: The six built-in domains (SynthFER draws these); `lacmfer.names.domain_names()` is the live list.
 DOMAIN_NAMES: tuple[str, ...] = tuple(DOMAINS)
+
+
+def register_domain(info: DomainInfo) -> DomainInfo:
+    """Add (or replace) a dataset: its lists are then found under `data.root` like the built-in ones."""
+    if not info.name.isidentifier():
+        raise ValueError(f"{info.name!r}: a domain name is an identifier (it names files and folders)")
+    if not len(info.train_counts) == len(info.test_counts) == NUM_CLASSES:
+        raise ValueError(f"{info.name}: train_counts and test_counts need one count per class ({NUM_CLASSES})")
+    DOMAINS[info.name] = info
+    return info

@@ -1,0 +1,70 @@
+"""The searchable hyperparameters: one entry each, its config key and its default range.
+
+DomainBed's habit: a hyperparameter's search distribution sits next to the key that
+holds its default (the default itself is the config schema's, `lacmfer.config`). A
+config's `search.space` starts from the entries marked `searched` and only overrides or
+narrows them (docs/METHOD.md §5). Keys may be nested to any depth (`data.augment.rotation`).
+No torch here: the search imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lacmfer.names import CLUSTER_RAMPS
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One searchable hyperparameter.
+
+    `key` is the dotted config key it sets; `distribution` is a `search.space` entry
+    (`distribution`, `low`/`high` or `choices`, optional `only_if`); `searched` puts it
+    in the default space, otherwise a config adds it with `search.space.<name>: {}`.
+    """
+
+    key: str
+    distribution: Mapping[str, Any] = field(default_factory=dict)
+    searched: bool = True
+
+
+#: Search-space name → entry, in the order the default space is sampled and shown.
+HPARAMS: dict[str, HParam] = {}
+
+
+def register_hparam(name: str, key: str, searched: bool = True, **distribution: Any) -> HParam:
+    """Add (or replace) the searchable parameter `name`, which sets config key `key`."""
+    if not name.isidentifier():
+        raise ValueError(f"{name!r}: a search parameter name is an identifier")
+    if "distribution" not in distribution:
+        raise ValueError(f"{name}: give its default distribution (loguniform, uniform, int, choice, constant)")
+    HPARAMS[name] = HParam(key, dict(distribution), searched)
+    return HPARAMS[name]
+
+
+# The loss weights log-uniform over ×¼..×4 of the paper defaults, the thresholds and the
+# clustering schedule over their meaningful ranges (docs/METHOD.md §5).
+register_hparam("hyper_align", "loss.hyper_align", distribution="loguniform", low=0.1, high=1.6)
+register_hparam("hyper_inter", "loss.hyper_inter", distribution="loguniform", low=0.005, high=0.08)
+register_hparam("hyper_intra", "loss.hyper_intra", distribution="loguniform", low=0.125, high=2.0)
+register_hparam("hyper_tgt", "loss.hyper_tgt", distribution="loguniform", low=0.025, high=0.4)
+register_hparam("threshold", "loss.threshold", distribution="uniform", low=0.2, high=0.8)
+register_hparam("ps_threshold", "loss.ps_threshold", distribution="uniform", low=0.7, high=0.99)
+register_hparam("cluster_start", "schedule.cluster_start", distribution="uniform", low=0.0, high=0.5)
+register_hparam("cluster_ramp", "schedule.cluster_ramp", distribution="choice", choices=list(CLUSTER_RAMPS))
+register_hparam("cluster_gamma", "schedule.cluster_gamma", distribution="loguniform", low=2.0, high=20.0,
+                only_if={"cluster_ramp": "sigmoid"})
+# Searchable but not searched by default (docs/METHOD.md §5): a config adds them with `{}`.
+register_hparam("lr", "schedule.lr", searched=False, distribution="loguniform", low=0.001, high=0.3)
+register_hparam("label_smoothing", "loss.label_smoothing", searched=False, distribution="uniform", low=0.0, high=0.2)
+
+
+def to_config_values(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampled values keyed by search name → values keyed by dotted config key.
+
+    The one mapping from a search sample to config overrides (trial configs, exported
+    best configs). Keys that are not search parameters are ignored (Tune adds its own).
+    """
+    return {HPARAMS[name].key: value for name, value in sample.items() if name in HPARAMS}

@@ -1,0 +1,171 @@
+"""Adaptation methods: each turns one step's network outputs into named loss terms.
+
+DomainBed's shape: a method is a small class chosen by `loss.adaptation`. The Trainer
+draws the batches, runs the network (`uses_target` says whether the target batch is
+needed at all), and steps the optimiser; the method returns a `StepLosses`: the total to
+minimise, its unweighted terms by name (logged as `loss_<name>`, averaged per evaluation
+interval and saved by name in checkpoints) and batch metrics that are not optimised.
+
+One name runs from switch to term to function (docs/METHOD.md §3):
+
+| term (`loss_<name>`) | switch `loss.<name>` | weight        | function in lacmfer.losses      |
+|----------------------|----------------------|---------------|---------------------------------|
+| sup                  | (always on)          | 1             | cross-entropy (torch)           |
+| sample_level         | sample_level         | hyper_align   | sample_level_alignment          |
+| cluster_level        | cluster_level        | hyper_align·λ | cluster_level_alignment         |
+| mmd (baseline)       | (adaptation)         | hyper_align   | multi_kernel_mmd                |
+| mcc                  | mcc                  | hyper_intra   | cross_view_mcc                  |
+| pseudo_label         | pseudo_label         | hyper_tgt     | multiview_pseudo_label_loss     |
+
+λ = hyper_inter · r(t), r the clustering schedule (`lacmfer.schedules.clustering_schedule`).
+Methods add a new one with `@register_method("name")`; nothing else needs to know it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from lacmfer import losses
+from lacmfer.config import ExperimentConfig
+from lacmfer.model import LACMFEROutput
+from lacmfer.names import METHOD_NAMES, add_name
+from lacmfer.schedules import clustering_schedule
+
+
+@dataclass
+class StepLosses:
+    """What a method computes for one step; every tensor is a scalar on the device."""
+
+    total: Tensor
+    terms: dict[str, Tensor]
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: the supervised loss on the source batch, and the clustering weight.
+
+    `losses()` must return the same term and metric names at every step (the Trainer
+    averages them over an evaluation interval).
+    """
+
+    #: False: the Trainer draws and forwards no target batch (source-only training).
+    uses_target: ClassVar[bool] = True
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    def cluster_weight(self, step: int) -> float:
+        """λ_cid(t) = hyper_inter · r(t), r the clustering schedule (docs/METHOD.md §3.5, §5)."""
+        s = self.cfg.schedule
+        r = clustering_schedule(step, s.steps, s.cluster_start, s.cluster_ramp, s.cluster_gamma)
+        return self.cfg.loss.hyper_inter * r
+
+    def supervised(self, source: LACMFEROutput, labels: Tensor) -> Tensor:
+        """L_sup: label-smoothed cross-entropy of both views on the source batch (§3.1)."""
+        eps = self.cfg.loss.label_smoothing
+        return (F.cross_entropy(source.logits_g, labels, label_smoothing=eps)
+                + F.cross_entropy(source.logits_l, labels, label_smoothing=eps))
+
+    def losses(self, source: LACMFEROutput, labels: Tensor, target: LACMFEROutput | None, step: int) -> StepLosses:
+        raise NotImplementedError
+
+
+#: `loss.adaptation` name → method class.
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method selectable as `loss.adaptation: <name>`."""
+
+    def register(cls: type[Method]) -> type[Method]:
+        add_name(METHOD_NAMES, name)
+        METHODS[name] = cls
+        return cls
+
+    return register
+
+
+def build_method(cfg: ExperimentConfig) -> Method:
+    return METHODS[cfg.loss.adaptation](cfg)
+
+
+@register_method("source_only")
+class SourceOnly(Method):
+    """The baseline without adaptation: L = L_sup, on source images only."""
+
+    uses_target = False
+
+    def losses(self, source: LACMFEROutput, labels: Tensor, target: LACMFEROutput | None, step: int) -> StepLosses:
+        sup = self.supervised(source, labels)
+        return StepLosses(sup, {"sup": sup})
+
+
+@register_method("lacmfer")
+class LACMFER(Method):
+    """L = L_sup + hyper_align·L_inter + hyper_intra·L_mcc + hyper_tgt·L_mvv (§3.8).
+
+    Each term has its switch (`loss.sample_level`, `cluster_level`, `mcc`,
+    `pseudo_label`); a switched-off term is neither computed nor logged.
+    """
+
+    def inter_domain(self, source: LACMFEROutput, labels: Tensor, target: LACMFEROutput, step: int
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_inter = Σ_v (L_sid^v + λ_cid·L_cid^v) over the global and local views (§3.3–§3.5)."""
+        lc = self.cfg.loss
+        kernel = {"kernel_num": lc.kernel_num, "kernel_mul": lc.kernel_mul}
+        lambda_cid = self.cluster_weight(step)
+        use_cid = lc.cluster_level and lambda_cid > 0  # λ = 0: skip the costly term
+        sid = cid = source.logits_g.new_zeros(())
+        views = ((source.feat_g, target.feat_g, source.logits_g, target.logits_g),
+                 (source.feat_l, target.feat_l, source.logits_l, target.logits_l))
+        for f_s, f_t, z_s, z_t in views:
+            if lc.sample_level and use_cid:  # both terms from one distance matrix
+                view_sid, view_cid = losses.inter_domain_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold, **kernel)
+                sid, cid = sid + view_sid, cid + view_cid
+            elif lc.sample_level:
+                sid = sid + losses.sample_level_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold, **kernel)
+            elif use_cid:
+                cid = cid + losses.cluster_level_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold, **kernel)
+        terms = {}
+        if lc.sample_level:
+            terms["sample_level"] = sid
+        if lc.cluster_level:
+            terms["cluster_level"] = cid
+        return sid + lambda_cid * cid, terms
+
+    def losses(self, source: LACMFEROutput, labels: Tensor, target: LACMFEROutput | None, step: int) -> StepLosses:
+        assert target is not None, "LA-CMFER needs the target batch"
+        lc = self.cfg.loss
+        sup = self.supervised(source, labels)
+        inter, terms = self.inter_domain(source, labels, target, step)
+        terms = {"sup": sup, **terms}
+        total = sup + lc.hyper_align * inter
+        metrics = {}
+        if lc.mcc:
+            z_g, z_l = target.logits_g, target.logits_l
+            views = (z_g, z_l) if lc.mcc_input == "logits" else (z_g.softmax(1), z_l.softmax(1))
+            terms["mcc"] = losses.cross_view_mcc(*views)
+            total = total + lc.hyper_intra * terms["mcc"]
+        if lc.pseudo_label:
+            terms["pseudo_label"], kept = losses.multiview_pseudo_label_loss(
+                target.logits_g, target.logits_l, lc.ps_threshold)
+            metrics["pl_train_coverage"] = kept.float().mean()  # of the training batch
+            total = total + lc.hyper_tgt * terms["pseudo_label"]
+        return StepLosses(total, terms, metrics)
+
+
+@register_method("mmd_baseline")
+class MMDBaseline(LACMFER):
+    """The "baseline" ablation: L_inter is the plain multi-kernel MMD of each view (§3.8)."""
+
+    def inter_domain(self, source: LACMFEROutput, labels: Tensor, target: LACMFEROutput, step: int
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        lc = self.cfg.loss
+        mmd = sum(losses.multi_kernel_mmd(s, t, kernel_num=lc.kernel_num, kernel_mul=lc.kernel_mul)
+                  for s, t in ((source.feat_g, target.feat_g), (source.feat_l, target.feat_l)))
+        return mmd, {"mmd": mmd}

@@ -1,0 +1,65 @@
+"""The names every part of the project agrees on, in one place (no torch here).
+
+The config schema, the search, the exports, TensorBoard and the command lines draw
+their lists from this module, so a name is spelled once. The lists that users extend
+(adaptation methods, target validators) are registries: `register_method` and
+`register_validator` (in `lacmfer.methods` and `lacmfer.validators`) add to them at run
+time, and config validation reads them when it runs, not when it is imported.
+Domains are the keys of the dataset table `lacmfer.data.domains.DOMAINS`.
+"""
+
+from __future__ import annotations
+
+from lacmfer.data.domains import DOMAINS
+
+#: Shapes of the clustering schedule r(t) (docs/METHOD.md §5).
+CLUSTER_RAMPS: tuple[str, ...] = ("sigmoid", "linear", "step")
+
+#: Adaptation methods, by `loss.adaptation` name; `lacmfer.methods.METHODS` holds their classes.
+METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline"]
+
+#: Label-free validators computed on the target stream's predictions (docs/METHOD.md §6);
+#: `lacmfer.validators.TARGET_VALIDATORS` holds their functions. Each is also an objective
+#: and a metric key of the same name.
+TARGET_VALIDATOR_NAMES: list[str] = ["entropy", "im", "bnm", "snd"]
+
+#: Accuracy on the held-out part of each source: needs source labels only.
+SOURCE_VALIDATOR = "source_val_acc"
+#: Target test accuracy: needs target labels, so selecting on it is oracle selection.
+ORACLE_METRIC = "target_acc"
+#: The objective that selects on `ORACLE_METRIC`: allowed, marked ORACLE in every export.
+ORACLE_OBJECTIVE = "oracle_target_acc"
+#: The metric key that holds the configured objective's value in every report.
+OBJECTIVE_KEY = "objective"
+
+
+def domain_names() -> tuple[str, ...]:
+    """Every known domain (dataset), in table order."""
+    return tuple(DOMAINS)
+
+
+def non_oracle_objectives() -> tuple[str, ...]:
+    """Objectives that never read target labels: the source hold-out and the target validators."""
+    return (SOURCE_VALIDATOR, *TARGET_VALIDATOR_NAMES)
+
+
+def objectives() -> tuple[str, ...]:
+    """Every `eval.objective` name, the oracle last."""
+    return (*non_oracle_objectives(), ORACLE_OBJECTIVE)
+
+
+def is_oracle(objective: str) -> bool:
+    return objective == ORACLE_OBJECTIVE
+
+
+def objective_metric(objective: str) -> str:
+    """The metric key whose value an objective selects on."""
+    return ORACLE_METRIC if is_oracle(objective) else objective
+
+
+def add_name(registry: list[str], name: str) -> None:
+    """Append `name` to a registry list once (registering twice is harmless)."""
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"{name!r}: a registered name is letters, digits and underscores")
+    if name not in registry:
+        registry.append(name)
