@@ -85,19 +85,23 @@ def experiment_lock(exp_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def prepare_experiment(cfg: ExperimentConfig, resume: bool) -> None:
-    """Write the resolved config, refusing to mix a new search into an old folder.
-
-    On resume the config is written again: it may have gained targets or trials
-    (`tune.py --resume --targets ... --num-samples ...`), and the export reads it.
-    """
+def refuse_mixing(cfg: ExperimentConfig, resume: bool) -> None:
+    """Refuse to start a new search in a folder that already holds one."""
     exp_dir = experiment_location(cfg)
-    saved = exp_dir / "config.yaml"
-    if saved.exists() and not resume:
+    if (exp_dir / "config.yaml").exists() and not resume:
         raise UserError(
             f"{exp_dir} already holds an experiment: continue it with --resume --name {cfg.output.name}, "
             "or start another with --name NEW"
         )
+
+
+def save_resolved_config(cfg: ExperimentConfig) -> None:
+    """Write the resolved config the search runs with.
+
+    On resume it is written again: it may have gained targets or trials
+    (`tune.py --resume --targets ... --num-samples ...`), and the export reads it.
+    """
+    saved = experiment_location(cfg) / "config.yaml"
     saved.write_text(config_text(cfg, header="resolved config of this search (python tune.py)"))
 
 
@@ -164,17 +168,21 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
     """
     # The lock is a local file: beside local results, in the driver's own folder otherwise.
     with ray_environment(), experiment_lock(local_state_dir(cfg)):
-        prepare_experiment(cfg, resume)
+        refuse_mixing(cfg, resume)
         connect(address, cfg.cluster.runtime_env)
+        # Every check before the config is written: a node that cannot train or a trial
+        # that fits nowhere leaves no experiment behind that the same command would refuse.
         preflight(cfg)
+        slots = concurrent_slots(cfg)
+        save_resolved_config(cfg)
         try:
-            return _run_splits(cfg, resume, callbacks)
+            return _run_splits(cfg, resume, slots, callbacks)
         finally:
             upload_study_copy(cfg)
 
 
-def _run_splits(cfg: ExperimentConfig, resume: bool, callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
-    slots = concurrent_slots(cfg)
+def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
+                callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
     max_concurrent = min(cfg.search.max_concurrent or default_max_concurrent(cfg.search.num_samples, slots),
                          cfg.search.num_samples)
     print(

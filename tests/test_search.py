@@ -212,6 +212,8 @@ def test_gpu_trials_without_gpus_fail_clearly(synth_tiny, tmp_path, local_ray):
     cfg = search_config(synth_tiny, tmp_path, "nogpu", resources={"cpu": 1, "gpu": 0.25})
     with pytest.raises(UserError, match="resources.gpu: each trial asks for 0.25 GPU but the Ray cluster has no GPU"):
         run_search(cfg)
+    # Refused before anything was written: the same command, fixed, is not told to --resume.
+    assert not (cfg.experiment_dir / "config.yaml").exists()
 
 
 def test_two_node_cluster_shares_storage(synth_tiny, tmp_path):
