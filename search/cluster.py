@@ -1,11 +1,8 @@
 """Getting a Ray to search on: connecting, the local Ray's door, and a per-node preflight.
 
-`connect` joins a cluster (`--address` or `RAY_ADDRESS`) exactly as the user's environment
-says (a token cluster needs `RAY_AUTH_MODE=token` and its token there, as for any Ray
-client), or starts a local Ray that only this process and its children can use: Ray 2.60's
-GCS server and raylet listen on every interface whatever node IP is given, so the local
-Ray is closed with a fresh random token instead, held in this process's environment
-(inherited by the Ray processes it starts) and never written to disk.
+`connect` joins a cluster (`--address` or `RAY_ADDRESS`) or starts a local Ray that only
+this process and its children can use (a fresh token; see `trainables.ray_session`), with
+the config's runtime environment.
 
 `preflight` runs one small Ray task on every alive node before the first trial, so a node
 without the code, the data or a writable cache fails the search up front, named, instead
@@ -18,7 +15,6 @@ import contextlib
 import importlib
 import math
 import os
-import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lacmfer.config import ExperimentConfig
 from lacmfer.errors import UserError
+from trainables.ray_session import connect_ray
 
 # Ray reads these when a Tuner runs; they are set only around a search (run_search), so
 # importing this module changes nothing for other Ray users.
@@ -37,9 +34,6 @@ RAY_ENVIRONMENT = {
     # Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
-
-#: Where Ray 2.60 looks for a token, in this order (the C++ token loader).
-TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 #: What a trial imports: a node that cannot import these cannot run a trial.
 TRIAL_MODULES = ("lacmfer.trainer", "trainables.lacmfer_trainable")
@@ -67,36 +61,10 @@ def connect(address: str | None, runtime_env: dict[str, Any] | None = None) -> N
     """
     if ray.is_initialized():  # e.g. a test that declared logical GPUs itself
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     options: dict[str, Any] = {"logging_level": "WARNING"}
     if runtime_env:
         options["runtime_env"] = _checked_runtime_env(runtime_env)
-    if address and address != "local":  # Ray's own word for "start a new local Ray"
-        try:
-            ray.init(address=address, **options)
-        except ConnectionError as err:
-            raise UserError(
-                f"--address {address}: cannot join the Ray cluster ({err}); for a cluster with token "
-                "authentication set RAY_AUTH_MODE=token and give its token (RAY_AUTH_TOKEN, "
-                "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
-            ) from None
-        return
-    _close_local_ray()
-    # "local": never join a cluster recorded by an earlier `ray start` on this machine.
-    ray.init(address="local", include_dashboard=False, **options)
-
-
-def _close_local_ray() -> None:
-    """Give the local Ray a fresh token, unless the user chose the auth mode or the token.
-
-    With RAY_AUTH_MODE unset, `ray.init` of a new local Ray turns token authentication on
-    and loads the token from the sources in TOKEN_SOURCES first, so setting
-    RAY_AUTH_TOKEN suffices (and Ray then writes no ~/.ray/auth_token).
-    RAY_AUTH_MODE=disabled set by the user is respected: an open local Ray, their choice.
-    """
-    if "RAY_AUTH_MODE" in os.environ or any(os.environ.get(k) for k in TOKEN_SOURCES):
-        return
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    connect_ray(address, **options)
 
 
 def _checked_runtime_env(runtime_env: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def local_ray():
     started = []
 
     def start(**kwargs):
-        ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024**2, **kwargs)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, object_store_memory=128 * 1024**2, **kwargs)
         started.append(True)
 
     yield start
