@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from lacmfer.config import ExperimentConfig, load_config
+from lacmfer.config import ExperimentConfig, config_from_dict, load_config, parse_yaml
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.names import domain_names, is_oracle
+from search.storage import experiment_location, location
 
 if TYPE_CHECKING:
     from search.export import ExportSummary
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", nargs="+", choices=domain_names(), help="target splits (default: data.targets)")
     p.add_argument("--num-samples", type=int, help="trials per split (search.num_samples)")
     p.add_argument("--name", help="experiment name (output.name)")
-    p.add_argument("--results", type=Path, help="results folder (output.results_dir)")
+    p.add_argument("--results", help="results folder or URI, e.g. s3://bucket/prefix (output.results_dir)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--cpus-per-trial", type=float, help="resources.cpu")
     p.add_argument("--gpus-per-trial", type=float, help="resources.gpu (fractions pack trials on one GPU)")
@@ -53,7 +54,7 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
         "data.targets": args.targets,
         "search.num_samples": args.num_samples,
         "output.name": args.name,
-        "output.results_dir": str(args.results) if args.results else None,
+        "output.results_dir": args.results,
         "resources.cpu": args.cpus_per_trial,
         "resources.gpu": args.gpus_per_trial,
     }
@@ -69,14 +70,13 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
         raise UserError("--set/--cpus-per-trial/--gpus-per-trial: an existing experiment keeps its saved config; "
                         "start another with --name NEW to change it")
     if args.name and args.results:
-        exp_dir = args.results / args.name
+        exp_dir = location(args.results) / args.name
     else:
-        base = load_config(args.config, cli_overrides(args))
-        exp_dir = base.experiment_dir
-    path = exp_dir.absolute() / "config.yaml"
+        exp_dir = experiment_location(load_config(args.config, cli_overrides(args)))
+    path = exp_dir / "config.yaml"
     if not path.exists():
         raise UserError(f"{path}: no experiment here (check --name and --results)")
-    cfg = load_config(path)
+    cfg = config_from_dict(parse_yaml(path.read_text(), str(path)), source=str(path))
     if not args.resume:
         return cfg
     # A resumed search may widen its splits or its trial budget, nothing else; the driver
@@ -104,13 +104,13 @@ def dry_run(cfg: ExperimentConfig) -> None:
         print(f"  {line}")
     oracle = "   (ORACLE: selects on target test labels)" if is_oracle(cfg.eval.objective) else ""
     print(f"objective: {cfg.eval.objective} (maximised){oracle}")
-    print(f"results: {cfg.experiment_dir}")
+    print(f"results: {experiment_location(cfg)}")
 
 
 def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSummary:
     from search.export import export_experiment
 
-    summary = export_experiment(cfg.experiment_dir, finished=finished or [])
+    summary = export_experiment(str(experiment_location(cfg)), finished=finished or [])
     print(summary)
     return summary
 
@@ -153,13 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.
     no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
-    print(f"\nresults:     {cfg.experiment_dir}")
-    print(f"tensorboard: tensorboard --logdir {cfg.experiment_dir}")
-    print(f"final:       python -m lacmfer.train --experiment {cfg.experiment_dir} --seeds 0 1 2 --baseline source_only")
+    exp = experiment_location(cfg)
+    print(f"\nresults:     {exp}")
+    print(f"tensorboard: tensorboard --logdir {exp}")
+    print(f"final:       python -m lacmfer.train --experiment {exp} --seeds 0 1 2 --baseline source_only"
+          + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "
-              f"see {summary.summary} and each trial's error.txt under {cfg.experiment_dir / split.target}",
+              f"see {summary.summary} and each trial's error.txt under {exp / split.target}",
               file=sys.stderr)
     if unfinished or not_started:
         print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "

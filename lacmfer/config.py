@@ -11,6 +11,7 @@ anywhere (Ray changes the working directory of trials).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,6 +40,11 @@ MethodName = Annotated[str, _one_of(lambda: names.METHOD_NAMES, "adaptation meth
 Objective = Annotated[str, _one_of(names.objectives, "objective")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
+
+
+def is_uri(text: str) -> bool:
+    """True for `scheme://...` (object storage such as s3://bucket/x), False for a local path."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
 
 
 class _Section(BaseModel):
@@ -252,6 +258,10 @@ class SearchConfig(_Section):
     start_from_defaults: bool = True
     scope: Literal["best", "last"] = Field("best", description="a trial's value: its best or its last evaluation")
     max_failures: Annotated[int, Field(ge=0)] = 1
+    # Optuna's storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file path
+    # (for several machines on one shared filesystem). Default: SQLite optuna.db in the
+    # experiment folder (object-storage results: on the driver's disk, copied beside them).
+    storage: str | None = None
     # A trial checkpoints every this many evaluations and at its last one (resume after a
     # failure or an interruption restarts from there; ASHA itself needs no checkpoint).
     checkpoint_every: Annotated[int, Field(ge=1)] = 10
@@ -317,9 +327,24 @@ class ResourcesConfig(_Section):
         return gpu
 
 
+class ClusterConfig(_Section):
+    """How the search runs on a Ray cluster (the search reads it; training ignores it)."""
+
+    # Ray's runtime environment for the job, e.g. {"working_dir": ".", "pip": ["lacmfer"]}:
+    # Ray ships it to every node, so worker nodes need no checkout at the same path.
+    runtime_env: dict[str, Any] | None = None
+
+
 class OutputConfig(_Section):
-    results_dir: Path = Path("results")
+    # A local folder, or a URI that pyarrow's filesystems open (s3://bucket/prefix, gs://...).
+    results_dir: Path | str = Path("results")
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "default"
+
+    @field_validator("results_dir", mode="before")
+    @classmethod
+    def _path_unless_uri(cls, value: Any) -> Path | str:
+        text = str(value)
+        return text.rstrip("/") if is_uri(text) else Path(text)
 
 
 class ExperimentConfig(_Section):
@@ -331,6 +356,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -359,6 +385,11 @@ class ExperimentConfig(_Section):
 
     @property
     def experiment_dir(self) -> Path:
+        """The local experiment folder; a UserError when the results are in object storage
+        (the search reaches those through search/storage.py)."""
+        if isinstance(self.output.results_dir, str):
+            raise UserError(f"output.results_dir: {self.output.results_dir} is object storage; this command needs "
+                            "a local folder (e.g. --set output.results_dir=results)")
         return self.output.results_dir / self.output.name
 
     def searchable_values(self) -> dict[str, Any]:
@@ -409,7 +440,11 @@ def _resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
         lists.root = absolute(lists.root)
     if isinstance(cfg.model.pretrained, Path):
         cfg.model.pretrained = absolute(cfg.model.pretrained)
-    cfg.output.results_dir = absolute(cfg.output.results_dir)
+    if isinstance(cfg.output.results_dir, Path):
+        cfg.output.results_dir = absolute(cfg.output.results_dir)
+    storage = cfg.search.storage
+    if storage is not None and not is_uri(storage):  # a journal file
+        cfg.search.storage = str(absolute(Path(storage)))
     return cfg
 
 
@@ -455,17 +490,22 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: config file not found") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read config file ({err.strerror})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """Parse a YAML mapping read from `source` (a file or a URI, named in errors)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise UserError(f"{where}: invalid YAML: {problem}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+        raise UserError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     return raw
 
 
@@ -482,12 +522,17 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Experim
     return config_from_dict(raw, source=source)
 
 
-def save_config(cfg: ExperimentConfig, path: Path, header: str | None = None) -> None:
-    """Write a complete, runnable config (atomically: a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def config_text(cfg: ExperimentConfig, header: str | None = None) -> str:
+    """The YAML of a complete, runnable config, with `header` as a leading comment."""
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+    return text
+
+
+def save_config(cfg: ExperimentConfig, path: Path, header: str | None = None) -> None:
+    """Write a complete, runnable config (atomically: a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(config_text(cfg, header), encoding="utf-8")
     tmp.replace(path)

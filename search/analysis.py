@@ -29,6 +29,7 @@ import optuna
 from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
+from search.storage import Location, location
 
 STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
 #: Statuses whose trials may be exported as the best config of a split.
@@ -136,7 +137,7 @@ def _numeric(report: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def read_result_json(path: Path) -> list[dict[str, float]]:
+def read_result_json(path: Path | Location) -> list[dict[str, float]]:
     """Every report of a trial from Tune's `result.json` (one JSON object per line).
 
     A truncated last line (the driver was killed while writing) is ignored; a broken
@@ -164,7 +165,7 @@ def read_result_json(path: Path) -> list[dict[str, float]]:
     return reports
 
 
-def _error_line(trial_dir: Path) -> str:
+def _error_line(trial_dir: Path | Location) -> str:
     """The last non-empty line of Tune's `error.txt` (the exception), or a fallback."""
     error_file = trial_dir / "error.txt"
     if error_file.exists():
@@ -175,7 +176,7 @@ def _error_line(trial_dir: Path) -> str:
     return "the trial raised an error (no error.txt found)"
 
 
-def read_trial_dir(trial_dir: Path, trial_id: str, target: str, tune_status: str,
+def read_trial_dir(trial_dir: Path | Location, trial_id: str, target: str, tune_status: str,
                    config: dict[str, Any]) -> TrialRecord:
     """One TrialRecord from a trial folder, its Tune status and its config (the sampled values).
 
@@ -189,7 +190,7 @@ def read_trial_dir(trial_dir: Path, trial_id: str, target: str, tune_status: str
                        error=_error_line(trial_dir) if status == "failed" else None)
 
 
-def read_tune_experiment(path: Path, target: str) -> list[TrialRecord]:
+def read_tune_experiment(path: Path | str | Location, target: str) -> list[TrialRecord]:
     """Every trial of one split's Tune experiment folder (Tuner storage), in trial-id order.
 
     Statuses come from Ray's own reader, `ray.tune.ExperimentAnalysis`: it needs no
@@ -200,38 +201,40 @@ def read_tune_experiment(path: Path, target: str) -> list[TrialRecord]:
     columns at the first report and pandas is not needed for a list of dicts.
 
     Trials that never reported and did not fail (still PENDING when the driver stopped)
-    are left out: they were never run.
+    are left out: they were never run. `path` may be in object storage (see search/storage.py).
     """
-    path = Path(path)
+    path = path if isinstance(path, Location) else location(path)
     if not path.is_dir():
         raise UserError(f"{path}: no Tune experiment folder for split {target}")
     from ray.tune import ExperimentAnalysis  # Ray only where Tune's state is read
 
     try:
-        analysis = ExperimentAnalysis(str(path))
+        analysis = ExperimentAnalysis(path.path, storage_filesystem=None if path.is_local else path.fs)
     except ValueError:
         raise UserError(f"{path}: no Tune experiment state (experiment_state-*.json) in this folder") from None
     records = []
     for trial in analysis.trials:
-        record = read_trial_dir(Path(trial.path), trial.trial_id, target, trial.status, dict(trial.config))
+        # trial.path: the trial's folder inside the experiment's filesystem
+        trial_dir = Path(trial.path) if path.is_local else path / trial.path[len(path.path):].strip("/")
+        record = read_trial_dir(trial_dir, trial.trial_id, target, trial.status, dict(trial.config))
         if record.history or record.status == "failed":
             records.append(record)
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def round_dir(exp_dir: Path, target: str, round_index: int) -> Path:
+def round_dir(exp_dir: Path | Location, target: str, round_index: int) -> Path | Location:
     """The Tune experiment folder of one round of a split's search.
 
     Round 1 is the split's folder `<exp>/<target>`; a resumed search given a larger
     `num_samples` runs its extra trials as round k ≥ 2 in `<exp>/<target>/round-<k>`
     (same Optuna study, a Tune experiment of its own), so every trial of a split stays
-    under its folder.
+    under its folder. A Location (results in object storage) gives Locations.
     """
-    split_dir = Path(exp_dir) / target
+    split_dir = (exp_dir if isinstance(exp_dir, Location) else Path(exp_dir)) / target
     return split_dir if round_index == 1 else split_dir / f"round-{round_index}"
 
 
-def round_dirs(exp_dir: Path, target: str) -> list[Path]:
+def round_dirs(exp_dir: Path | Location, target: str) -> list[Path | Location]:
     """The Tune experiment folders of a split that exist, in round order."""
     found, index = [], 1
     while round_dir(exp_dir, target, index).is_dir():
@@ -240,11 +243,11 @@ def round_dirs(exp_dir: Path, target: str) -> list[Path]:
     return found
 
 
-def read_split(exp_dir: Path, target: str) -> list[TrialRecord]:
+def read_split(exp_dir: Path | Location, target: str) -> list[TrialRecord]:
     """Every trial of every round of one split (see `round_dir`), round by round."""
     dirs = round_dirs(exp_dir, target)
     if not dirs:
-        raise UserError(f"{Path(exp_dir) / target}: no Tune experiment folder for split {target}")
+        raise UserError(f"{round_dir(exp_dir, target, 1)}: no Tune experiment folder for split {target}")
     return [record for path in dirs for record in read_tune_experiment(path, target)]
 
 

@@ -1,9 +1,10 @@
 """The per-split driver: one Tuner and one Optuna study per target, in turn.
 
 Holds the experiment's lock (one driver per experiment), connects to Ray (local by
-default, a cluster with an address), checks that a trial can be scheduled at all, runs
-or resumes each split (a resume may add trials, as a new round), and checks that every
-split finished (Ctrl-C makes `Tuner.fit()` return normally with a partial result).
+default, a cluster with an address; `search.cluster`), checks every node (preflight) and
+that a trial can be scheduled at all, runs or resumes each split (a resume may add trials,
+as a new round), and checks that every split finished (Ctrl-C makes `Tuner.fit()` return
+normally with a partial result).
 """
 
 from __future__ import annotations
@@ -17,43 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import ray
 from ray import tune
 from ray.tune import ExperimentAnalysis
 
-from lacmfer.config import ExperimentConfig, save_config
+from lacmfer.config import ExperimentConfig, config_text
 from lacmfer.errors import UserError
 from search.analysis import round_dirs
+from search.cluster import concurrent_slots, connect, preflight, ray_environment
+from search.storage import Location, experiment_location, local_state_dir, optuna_storage, upload_study_copy
 from search.tuner import (
     TUNE_TRIAL_ID,
     build_tuner,
     evaluations_per_trial,
-    optuna_storage_url,
     restore_tuner,
     study_name,
 )
-
-# Ray reads these when it starts and when a Tuner runs; they are set only around a search
-# (run_search), so importing this module changes nothing for other Ray users.
-RAY_ENVIRONMENT = {
-    "RAY_AUTH_MODE": "disabled",  # a local search needs no token (and Ray warns without it)
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # see search.tuner.run_config
-    # Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}
-
-
-@contextlib.contextmanager
-def ray_environment() -> Iterator[None]:
-    """Set RAY_ENVIRONMENT (where the user has not) for the duration of a search."""
-    added = {k: v for k, v in RAY_ENVIRONMENT.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
 
 @dataclass(frozen=True)
 class SplitOutcome:
@@ -62,45 +41,6 @@ class SplitOutcome:
     trials: int
     terminated: int
     errors: int
-
-
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local one."""
-    if ray.is_initialized():  # e.g. a test that declared logical GPUs itself
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        ray.init(include_dashboard=False, logging_level="WARNING")
-
-
-def concurrent_slots(cfg: ExperimentConfig) -> int:
-    """How many trials fit at once; a trial that can never be placed is a clear error.
-
-    Ray would otherwise keep such a trial PENDING forever (e.g. a GPU asked of a
-    cluster that declares none).
-    """
-    cpu, gpu = cfg.resources.cpu, cfg.resources.gpu
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
-    if gpu > 0 and total_gpu == 0:
-        raise UserError(
-            f"resources.gpu: each trial asks for {gpu} GPU but the Ray cluster has no GPU "
-            "(set resources.gpu: 0 or --gpus-per-trial 0 to train on CPUs)"
-        )
-    per_node = [
-        min(math.floor(n.get("CPU", 0.0) / cpu + 1e-9), math.floor(n.get("GPU", 0.0) / gpu + 1e-9) if gpu else 10**9)
-        for n in nodes
-    ]
-    slots = sum(per_node)
-    if slots == 0:
-        biggest = max(nodes, key=lambda n: n.get("CPU", 0.0), default={})
-        raise UserError(
-            f"resources: a trial needs cpu {cpu}, gpu {gpu} but no Ray node has that much "
-            f"(largest node: cpu {biggest.get('CPU', 0)}, gpu {biggest.get('GPU', 0)})"
-        )
-    return slots
 
 
 def default_max_concurrent(num_samples: int, slots: int) -> int:
@@ -145,20 +85,24 @@ def experiment_lock(exp_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def prepare_experiment(cfg: ExperimentConfig, resume: bool) -> None:
-    """Write the resolved config, refusing to mix a new search into an old folder.
-
-    On resume the config is written again: it may have gained targets or trials
-    (`tune.py --resume --targets ... --num-samples ...`), and the export reads it.
-    """
-    exp_dir = cfg.experiment_dir
-    saved = exp_dir / "config.yaml"
-    if saved.exists() and not resume:
+def refuse_mixing(cfg: ExperimentConfig, resume: bool) -> None:
+    """Refuse to start a new search in a folder that already holds one."""
+    exp_dir = experiment_location(cfg)
+    if (exp_dir / "config.yaml").exists() and not resume:
         raise UserError(
             f"{exp_dir} already holds an experiment: continue it with --resume --name {cfg.output.name}, "
             "or start another with --name NEW"
         )
-    save_config(cfg, saved, header="resolved config of this search (python tune.py)")
+
+
+def save_resolved_config(cfg: ExperimentConfig) -> None:
+    """Write the resolved config the search runs with.
+
+    On resume it is written again: it may have gained targets or trials
+    (`tune.py --resume --targets ... --num-samples ...`), and the export reads it.
+    """
+    saved = experiment_location(cfg) / "config.yaml"
+    saved.write_text(config_text(cfg, header="resolved config of this search (python tune.py)"))
 
 
 def close_orphaned_trials(study: optuna.Study, continuing: set[str]) -> int:
@@ -178,9 +122,9 @@ def close_orphaned_trials(study: optuna.Study, continuing: set[str]) -> int:
     return len(orphans)
 
 
-def _close_orphans_of_split(cfg: ExperimentConfig, target: str, rounds: Sequence[Path]) -> None:
+def _close_orphans_of_split(cfg: ExperimentConfig, target: str, rounds: Sequence[Location]) -> None:
     try:
-        study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(cfg.experiment_dir))
+        study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage(cfg))
     except KeyError:  # killed before the study was created
         return
     continuing = {
@@ -197,7 +141,7 @@ def run_split(cfg: ExperimentConfig, target: str, max_concurrent: int, resume: b
     """Run the split's search, or resume it: every round that exists is restored, then,
     when they all finished with fewer trials than `search.num_samples`, one new round runs
     the rest (the same Optuna study goes on; see `search.tuner.build_tuner`)."""
-    rounds = round_dirs(cfg.experiment_dir, target) if resume else []
+    rounds = round_dirs(experiment_location(cfg), target) if resume else []
     for path in rounds:
         if not tune.Tuner.can_restore(str(path)):
             raise UserError(f"{path}: no Tune experiment state to resume from")
@@ -222,14 +166,23 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
 
     `callbacks` are added to every new Tuner (tests observe the scheduling through them).
     """
-    with ray_environment(), experiment_lock(cfg.experiment_dir):
-        prepare_experiment(cfg, resume)
-        connect(address)
-        return _run_splits(cfg, resume, callbacks)
+    # The lock is a local file: beside local results, in the driver's own folder otherwise.
+    with ray_environment(), experiment_lock(local_state_dir(cfg)):
+        refuse_mixing(cfg, resume)
+        connect(address, cfg.cluster.runtime_env)
+        # Every check before the config is written: a node that cannot train or a trial
+        # that fits nowhere leaves no experiment behind that the same command would refuse.
+        preflight(cfg)
+        slots = concurrent_slots(cfg)
+        save_resolved_config(cfg)
+        try:
+            return _run_splits(cfg, resume, slots, callbacks)
+        finally:
+            upload_study_copy(cfg)
 
 
-def _run_splits(cfg: ExperimentConfig, resume: bool, callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
-    slots = concurrent_slots(cfg)
+def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
+                callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
     max_concurrent = min(cfg.search.max_concurrent or default_max_concurrent(cfg.search.num_samples, slots),
                          cfg.search.num_samples)
     print(

@@ -7,7 +7,8 @@
                       round-<k>/ folders when a resume added trials (`analysis.round_dir`)
     optuna.db         Optuna storage, one study per split named `<output.name>/<target>`
 
-and writes, each file atomically (temp file + rename), after everything was computed:
+and writes, each file atomically (a local temp file + rename; one PUT in object
+storage), after everything was computed:
 
     best/<target>.yaml   a complete config: base + the best trial's values, one target,
                          runnable as is by `python -m lacmfer.train --config ...`
@@ -16,7 +17,8 @@ and writes, each file atomically (temp file + rename), after everything was comp
                          importance and the validator ranking, linking the pictures of
     plots/               each split's search (search.plots)
 
-Works offline: no Ray cluster is started (Tune's files are read as files).
+Works offline: no Ray cluster is started (Tune's files are read as files). The
+experiment may be a local folder or in object storage (see search/storage.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +34,10 @@ from typing import Any
 
 import optuna
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lacmfer.config import ExperimentConfig, ParamSpec, load_config, save_config
+from lacmfer.config import ExperimentConfig, ParamSpec, config_from_dict, config_text, parse_yaml
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS, to_config_values
 from lacmfer.names import ORACLE_OBJECTIVE
@@ -50,7 +54,8 @@ from search.analysis import (
     select_best,
     validator_ranking,
 )
-from search.plots import write_search_plots
+from search.plots import PLOTS_DIR, write_search_plots
+from search.storage import Location, experiment_location, location, readable_optuna_storage
 
 SCOPE_TEXT = {
     "best": "best evaluation (the max of the objective over the trial's evaluations)",
@@ -70,7 +75,7 @@ class SplitExport:
     counts: dict[str, int]
     best: TrialRecord | None = None
     best_evaluation: dict[str, float] | None = None
-    best_config: Path | None = None
+    best_config: Location | None = None
     importances: dict[str, float] = field(default_factory=dict)
     importance_note: str | None = None
     ranking: list[tuple[str, float]] = field(default_factory=list)
@@ -85,13 +90,13 @@ class SplitExport:
 class ExportSummary:
     """The result of `export_experiment`; `str()` gives the console report."""
 
-    exp_dir: Path
+    exp_dir: Location
     objective: str
     scope: str
     splits: list[SplitExport]
     missing_targets: list[str]
-    trials_table: Path
-    summary: Path
+    trials_table: Location
+    summary: Location
     removed_checkpoints: int = 0
     removed_bytes: int = 0
 
@@ -231,7 +236,7 @@ def best_config(cfg: ExperimentConfig, record: TrialRecord) -> ExperimentConfig:
     return cfg.with_values(values, source=f"trial {record.trial_id} of split {record.target}")
 
 
-def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Path) -> str:
+def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Location) -> str:
     """The YAML comment of an exported config: where it came from and what it means."""
     record, evaluation = split.best, split.best_evaluation
     assert record is not None and evaluation is not None
@@ -247,7 +252,7 @@ def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Pat
         f"scope: {scope} = {SCOPE_TEXT[scope]}",
         f"value: {evaluation[OBJECTIVE_KEY]:.6g} at evaluation {index} of {record.evaluations}"
         + (f" (step {int(step)})" if step is not None and math.isfinite(step) else ""),
-        f"trial: {record.trial_id} ({record.status}) in {cfg.experiment_dir / record.target}",
+        f"trial: {record.trial_id} ({record.status}) in {experiment_location(cfg) / record.target}",
         f"oracle target accuracy (target_acc, test labels) at that evaluation: "
         f"{_fmt(evaluation.get(ORACLE_METRIC, math.nan))}"
         + (" -- USED for selection (oracle objective)" if oracle else " -- reported only, not used for selection"),
@@ -259,16 +264,17 @@ def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Pat
 # ---------------------------------------------------------------- importance
 
 
-def split_importances(exp_dir: Path, cfg: ExperimentConfig, target: str) -> tuple[dict[str, float], str | None]:
+def split_importances(exp_dir: Location, cfg: ExperimentConfig, target: str) -> tuple[dict[str, float], str | None]:
     """(importances, note): the note says why there are none, or how many trials were used."""
-    db = exp_dir / "optuna.db"
-    if not db.exists():
-        return {}, f"not available: {db} not found"
+    db = cfg.search.storage or exp_dir / "optuna.db"
     name = f"{cfg.output.name}/{target}"
-    try:
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    except KeyError:
-        return {}, f"not available: no study '{name}' in {db}"
+    with readable_optuna_storage(cfg, exp_dir) as storage:
+        if storage is None:
+            return {}, f"not available: {db} not found"
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            return {}, f"not available: no study '{name}' in {db}"
     states = [t.state for t in study.get_trials(deepcopy=False)]
     complete = states.count(optuna.trial.TrialState.COMPLETE)
     counts = f"{complete} complete of {len(states)} Optuna trials"
@@ -285,7 +291,7 @@ def split_importances(exp_dir: Path, cfg: ExperimentConfig, target: str) -> tupl
 # ---------------------------------------------------------------- summary.md
 
 
-def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str, exp_dir: Path) -> list[str]:
+def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str) -> list[str]:
     objective = cfg.eval.objective
     oracle = objective == ORACLE_OBJECTIVE
     total = sum(split.counts.values())
@@ -305,7 +311,7 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str, exp_di
         else:
             lines.append(f"- Oracle target accuracy at that evaluation: {acc} (target test labels; reported "
                          "only, not used for selection)")
-        lines.append(f"- Config: `{split.best_config.relative_to(exp_dir)}` → "
+        lines.append(f"- Config: `best/{split.target}.yaml` → "
                      f"`python -m lacmfer.train --config {split.best_config}`")
         lines += ["", "| hyperparameter | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in split.best.params.items()] or ["| (none searched) | |"]
@@ -332,7 +338,7 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str, exp_di
 
 
 def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: list[str], scope: str,
-                     exp_dir: Path) -> str:
+                     ) -> str:
     objective = cfg.eval.objective
     lines = [f"# Search summary: {cfg.output.name}", ""]
     if objective == ORACLE_OBJECTIVE:
@@ -349,24 +355,38 @@ def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: 
     if missing:
         lines += [f"Not run (no experiment folder): {', '.join(missing)}.", ""]
     for split in splits:
-        lines += _split_section(cfg, split, scope, exp_dir)
+        lines += _split_section(cfg, split, scope)
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the export
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _plots(exp_dir: Location, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+           rankings: dict[str, Sequence[tuple[str, float]]]) -> str:
+    """The search's pictures in `exp_dir/plots/` (`search.plots`); returns their summary.md section.
+
+    In object storage they are drawn in a local folder, beside a copy of the default Optuna
+    database, and uploaded; the split's earlier pictures there are replaced.
+    """
+    if exp_dir.is_local:
+        return write_search_plots(exp_dir.local_path(), cfg, records, rankings)
+    with tempfile.TemporaryDirectory(prefix="lacmfer-plots-") as staging:
+        staging = Path(staging)
+        with readable_optuna_storage(cfg, exp_dir) as storage:
+            if isinstance(storage, str):  # the default SQLite database
+                shutil.copy(storage.removeprefix("sqlite:///"), staging / "optuna.db")
+        text = write_search_plots(staging, cfg, records, rankings)
+        plots = exp_dir / PLOTS_DIR
+        for old in plots.fs.get_file_info(pafs.FileSelector(plots.path, allow_not_found=True)):
+            if old.base_name.startswith(tuple(f"{target}_" for target in records)):
+                plots.fs.delete_file(old.path)
+        for picture in sorted((staging / PLOTS_DIR).glob("*.png")):
+            (plots / picture.name).upload(picture)
+    return text
 
 
-def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
                  scope: str = "best", missing: list[str] | None = None) -> ExportSummary:
     """Write best configs, trials.parquet and summary.md from the records of each split.
 
@@ -375,7 +395,7 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
     best config (a stale one from an earlier export is removed).
     """
     check_scope(scope)
-    exp_dir = Path(exp_dir)
+    exp_dir = exp_dir if isinstance(exp_dir, Location) else location(exp_dir)
     everything = [r for rs in records.values() for r in rs]
     params = param_columns(cfg, everything)
     splits, configs, rows = [], {}, []
@@ -400,19 +420,20 @@ def write_export(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[T
          "oracle": str(cfg.eval.objective == ORACLE_OBJECTIVE).lower()}
     )
     table = pa.Table.from_pylist(rows, schema=schema)
-    summary_text = summary_markdown(cfg, splits, missing, scope, exp_dir)
-    summary_text += "\n" + write_search_plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits})
+    summary_text = summary_markdown(cfg, splits, missing, scope)
+    summary_text += "\n" + _plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits})
 
     for split in splits:
         path = exp_dir / "best" / f"{split.target}.yaml"
         if split.target in configs:
-            config, header = configs[split.target]
-            save_config(config, path, header=header)
+            path.write_text(config_text(*configs[split.target]))
         else:
-            path.unlink(missing_ok=True)
+            path.unlink()
     trials_path, summary_path = exp_dir / "trials.parquet", exp_dir / "summary.md"
-    _write_atomic(trials_path, lambda tmp: pq.write_table(table, tmp))
-    _write_atomic(summary_path, lambda tmp: tmp.write_text(summary_text, encoding="utf-8"))
+    parquet = pa.BufferOutputStream()
+    pq.write_table(table, parquet)
+    trials_path.write_bytes(parquet.getvalue().to_pybytes())
+    summary_path.write_text(summary_text)
     return ExportSummary(exp_dir, cfg.eval.objective, scope, splits, missing, trials_path, summary_path)
 
 
@@ -436,7 +457,7 @@ def remove_checkpoints(split_dir: Path, keep_trial_id: str | None) -> tuple[int,
     return removed, freed
 
 
-def export_experiment(exp_dir: Path, scope: str | None = None, finished: Sequence[str] = ()) -> ExportSummary:
+def export_experiment(exp_dir: Path | str, scope: str | None = None, finished: Sequence[str] = ()) -> ExportSummary:
     """Export `results/<exp>`: see the module docstring for what is read and written.
 
     `scope` is how a trial's objective is summarised, `best` (its best evaluation) or
@@ -444,13 +465,13 @@ def export_experiment(exp_dir: Path, scope: str | None = None, finished: Sequenc
     In the `finished` splits (whose search will not be resumed), checkpoints of trials
     other than the exported best are removed unless `search.keep_checkpoints` is set.
     """
-    exp_dir = Path(exp_dir)
+    exp_dir = location(exp_dir)
     if not exp_dir.is_dir():
         raise UserError(f"{exp_dir}: no such experiment folder (run `python tune.py --name NAME` first)")
     config_path = exp_dir / "config.yaml"
     if not config_path.exists():
         raise UserError(f"{config_path}: not found; {exp_dir} does not look like a search written by tune.py")
-    cfg = load_config(config_path)
+    cfg = config_from_dict(parse_yaml(config_path.read_text(), str(config_path)), source=str(config_path))
     scope = scope or cfg.search.scope
     check_scope(scope)
     present = [t for t in cfg.data.targets if (exp_dir / t).is_dir()]
@@ -459,11 +480,11 @@ def export_experiment(exp_dir: Path, scope: str | None = None, finished: Sequenc
     records = {t: read_split(exp_dir, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
     summary = write_export(exp_dir, cfg, records, scope, missing)
-    if not cfg.search.keep_checkpoints:
+    if not cfg.search.keep_checkpoints and exp_dir.is_local:  # object storage: kept (README)
         for split in summary.splits:
             if split.target in finished:
                 for folder in round_dirs(exp_dir, split.target):
-                    removed, freed = remove_checkpoints(folder, split.best and split.best.trial_id)
+                    removed, freed = remove_checkpoints(folder.local_path(), split.best and split.best.trial_id)
                     summary.removed_checkpoints += removed
                     summary.removed_bytes += freed
     return summary

@@ -34,6 +34,7 @@ from search.analysis import (
     importance_evaluator,
     param_importances,
 )
+from search.storage import optuna_storage
 
 PLOTS_DIR = "plots"
 FIGURE_SIZE_IN, DPI = (8.0, 4.5), 100
@@ -71,12 +72,17 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def load_split_study(exp_dir: Path, cfg: ExperimentConfig, target: str) -> optuna.Study | None:
-    """The split's Optuna study (named `<output.name>/<target>` in `optuna.db`), or None."""
-    db = Path(exp_dir) / "optuna.db"
-    if not db.exists():
-        return None
+    """The split's Optuna study (named `<output.name>/<target>` in `optuna.db`, or in the
+    configured `search.storage`), or None."""
+    if cfg.search.storage is not None:
+        storage = optuna_storage(cfg)
+    else:
+        db = Path(exp_dir) / "optuna.db"
+        if not db.exists():
+            return None
+        storage = f"sqlite:///{db}"
     try:
-        return optuna.load_study(study_name=f"{cfg.output.name}/{target}", storage=f"sqlite:///{db}")
+        return optuna.load_study(study_name=f"{cfg.output.name}/{target}", storage=storage)
     except KeyError:
         return None
 

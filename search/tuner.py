@@ -23,6 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from lacmfer.config import ExperimentConfig
 from search.analysis import round_dir
 from search.spaces import SearchSpace, default_point
+from search.storage import Location, experiment_location, optuna_storage
 from trainables.lacmfer_trainable import lacmfer_trainable
 
 METRIC, MODE = "objective", "max"
@@ -209,10 +210,12 @@ def trainable_for(cfg: ExperimentConfig, target: str) -> Any:
 def run_config(cfg: ExperimentConfig, target: str, round_index: int = 1,
                callbacks: Sequence[tune.Callback] = ()) -> tune.RunConfig:
     """Where and how Tune stores a round of a split (`search.analysis.round_dir`)."""
-    path = round_dir(cfg.experiment_dir, target, round_index)
+    path = round_dir(experiment_location(cfg), target, round_index)
     return tune.RunConfig(
         name=path.name,
-        storage_path=str(path.parent),  # absolute: a relative path fails inside pyarrow
+        # An absolute path (a relative one fails inside pyarrow) or a URI such as s3://...,
+        # which Tune opens with pyarrow as search.storage does.
+        storage_path=str(path.parent),
         # Our own TensorBoard runs live in <trial>/tb; JSON and CSV keep Tune's records
         # without a second, duplicate set of TensorBoard curves.
         callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), *callbacks],
@@ -251,7 +254,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
         points_to_evaluate=[default_point(cfg)] if s.start_from_defaults and s.space and round_index == 1 else None,
         sampler=sampler,
         study_name=study_name(cfg, target),
-        storage=optuna.storages.RDBStorage(optuna_storage_url(cfg.experiment_dir)),
+        storage=optuna_storage(cfg),
         scope=s.scope,
     )
     max_t = s.asha.max_t or evaluations_per_trial(cfg)
@@ -279,7 +282,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
     )
 
 
-def restore_tuner(cfg: ExperimentConfig, target: str, path: Path) -> tune.Tuner:
+def restore_tuner(cfg: ExperimentConfig, target: str, path: Path | Location) -> tune.Tuner:
     """Continue the Tune experiment at `path` (a round of `target`): finished trials kept,
     unfinished resumed, errored retried."""
     return tune.Tuner.restore(

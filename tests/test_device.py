@@ -106,7 +106,7 @@ def test_out_of_memory_fails_the_trial_naming_its_share(synth_tiny, gpu_machine,
 
 def test_ray_tells_the_trial_its_gpus_and_share(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
              object_store_memory=128 * 1024**2)
     try:
         assignment = ray.remote(trainable_module.ray_gpu_assignment)

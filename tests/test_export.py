@@ -292,7 +292,7 @@ def tune_run(tmp_path_factory):
 
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+            ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
         try:
             start = time.perf_counter()
             tune.Tuner(

@@ -44,7 +44,7 @@ def base_config(synth_tiny) -> dict:
 def ray_session():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")  # ray 2.60 otherwise writes a token and warns
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  object_store_memory=128 * 1024**2)
         try:
             yield

@@ -11,7 +11,6 @@ storage every node can write (a shared filesystem), like the search's results.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,33 +21,21 @@ from lacmfer.device import out_of_memory_message, scheduled_placement
 from lacmfer.errors import UserError
 from lacmfer.final_run import FinalRun, failed_result, train_run
 from trainables.lacmfer_trainable import ray_gpu_assignment
-
-# A local Ray started here needs no token (Ray 2.60 writes one and warns otherwise);
-# never set when joining a cluster, which may use token authentication.
-_LOCAL_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled"}
+from trainables.ray_session import connect_ray
 
 
 @contextlib.contextmanager
 def ray_connection(address: str | None) -> Iterator[None]:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start a local Ray; shut down what was started."""
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a token-locked local Ray
+    (`trainables.ray_session`); shut down what was started."""
     if ray.is_initialized():  # the caller (a test, a notebook) owns the session
         yield
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    added = {} if address else {k: v for k, v in _LOCAL_RAY_ENVIRONMENT.items() if k not in os.environ}
-    os.environ.update(added)
+    connect_ray(address, logging_level="WARNING")
     try:
-        if address:
-            ray.init(address=address, logging_level="WARNING")
-        else:  # "local": never join a Ray that something else started on this machine
-            ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-        try:
-            yield
-        finally:
-            ray.shutdown()
+        yield
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        ray.shutdown()
 
 
 def _run_task(run: FinalRun, train: Callable[..., dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,193 @@
+"""Ray for the search: the local Ray's token, joining a real token cluster, the preflight."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from lacmfer.errors import UserError
+from search import cluster
+from tests.conftest import REPO
+from tests.test_search import save_yaml, search_config
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Ray's address and auth settings (tests set some)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
+
+
+# A driver that starts the search's local Ray and keeps it until its stdin closes.
+LOCAL_DRIVER = """
+import os, sys, ray
+from search.cluster import connect
+connect(None, {"env_vars": {"LACMFER_PROBE": "via-runtime-env"}})
+probe = ray.get(ray.remote(lambda: os.environ.get("LACMFER_PROBE")).remote())
+print(ray.get_runtime_context().gcs_address, os.environ.get("RAY_AUTH_TOKEN"), probe, flush=True)
+sys.stdin.read()
+"""
+
+JOIN = "import ray; ray.init(address={!r}, logging_level='ERROR'); print('joined', flush=True)"
+
+
+def test_local_ray_admits_only_holders_of_its_token(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    # Ray's record of "the current cluster" names a dead address: a plain ray.init() would
+    # try to join it (and hang); the search's own Ray must ignore it. A short folder:
+    # Ray's socket paths under it must stay under 108 characters.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="lacmfer-rt-", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+    env = clean_env(HOME=str(home), RAY_TMPDIR=str(ray_tmp))
+    driver = subprocess.Popen([sys.executable, "-c", LOCAL_DRIVER], cwd=REPO, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        ready, _, _ = select.select([driver.stdout], [], [], 300)
+        assert ready, "the driver's local Ray did not start (did it try to join the recorded cluster?)"
+        gcs_address, token, probe = driver.stdout.readline().split()
+        assert probe == "via-runtime-env"  # cluster.runtime_env reaches the tasks
+        # Someone else on the network, with Ray's usual client settings: refused.
+        outsider = subprocess.run([sys.executable, "-c", JOIN.format(gcs_address)], env=clean_env(RAY_AUTH_MODE="disabled"),
+                                  capture_output=True, text=True, timeout=300)
+        assert outsider.returncode != 0 and "joined" not in outsider.stdout
+        # The same client with the token gets in: the refusal above was the token's doing.
+        holder = subprocess.run([sys.executable, "-c", JOIN.format(gcs_address)],
+                                env=clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token),
+                                capture_output=True, text=True, timeout=300)
+        assert holder.returncode == 0 and "joined" in holder.stdout, holder.stderr[-2000:]
+    finally:
+        driver.stdin.close()
+        try:
+            driver.wait(timeout=120)
+        finally:
+            driver.kill()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not (home / ".ray" / "auth_token").exists()  # the token lived in memory only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """End the `ray start --block` the test started and every process it started (not `ray stop`)."""
+    group = [process.pid] + [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    _, alive = psutil.wait_procs([p for p in map(_process, group) if p], timeout=30)
+    for p in alive:
+        p.kill()
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_tune_joins_a_head_with_token_authentication(synth_tiny, tmp_path):
+    # A short folder: Ray's socket paths under --temp-dir must stay under 108 characters.
+    base = Path(tempfile.mkdtemp(prefix="lacmfer-head-", dir="/tmp"))
+    token_file = base / "home" / ".ray" / "auth_token"
+    try:
+        generated = subprocess.run(["ray", "get-auth-token", "--generate"], env=clean_env(HOME=str(base / "home")),
+                                   capture_output=True, text=True, timeout=120)
+        assert generated.returncode == 0 and token_file.exists(), generated.stderr
+        auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        port = free_port()
+        # Its own --temp-dir: the head records itself as "the current cluster" there, not
+        # in /tmp/ray, so no other plain ray.init() on this machine joins it.
+        head = subprocess.Popen(
+            ["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1",
+             "--temp-dir", str(base / "ray"), "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false",
+             "--object-store-memory", str(100 * 1024**2), "--disable-usage-stats"],
+            cwd=REPO, env=clean_env(**auth), start_new_session=True, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        try:
+            started = []
+            for line in head.stdout:  # blocks until Ray says it runs, or ends if it died
+                started.append(line)
+                if "Ray runtime started" in line:
+                    break
+            assert head.poll() is None, "".join(started)[-3000:]
+            cfg = search_config(synth_tiny, tmp_path, "joined", data={"targets": ["CK"]},
+                                schedule={"steps": 4, "lr_decay_steps": 4},
+                                search={"num_samples": 2, "max_concurrent": 2})
+            # Without the token the head refuses: one line, exit 2, no traceback.
+            refused = subprocess.run(
+                [sys.executable, str(REPO / "tune.py"), "--config", str(save_yaml(cfg, tmp_path)), "--name", "refused",
+                 "--address", f"127.0.0.1:{port}"],
+                cwd=tmp_path, env=clean_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=300,
+            )
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert "cannot join the Ray cluster" in refused.stderr and "Traceback" not in refused.stderr
+            proc = subprocess.run(
+                [sys.executable, str(REPO / "tune.py"), "--config", str(save_yaml(cfg, tmp_path)),
+                 "--address", f"127.0.0.1:{port}"],
+                cwd=tmp_path, env=clean_env(**auth), capture_output=True, text=True, timeout=500,
+            )
+        finally:
+            stop_process_group(head)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(pq.read_table(cfg.experiment_dir / "trials.parquet")) == 2
+        default_record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        assert not (default_record.exists() and default_record.read_text().strip().endswith(f":{port}"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def local_ray():
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+             object_store_memory=80 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+def test_preflight_names_the_node_and_what_fails(synth_tiny, tmp_path, local_ray):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    cfg = search_config(synth_tiny, tmp_path, "pre", data={"root": str(tmp_path / "missing"), "cache_dir": str(blocker)})
+    with pytest.raises(UserError) as err:
+        cluster.preflight(cfg)
+    message = str(err.value)
+    node = ray.nodes()[0]
+    assert message.startswith(f"preflight: node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): ")
+    assert f"data root {tmp_path / 'missing'} is not readable" in message
+    assert f"cache folder {blocker} is not writable" in message
+    assert "\n" not in message
+    cluster.preflight(search_config(synth_tiny, tmp_path, "ok"))  # a good config passes
+
+
+def test_node_check_reports_a_missing_module(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster, "TRIAL_MODULES", ("lacmfer.trainer", "no_such_module_on_this_node"))
+    assert cluster.node_problems([str(tmp_path)], str(tmp_path / "cache")) == [
+        "cannot import no_such_module_on_this_node (ModuleNotFoundError: No module named 'no_such_module_on_this_node')"
+    ]
+
+
+def test_runtime_env_is_checked_before_ray_starts():
+    with pytest.raises(UserError, match=r"cluster.runtime_env: runtime_env\['env_vars'\] must be of type"):
+        cluster.connect("127.0.0.1:1", {"env_vars": {"A": 1}})

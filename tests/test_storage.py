@@ -1,0 +1,105 @@
+"""Results in object storage: a search and its export on an S3 server on 127.0.0.1 (moto)."""
+
+from __future__ import annotations
+
+import re
+
+import boto3
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import ray
+from moto.server import ThreadedMotoServer
+
+from lacmfer.config import config_from_dict, parse_yaml
+from lacmfer.errors import UserError
+from search import storage
+from search.storage import Location, location
+from tests.test_search import save_yaml, search_config
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 server on loopback with a bucket `results`; pyarrow and Ray find it through
+    the standard AWS environment variables."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="results")
+    yield
+    server.stop()
+
+
+def test_results_uri_stays_a_uri_and_local_paths_stay_paths(tmp_path):
+    cfg = config_from_dict({"output": {"results_dir": "s3://results/searches/", "name": "x"}})
+    assert cfg.output.results_dir == "s3://results/searches"  # not Path("s3:/results/searches")
+    with pytest.raises(UserError, match="output.results_dir: s3://results/searches is object storage"):
+        cfg.experiment_dir  # noqa: B018 -- final training writes locally: refused clearly
+    local = config_from_dict({"output": {"results_dir": str(tmp_path / "r"), "name": "x"}})
+    assert local.experiment_dir == tmp_path / "r" / "x"
+    assert str(storage.experiment_location(local)) == str(tmp_path / "r" / "x")
+
+
+def test_location_reads_and_writes_both_kinds(s3, tmp_path):
+    for base in (location("s3://results/unit"), location(tmp_path / "unit")):
+        file = base / "deep" / "a.txt"
+        assert not file.exists()
+        file.write_text("first")
+        file.write_text("second")  # replaces
+        assert file.read_text() == "second" and file.exists() and (base / "deep").is_dir()
+        assert [f.base_name for f in base.fs.get_file_info(storage.pafs.FileSelector(f"{base.path}/deep"))] == ["a.txt"]
+        file.unlink()
+        assert not file.exists()
+
+
+@pytest.fixture
+def ray_with_s3_env(s3, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+def test_search_and_export_on_s3(synth_tiny, tmp_path, monkeypatch, ray_with_s3_env):
+    from tune import main
+
+    monkeypatch.setattr(storage, "LOCAL_STATE_ROOT", tmp_path / "driver-state")
+    monkeypatch.chdir(tmp_path)
+    cfg = search_config(synth_tiny, tmp_path, "on-s3", data={"targets": ["CK"]},
+                        schedule={"steps": 4, "lr_decay_steps": 4}, search={"num_samples": 2, "max_concurrent": 2})
+    config = save_yaml(cfg, tmp_path)
+    assert main(["--config", str(config), "--results", "s3://results/searches"]) == 0
+    assert not (tmp_path / "s3:").exists()  # nothing landed in a local folder named after the URI
+
+    exp = location("s3://results/searches/on-s3")
+    for name in ("config.yaml", "summary.md", "trials.parquet", "best/CK.yaml", "optuna.db"):
+        assert (exp / name).exists(), name
+    assert (exp / "CK").is_dir()  # Tune's own experiment folder
+    table = pq.read_table((exp / "trials.parquet").path, filesystem=exp.fs).to_pylist()
+    assert len(table) == 2 and sum(r["exported"] for r in table) == 1
+    best = load_config_text(exp / "best" / "CK.yaml")
+    row = next(r for r in table if r["exported"])
+    assert best.loss.hyper_align == pytest.approx(row["hyper_align"]) and best.data.targets == ["CK"]
+    study = optuna.load_study(study_name="on-s3/CK", storage=storage.optuna_storage(load_config_text(exp / "config.yaml")))
+    assert len(study.trials) == 2
+
+    # The export from the bucket alone: another machine, without the driver's own database.
+    for file in (exp / "summary.md", exp / "trials.parquet", exp / "best" / "CK.yaml"):
+        file.unlink()
+    monkeypatch.setattr(storage, "LOCAL_STATE_ROOT", tmp_path / "another-machine")
+    assert main(["--export-only", "--name", "on-s3", "--results", "s3://results/searches"]) == 0
+    again = pq.read_table((exp / "trials.parquet").path, filesystem=exp.fs).to_pylist()
+    assert again == table
+    summary = (exp / "summary.md").read_text()
+    assert "optuna.db not found" not in summary and "complete of 2 Optuna trials" in summary
+    pictures = re.findall(r"\]\((plots/[^)]+\.png)\)", summary)
+    assert pictures and all((exp / picture).exists() for picture in pictures)  # drawn locally, uploaded
+    assert load_config_text(exp / "best" / "CK.yaml") == best
+
+
+def load_config_text(file: Location):
+    return config_from_dict(parse_yaml(file.read_text(), str(file)), source=str(file))

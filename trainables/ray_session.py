@@ -1,0 +1,54 @@
+"""Starting or joining Ray, for the search and for final training alike.
+
+A cluster (`--address` or `RAY_ADDRESS`) is joined exactly as the user's environment
+says: a token cluster needs `RAY_AUTH_MODE=token` and its token there, as for any Ray
+client. Without an address a new local Ray starts, closed to everyone else: Ray 2.60's
+GCS server and raylet listen on every interface whatever node IP is given, so the local
+Ray gets a fresh random token, held in this process's environment (inherited by the Ray
+processes it starts) and never written to disk.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any
+
+import ray
+
+from lacmfer.errors import UserError
+
+#: Where Ray 2.60 looks for a token, in this order (the C++ token loader).
+TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def connect_ray(address: str | None, **options: Any) -> None:
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else (or for "local") start a
+    token-locked local Ray; `options` go to `ray.init`."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":  # Ray's own word for "start a new local Ray"
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as err:
+            raise UserError(
+                f"--address {address}: cannot join the Ray cluster ({err}); for a cluster with token "
+                "authentication set RAY_AUTH_MODE=token and give its token (RAY_AUTH_TOKEN, "
+                "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+            ) from None
+        return
+    _close_local_ray()
+    # "local": never join a cluster recorded by an earlier `ray start` on this machine.
+    ray.init(address="local", include_dashboard=False, **options)
+
+
+def _close_local_ray() -> None:
+    """Give the local Ray a fresh token, unless the user chose the auth mode or the token.
+
+    With RAY_AUTH_MODE unset, `ray.init` of a new local Ray turns token authentication on
+    and loads the token from the sources in TOKEN_SOURCES first, so setting
+    RAY_AUTH_TOKEN suffices (and Ray then writes no ~/.ray/auth_token).
+    RAY_AUTH_MODE=disabled set by the user is respected: an open local Ray, their choice.
+    """
+    if "RAY_AUTH_MODE" in os.environ or any(os.environ.get(k) for k in TOKEN_SOURCES):
+        return
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
