@@ -14,6 +14,7 @@ Writes a markdown report (the table, the command, per-split pseudo-label quality
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -45,6 +46,8 @@ def ceiling_data(cfg: ExperimentConfig, target: str) -> SplitData:
     decoded = open_caches(cfg.data, [train, test], progress=False)
     ids = domain_ids(cfg.data)
     train_set, test_set = SampleSet([train], decoded, ids), SampleSet([test], decoded, ids)
+    # The split records the in-domain parts, so a lab set's test part is not taken for its stream.
+    split = dataclasses.replace(split, target_train=train, target_test=test)
     return SplitData(split, train_set, None, train_set, test_set, None)
 
 

@@ -46,8 +46,9 @@ class Split:
 
     @property
     def target_test_is_train(self) -> bool:
-        """True for the lab sets, where the unlabeled stream is also the test set."""
-        return self.target_test.manifest.list_file == self.target_train.manifest.list_file
+        """True for the lab sets, where the unlabeled stream is also the test set (same list, same rows)."""
+        return (self.target_test.manifest.list_file == self.target_train.manifest.list_file
+                and np.array_equal(self.target_test.rows, self.target_train.rows))
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int, domain: str) -> tuple[np.ndarray, np.ndarray]:
