@@ -1,4 +1,4 @@
-"""The SPEC §4 training augmentation of one batch, by four implementations, side by side.
+"""The docs/METHOD.md §4 training augmentation of one batch, by four implementations, side by side.
 
 Each turns a uint8 (B, 3, S, S) batch into the ImageNet-normalised float network input
 with horizontal flip, colour jitter 0.2, random grayscale 0.2 and random affine (±15°,

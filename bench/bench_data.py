@@ -4,7 +4,7 @@ Both sides yield the same thing: a (B, 3, S, S) uint8 batch of `decode_image` at
 size, then the same batch transform in the training process. "cache" gathers the rows
 from the memory-mapped Arrow cache (`DecodedImages.take`, as the training loaders do);
 "decode" opens, decodes and resizes each PNG/JPEG every time. Two pipelines separate
-where time goes: "load" (the uint8 batch only) and "train" (plus the SPEC §4 training
+where time goes: "load" (the uint8 batch only) and "train" (plus the docs/METHOD.md §4 training
 augmentation, batched: `lacmfer.data.augment.BatchAugment` with the config's defaults).
 
     python bench/bench_data.py                      # 400 generated 256x256 PNG/JPEG images

@@ -2,7 +2,7 @@
 
 Measures, on SynthFER images cached at the network's input size:
 
-1. the training step at the paper size (width 1, 224 px, batch 128 + 128, full SPEC §4
+1. the training step at the paper size (width 1, 224 px, batch 128 + 128, full docs/METHOD.md §4
    augmentation, every loss active), fp32 and bf16 (autocast, channels-last): images
    per second of `Trainer.step()`, and where a step's time goes — data (drawing both
    uint8 batches and copying them to the GPU), augmentation, network (forward, backward

@@ -1,6 +1,6 @@
 """Benchmark: the adaptation loss of one training step, vectorised vs straightforward loops.
 
-Times forward + backward of everything SPEC §3 adds on top of the supervised loss, for
+Times forward + backward of everything docs/METHOD.md §3 adds on top of the supervised loss, for
 both views g and l: sample-level + cluster-level alignment, the cross-view MCC and the
 multi-view pseudo-label loss. `lacmfer.losses` (with `inter_domain_alignment`, one
 distance matrix per view for both alignment terms, as the trainer calls it) is compared
@@ -35,8 +35,8 @@ from lacmfer import losses  # noqa: E402
 from tests import reference_losses  # noqa: E402
 
 NUM_CLASSES = 7
-THRESHOLD = 0.4  # SPEC default confidence threshold
-PS_THRESHOLD = 0.9  # SPEC default pseudo-label threshold
+THRESHOLD = 0.4  # default confidence threshold
+PS_THRESHOLD = 0.9  # default pseudo-label threshold
 CLUSTER_WEIGHT = 0.02  # hyper_inter at full ramp
 
 

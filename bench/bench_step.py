@@ -3,7 +3,7 @@
 Side by side in one process, on the same model and the same fixed batch:
   network         — forward + backward of the network with the supervised loss only
   network + SGD   — the same and the optimiser step
-  + losses        — the same plus every adaptation loss of SPEC §3 (both views)
+  + losses        — the same plus every adaptation loss of docs/METHOD.md §3 (both views)
   trainer.step()  — the above plus drawing and augmenting the two batches
   draw + augment  — drawing both batches and augmenting them alone (for the breakdown)
 

@@ -15,7 +15,7 @@ sixth) next to the in-domain one. Then the ambiguity ceiling: a classifier on th
 expression actions themselves.
 
 --cnn [TARGET ...]: the same in-domain vs leave-one-domain-out comparison for a small CNN
-(torch, CPU, 40 px, the trainer's augmentation of SPEC §4); minutes per target.
+(torch, CPU, 40 px, the trainer's augmentation of docs/METHOD.md §4); minutes per target.
 --cnn-extra N: also an in-domain CNN trained on N more images of the target rendered in
 memory (`render_sample`, indices past the list; a third of the epochs), to see how far
 more data takes it.
@@ -151,7 +151,7 @@ def cnn_accuracies(parts: dict[str, dict[str, Part]], targets: list[str], seed: 
                    extra: int = 0, epochs: int = 30) -> list[tuple[float, float, float | None]]:
     """Per target: (in-domain, leave-one-domain-out source-only, in-domain with `extra`
     rendered training images or None). A small CNN (3 conv blocks 16-32-64, BN, global
-    pool) trained with the SPEC §4 augmentation, AdamW + one-cycle."""
+    pool) trained with the docs/METHOD.md §4 augmentation, AdamW + one-cycle."""
     import torch
     from torch import nn
     from torchvision.transforms import v2

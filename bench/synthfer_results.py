@@ -3,7 +3,7 @@
     python bench/synthfer_results.py [--config configs/default.yaml] [--seeds 0 1 2] [--jobs 2]
                                      [--out docs/RESULTS.md] [--set key=value ...]
 
-Every run uses the config as given (the SPEC default loss weights; nothing is tuned);
+Every run uses the config as given (the paper's default loss weights; nothing is tuned);
 `--set` changes it for all runs. Reported: target test accuracy of the mean logits at the
 end of training (no checkpoint selection), mean ± std over seeds. The ceiling trains
 source-only on the target's own labels: on its train list for RAF/FER2013/Aff, on a

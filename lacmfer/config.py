@@ -68,7 +68,7 @@ class DomainLists(_Section):
 
 
 class AugmentConfig(_Section):
-    """Training augmentation (SPEC §4); evaluation only resizes and normalises."""
+    """Training augmentation (docs/METHOD.md §4); evaluation only resizes and normalises."""
 
     hflip: bool = True
     color_jitter: Fraction = 0.2
@@ -165,7 +165,7 @@ class LossConfig(_Section):
     ps_threshold: Fraction = 0.9
     kernel_num: Annotated[int, Field(ge=1, le=16)] = 5
     kernel_mul: Annotated[float, Field(gt=1.0)] = 2.0
-    # Ablation switches: each term of SPEC §3.8 can be turned off on its own.
+    # Ablation switches: each term of docs/METHOD.md §3.8 can be turned off on its own.
     sample_level: bool = True
     cluster_level: bool = True
     mcc: bool = True

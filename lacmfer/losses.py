@@ -1,4 +1,4 @@
-"""The LA-CMFER adaptation losses (SPEC §3.2–§3.7), vectorised.
+"""The LA-CMFER adaptation losses (docs/METHOD.md §3.2–§3.7), vectorised.
 
 Every function works on whole batches with tensor algebra: no Python loop over samples,
 classes or class pairs, no host synchronisation (`.item()`, boolean indexing, `nonzero`),
@@ -155,14 +155,14 @@ def multi_kernel_mmd(a: Tensor, b: Tensor, kernel_num: int = 5, kernel_mul: floa
 
 @torch.no_grad()
 def hardness_weights(logits: Tensor, labels: Tensor, mask: Tensor, other_labels: Tensor) -> Tensor:
-    """Hardness weights of one domain's samples (SPEC §3.3), normalised, without gradient.
+    """Hardness weights of one domain's samples (docs/METHOD.md §3.3), normalised, without gradient.
 
         h_i = mean_c (z_ic − 1[c = y_i] · max_c' z_ic')² · mask_i · 1[y_i ∈ other_labels]
         w_i = h_i / Σ_j h_j          (all zero when Σ_j h_j = 0)
 
     `logits` z (N×C), `labels` y (N,) — true labels for the source, pseudo-labels ŷ for the
     target — `mask` (N,) the confidence mask (bool or 0/1 float), `other_labels` the labels
-    of the *other* domain in the batch. Choice where SPEC is open: the membership test uses
+    of the *other* domain in the batch. Choice where the method is open: the membership test uses
     every label of the other domain's batch, confident or not (all target pseudo-labels for
     the source side, all source labels for the target side).
     """
@@ -262,7 +262,7 @@ def sample_level_alignment(
     kernel_num: int = 5,
     kernel_mul: float = 2.0,
 ) -> Tensor:
-    """L_sid, the hardness-weighted sample-level MMD of one view (SPEC §3.3).
+    """L_sid, the hardness-weighted sample-level MMD of one view (docs/METHOD.md §3.3).
 
         m^s = [conf^s ≥ τ],  m^t = [conf^t ≥ τ],  ŷ^t = argmax z^t
         w_s = hardness_weights(z^s, y, m^s, ŷ^t),  w_t = hardness_weights(z^t, ŷ^t, m^t, y)
@@ -287,7 +287,7 @@ def cluster_level_alignment(
     kernel_num: int = 5,
     kernel_mul: float = 2.0,
 ) -> Tensor:
-    """L_cid, the class-attribute guided cluster-level alignment of one view (SPEC §3.4).
+    """L_cid, the class-attribute guided cluster-level alignment of one view (docs/METHOD.md §3.4).
 
     With S_c the confident source samples of label c, T_c the confident target samples of
     pseudo-label c (m and ŷ as in `sample_level_alignment`), and MMD(A, B) the biased
@@ -324,7 +324,7 @@ def inter_domain_alignment(
     """(L_sid, L_cid) of one view, sharing one distance matrix (the costly N×N×D product).
 
     Equal to `(sample_level_alignment(...), cluster_level_alignment(...))` with the same
-    arguments; the trainer combines them as L_sid + λ_cid(t)·L_cid (SPEC §3.5).
+    arguments; the trainer combines them as L_sid + λ_cid(t)·L_cid (docs/METHOD.md §3.5).
     """
     dists = _sq_dists(torch.cat([feat_s, feat_t]))
     sample = _sample_level(dists, logits_s, logits_t, labels_s, threshold, kernel_num, kernel_mul)
@@ -339,7 +339,7 @@ def _safe_divisor(x: Tensor) -> Tensor:
 
 
 def cross_view_mcc(probs_g: Tensor, probs_l: Tensor) -> Tensor:
-    """L_mcc, the multi-view prediction-similarity consistency (SPEC §3.6).
+    """L_mcc, the multi-view prediction-similarity consistency (docs/METHOD.md §3.6).
 
         M = P_gᵀ P_l                                   (C×C, P the N×C target predictions)
         L_mcc = ½ · offdiag(rownorm(M)) / C + ½ · offdiag(colnorm(M)) / C
@@ -361,7 +361,7 @@ def cross_view_mcc(probs_g: Tensor, probs_l: Tensor) -> Tensor:
 
 
 def multiview_agreement(probs_g: Tensor, probs_l: Tensor, ps_threshold: float) -> tuple[Tensor, Tensor]:
-    """The multi-view pseudo-label rule (SPEC §3.7) on probabilities: (keep mask, ŷ_g).
+    """The multi-view pseudo-label rule (docs/METHOD.md §3.7) on probabilities: (keep mask, ŷ_g).
 
         keep_j = [ŷ_g,j = ŷ_l,j] · [conf_g,j > τ_ps or conf_l,j > τ_ps]
     """
@@ -371,7 +371,7 @@ def multiview_agreement(probs_g: Tensor, probs_l: Tensor, ps_threshold: float) -
 
 
 def multiview_pseudo_label_loss(logits_g: Tensor, logits_l: Tensor, ps_threshold: float) -> tuple[Tensor, Tensor]:
-    """L_mvv, the multi-view pseudo-label loss on target logits (SPEC §3.7), and the kept mask.
+    """L_mvv, the multi-view pseudo-label loss on target logits (docs/METHOD.md §3.7), and the kept mask.
 
         keep_j = [ŷ_g,j = ŷ_l,j] · [conf_g,j > τ_ps or conf_l,j > τ_ps]
         L_mvv = Σ_j keep_j CE(z_g,j, ŷ_g,j) / max(Σ keep, 1) + Σ_j keep_j CE(z_l,j, ŷ_g,j) / max(Σ keep, 1)

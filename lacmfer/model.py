@@ -1,4 +1,4 @@
-"""The LA-CMFER network (SPEC §2): a shared ResNet-18 trunk, a global and a local branch.
+"""The LA-CMFER network (docs/METHOD.md §2): a shared ResNet-18 trunk, a global and a local branch.
 
 ```
 x ──trunk (conv1, bn1, relu, maxpool, layer1, layer2)──► F  (2u ch, 1/8 size)
@@ -278,7 +278,7 @@ class LACMFERNet(nn.Module):
     def param_groups(self, lr: float, trunk_lr_scale: float = 0.1) -> list[dict[str, Any]]:
         """Optimiser parameter groups: the trunk at lr · trunk_lr_scale, the rest at lr.
 
-        SPEC §4: the shared trunk learns at lr/10, branches and classifiers at lr. Every
+        docs/METHOD.md §4: the shared trunk learns at lr/10, branches and classifiers at lr. Every
         parameter is in exactly one group.
         """
         trunk_ids = {id(p) for p in self.trunk.parameters()}

@@ -1,6 +1,6 @@
 """Training schedules: the inverse-decay learning rate and the clustering-term ramp.
 
-Pure functions of the step counter (SPEC §4 and §5). Nothing here reads the config:
+Pure functions of the step counter (docs/METHOD.md §4 and §5). Nothing here reads the config:
 the trainer passes the config values as arguments.
 """
 
@@ -48,7 +48,7 @@ def inverse_decay_lr(
     power: float = 0.75,
     decay_steps: int = 10000,
 ) -> float:
-    """Learning rate at step t: `lr_t = lr_0 · (1 + γ·min(1, t/T_decay))^(−p)` (SPEC §4).
+    """Learning rate at step t: `lr_t = lr_0 · (1 + γ·min(1, t/T_decay))^(−p)` (docs/METHOD.md §4).
 
     With the defaults the rate falls from lr_0 to lr_0 · 11^(−0.75) ≈ 0.166·lr_0 at
     T_decay and stays there.
@@ -84,7 +84,7 @@ def clustering_schedule(
     ramp: str,
     gamma: float = 10.0,
 ) -> float:
-    """Clustering-schedule factor r(t) ∈ [0, 1] (SPEC §5); λ_cid(t) = hyper_inter · r(t).
+    """Clustering-schedule factor r(t) ∈ [0, 1] (docs/METHOD.md §5); λ_cid(t) = hyper_inter · r(t).
 
     With f = t/T the fraction of training done: r = 0 while f < start. From f = start
     on, with q = (f − start)/(1 − start) clamped to [0, 1] (the fraction of the

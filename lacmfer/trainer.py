@@ -194,7 +194,7 @@ class Trainer:
         return self.finished or self.evaluation_index % e.test_every == 0 or e.objective == "oracle_target_acc"
 
     def evaluate(self) -> dict[str, float]:
-        """Every metric as a flat dict of floats (SPEC §6); higher is better for validators.
+        """Every metric as a flat dict of floats (docs/METHOD.md §6); higher is better for validators.
 
         What each number is computed on (docs/METHOD.md §6):
         - `entropy`, `im`, `bnm`, `snd` (label-free validators) and `pl_acc`/`pl_coverage`:

@@ -1,4 +1,4 @@
-"""Model-selection validators (SPEC §6).
+"""Model-selection validators (docs/METHOD.md §6).
 
 Convention: every validator returns a Python float where HIGHER IS BETTER, so a search
 always maximises. Quantities that are naturally minimised are negated (entropy is
@@ -132,7 +132,7 @@ def pseudo_label_accuracy_and_coverage(
     labels: torch.Tensor,
     ps_threshold: float,
 ) -> tuple[float, float]:
-    """Quality of the multi-view pseudo-labels (SPEC §3.7) on a labelled target set.
+    """Quality of the multi-view pseudo-labels (docs/METHOD.md §3.7) on a labelled target set.
 
     A sample is kept when both views predict the same class and either view's
     confidence max_c p_ic exceeds `ps_threshold` (strictly); its pseudo-label is that

@@ -1,6 +1,6 @@
-"""Straightforward loop implementations of the SPEC §3 losses.
+"""Straightforward loop implementations of the docs/METHOD.md §3 losses.
 
-A direct reading of the SPEC, written for clarity, not speed: per-sample Python loops that
+A direct reading of docs/METHOD.md §3, written for clarity, not speed: per-sample Python loops that
 read values back with `.item()`, and one MMD call per class pair on explicitly selected
 rows. `tests/test_losses.py` checks `lacmfer.losses` against these, and
 `bench/bench_losses.py` times them as the baseline. Keep them simple and obviously right.
@@ -23,7 +23,7 @@ def kernel_matrix(x: Tensor, kernel_num: int = 5, kernel_mul: float = 2.0) -> Te
 
 
 def mmd(a: Tensor, b: Tensor, kernel_num: int = 5, kernel_mul: float = 2.0) -> Tensor:
-    """Biased multi-kernel MMD² of SPEC §3.3/§3.4, bandwidth from a ∪ b."""
+    """Biased multi-kernel MMD² of docs/METHOD.md §3.3/§3.4, bandwidth from a ∪ b."""
     k = kernel_matrix(torch.cat([a, b]), kernel_num, kernel_mul)
     na = a.shape[0]
     return k[:na, :na].mean() + k[na:, na:].mean() - 2 * k[:na, na:].mean()
@@ -40,7 +40,7 @@ def confident_predictions(logits: Tensor, threshold: float) -> tuple[list[bool],
 
 
 def hardness_weights(logits: Tensor, labels: list[int], mask: list[bool], other_labels: list[int]) -> Tensor:
-    """SPEC §3.3 weights, one sample at a time; other labels are all of the other domain's."""
+    """docs/METHOD.md §3.3 weights, one sample at a time; other labels are all of the other domain's."""
     seen = set(other_labels)
     h = []
     for i in range(logits.shape[0]):
@@ -58,7 +58,7 @@ def hardness_weights(logits: Tensor, labels: list[int], mask: list[bool], other_
 def sample_level_alignment(
     feat_s: Tensor, feat_t: Tensor, logits_s: Tensor, logits_t: Tensor, labels_s: Tensor, threshold: float
 ) -> Tensor:
-    """L_sid of SPEC §3.3."""
+    """L_sid of docs/METHOD.md §3.3."""
     mask_s, _ = confident_predictions(logits_s, threshold)
     mask_t, pred_t = confident_predictions(logits_t, threshold)
     y = [int(v.item()) for v in labels_s]
@@ -72,7 +72,7 @@ def sample_level_alignment(
 def cluster_level_alignment(
     feat_s: Tensor, feat_t: Tensor, logits_s: Tensor, logits_t: Tensor, labels_s: Tensor, threshold: float
 ) -> Tensor:
-    """L_cid of SPEC §3.4: one MMD call per class pair."""
+    """L_cid of docs/METHOD.md §3.4: one MMD call per class pair."""
     num_classes = logits_s.shape[1]
     mask_s, _ = confident_predictions(logits_s, threshold)
     mask_t, pred_t = confident_predictions(logits_t, threshold)
@@ -91,7 +91,7 @@ def cluster_level_alignment(
 
 
 def cross_view_mcc(probs_g: Tensor, probs_l: Tensor) -> Tensor:
-    """L_mcc of SPEC §3.6."""
+    """L_mcc of docs/METHOD.md §3.6."""
     num_classes = probs_g.shape[1]
     m = probs_g.T @ probs_l
     rows = m / m.sum(1, keepdim=True)
@@ -101,7 +101,7 @@ def cross_view_mcc(probs_g: Tensor, probs_l: Tensor) -> Tensor:
 
 
 def multiview_pseudo_label_loss(logits_g: Tensor, logits_l: Tensor, ps_threshold: float) -> tuple[Tensor, Tensor]:
-    """L_mvv of SPEC §3.7 and the kept mask, deciding sample by sample."""
+    """L_mvv of docs/METHOD.md §3.7 and the kept mask, deciding sample by sample."""
     kept, labels = [], []
     for j in range(logits_g.shape[0]):
         pg = torch.softmax(logits_g[j].detach(), dim=0)

@@ -53,7 +53,7 @@ def test_colour_is_torchvisions_jitter_in_drawn_order_then_grayscale():
 
 
 def test_draws_follow_the_configured_distributions():
-    aug = AugmentConfig()  # the SPEC defaults: jitter 0.2, grayscale 0.2, ±15°, 5 %, scale 0.9–1.05
+    aug = AugmentConfig()  # the paper defaults: jitter 0.2, grayscale 0.2, ±15°, 5 %, scale 0.9–1.05
     d = BatchAugment(aug, 64).draws(20_000, 64, seed=0)
     # 20,000 draws: a rate's standard error is below 0.004, so ±0.02 is five of them.
     assert d.flip.mean() == pytest.approx(0.5, abs=0.02)

@@ -1,4 +1,4 @@
-"""lacmfer.losses against the loop reference of SPEC §3, edge cases and gradient flow."""
+"""lacmfer.losses against the loop reference of docs/METHOD.md §3, edge cases and gradient flow."""
 
 from __future__ import annotations
 
@@ -274,7 +274,7 @@ def test_one_class_only() -> None:
         b["logits_s"][:, 0] += 30.0
         b["logits_t"][:, 0] += 30.0
     cluster = losses.cluster_level_alignment(*alignment_args(b), THRESHOLD)
-    assert cluster == 0  # no pair of different classes: zero by SPEC
+    assert cluster == 0  # no pair of different classes: zero by definition (docs/METHOD.md §3.4)
     _assert_finite_grads(cluster, [b["feat_s"], b["feat_t"]])
     sample = losses.sample_level_alignment(*alignment_args(b), THRESHOLD)
     torch.testing.assert_close(sample, ref.sample_level_alignment(*alignment_args(b), THRESHOLD), **TOL)

@@ -69,7 +69,7 @@ def test_output_shapes(
 
 
 def test_paper_setting_dimensions() -> None:
-    # Width 1 without running it (too slow for CPU tests): channel counts of SPEC §2.
+    # Width 1 without running it (too slow for CPU tests): channel counts of docs/METHOD.md §2.
     model = LACMFERNet()
     assert model.feature_dim == 1024
     assert model.trunk.out_channels == 128

@@ -1,4 +1,4 @@
-"""Inverse-decay learning rate and the clustering schedule (SPEC §4, §5)."""
+"""Inverse-decay learning rate and the clustering schedule (docs/METHOD.md §4, §5)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_inverse_decay_rejects_non_positive_horizon() -> None:
 
 
 def _two_group_sgd(lr: float) -> tuple[torch.nn.Module, torch.optim.SGD]:
-    """A trunk at lr/10 and a head at lr, as the trainer builds them (SPEC §4)."""
+    """A trunk at lr/10 and a head at lr, as the trainer builds them (docs/METHOD.md §4)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     optimizer = torch.optim.SGD(

@@ -97,7 +97,7 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
         assert r["evaluations"] == 4 if r["status"] == "completed" else r["evaluations"] < 4
 
     for target in ("CK", "RAF"):
-        # The SPEC defaults are the first point of each study; ASHA-stopped trials are PRUNED.
+        # The paper's defaults are the first point of each study; ASHA-stopped trials are PRUNED.
         study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(exp))
         assert study.trials[0].params["hyper_align"] == pytest.approx(0.4)
         states = {t.state for t in study.trials}

@@ -48,7 +48,7 @@ def test_samples_respect_bounds_and_conditions():
 def test_default_point_is_the_config_clipped_to_the_space():
     cfg = exact(SPACE)
     point = default_point(cfg)
-    # SPEC default threshold 0.4 lies below the space: clipped to its low end.
+    # The default threshold 0.4 lies below the space: clipped to its low end.
     assert point == {"hyper_align": 0.4, "threshold": 0.5, "cluster_ramp": "sigmoid", "cluster_gamma": 10.0}
     linear = config_from_dict({"schedule": {"cluster_ramp": "linear"},
                                "search": {"space": SPACE, "use_default_space": False}})

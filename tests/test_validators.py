@@ -1,4 +1,4 @@
-"""Model-selection validators against hand-computed values (SPEC §6)."""
+"""Model-selection validators against hand-computed values (docs/METHOD.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seven expression classes and the six CMFER domains (SPEC §1).
+"""The seven expression classes and the six CMFER domains (docs/METHOD.md §1).
 
 Class ids follow the RAF-DB convention used by every list file of the field.
 """
@@ -43,7 +43,7 @@ DOMAINS: dict[str, DomainInfo] = {
                    (1610, 352, 874, 5934, 2425, 854, 3157), (327, 72, 160, 1177, 469, 160, 666)),
         DomainInfo("FER2013", "FER2013_train.txt", "FER2013_test.txt",
                    (3171, 4097, 436, 7215, 4830, 3995, 4965), (416, 528, 55, 879, 594, 491, 626)),
-        # AffectNet's per-class train counts are approximate in the literature (SPEC §1).
+        # AffectNet's per-class train counts are approximate in the literature (docs/METHOD.md §1).
         DomainInfo("Aff", "Aff_train.txt", "Aff_test.txt",
                    (4500, 4500, 3300, 4500, 4500, 4500, 4504), (497, 498, 497, 500, 500, 499, 497)),
     )

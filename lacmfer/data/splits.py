@@ -1,4 +1,4 @@
-"""Leave-one-domain-out splits (SPEC §1), planned on manifests before any decoding.
+"""Leave-one-domain-out splits (docs/METHOD.md §1), planned on manifests before any decoding.
 
 For a target domain T: the other domains' train lists, pooled, are the labeled sources,
 minus a stratified source-validation hold-out per source domain; T's train list is the
