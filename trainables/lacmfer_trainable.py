@@ -31,6 +31,7 @@ from ray import tune
 
 from lacmfer.config import ExperimentConfig, config_from_dict
 from lacmfer.device import Placement, out_of_memory_message, scheduled_placement
+from lacmfer.final_run import diverged as run_diverged
 from lacmfer.hparams import to_config_values
 from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams
 from lacmfer.trainer import Trainer
@@ -155,10 +156,7 @@ def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
     logger.restore_best(best)
     try:
         for metrics in trainer.training_loop():
-            # Weights can turn NaN within an interval whose mean loss is still finite; the
-            # predictions' entropy is then NaN already, so that ends the trial one
-            # evaluation earlier.
-            diverged = not (math.isfinite(metrics["loss_total"]) and math.isfinite(metrics["entropy"]))
+            diverged = run_diverged(metrics)  # the rule final training uses too
             if diverged:
                 # NaN weights still give finite accuracies (argmax of NaN is a fixed class),
                 # so the objective must be replaced. NaN rather than a very low number, as
