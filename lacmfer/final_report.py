@@ -167,6 +167,19 @@ def report_table(results: Sequence[dict[str, Any]], targets: Sequence[str], meth
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def save_png(fig: Any, path: Path, dpi: int) -> Path:
+    """Lay out, save and close a matplotlib figure, atomically (a reader never sees half a PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def bar_chart(path: Path, results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str],
               objective: str) -> None:
     """Bars per target (and the mean), one per method, error bars = std over seeds."""
@@ -193,12 +206,7 @@ def bar_chart(path: Path, results: Sequence[dict[str, Any]], targets: Sequence[s
             ax.grid(axis="y", alpha=0.3)
         axes[0].set_ylabel("target test accuracy (%)")
         axes[0].legend()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=BAR_CHART_DPI)
-        plt.close(fig)
-        tmp.replace(path)
+        save_png(fig, path, BAR_CHART_DPI)
 
 
 def write_report(final_dir: Path, name: str, results: Sequence[dict[str, Any]], targets: Sequence[str],

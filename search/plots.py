@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 
 from lacmfer.config import ExperimentConfig
+from lacmfer.final_report import save_png
 from lacmfer.names import non_oracle_objectives
 from search.analysis import (
     OBJECTIVE_KEY,
@@ -60,15 +61,8 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     """Save at the fixed size, atomically (a reader never sees half a PNG)."""
-    plt = _pyplot()
     fig.set_size_inches(*FIGURE_SIZE_IN)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def load_split_study(exp_dir: Path, cfg: ExperimentConfig, target: str) -> optuna.Study | None:
