@@ -71,7 +71,7 @@ def test_full_scale_reproduces_the_real_counts() -> None:
         assert spec.counts == real_counts(spec)
 
 
-@pytest.mark.parametrize("scale, minimum, low, high", [("tiny", 3, 150, 400), ("small", 8, 2000, 6000)])
+@pytest.mark.parametrize("scale, minimum, low, high", [("tiny", 3, 150, 400), ("small", 8, 4000, 8000)])
 def test_scaled_priors_follow_the_real_ones(scale: str, minimum: int, low: int, high: int) -> None:
     specs = plan_lists(scale)
     assert low <= sum(s.total for s in specs) <= high
@@ -103,6 +103,18 @@ def test_train_test_proportions_follow_the_real_ones(scale: str) -> None:
         else:  # tiny test lists sit at the per-class minimum: only the direction survives
             assert synth >= 2.5, (name, real, synth)
 
+
+
+def test_small_wild_sets_outnumber_the_lab_sets() -> None:
+    """As in the real data, every in-the-wild set (train + test) is at least twice the
+    largest lab set at `small`: with fewer, FER2013 and Aff could not be learned in-domain."""
+    totals = {s.name: s.total for s in plan_lists("small")}
+    per_domain = {name: totals[DOMAINS[name].train_list] + (totals[DOMAINS[name].test_list]
+                                                            if DOMAINS[name].has_separate_test else 0)
+                  for name in DOMAIN_NAMES}
+    wild = [n for n in DOMAIN_NAMES if DOMAINS[n].has_separate_test]
+    lab = [n for n in DOMAIN_NAMES if not DOMAINS[n].has_separate_test]
+    assert min(per_domain[n] for n in wild) >= 2 * max(per_domain[n] for n in lab), per_domain
 
 # ----------------------------------------------------------------------------- expressions
 
