@@ -191,6 +191,8 @@ def pseudo_label_section(rows: list[dict]) -> list[str]:
 
 def search_trace(exp_dir: Path, target: str) -> dict | None:
     """Steps trained in all, and until the search's best objective value was first reached."""
+    if not (exp_dir / "best" / f"{target}.yaml").exists():
+        return None  # this search did not cover the split
     records = read_split(exp_dir, target)
     evaluations = []
     for record in records:
