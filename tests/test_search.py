@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -178,12 +179,37 @@ class MostTrialsRunning(tune.Callback):
         self._count(trials)
 
 
-def test_fractional_gpus_pack_two_trials(synth_tiny, tmp_path, local_ray):
+def trainable_behind_a_rendezvous(folder: Path, parties: int, patience_s: float):
+    """The real trainable, entered only once `parties` trials have started (or after `patience_s`).
+
+    Tiny trials end in about a second, less than a worker's start-up, so without this two trials
+    that could share the GPU may still never overlap. The trials run on this machine, so the
+    rendezvous is a folder of marker files. A trial waits at most `patience_s`: when Ray cannot
+    place `parties` trials at once, the wait ends and the overlap is never seen.
+    """
+    from search import tuner
+
+    real = tuner.lacmfer_trainable
+
+    def trainable(config, **bound):
+        (folder / uuid.uuid4().hex).touch()
+        deadline = time.monotonic() + patience_s
+        while len(list(folder.iterdir())) < parties and time.monotonic() < deadline:
+            time.sleep(0.05)
+        real(config, **bound)
+
+    return trainable
+
+
+def test_fractional_gpus_pack_two_trials(synth_tiny, tmp_path, local_ray, monkeypatch):
     local_ray(num_cpus=4, num_gpus=1)  # a logical GPU: trials still train on the CPU
     # CPUs for four trials, GPU shares for two: the GPU is what limits packing.
     cfg = search_config(synth_tiny, tmp_path, "gpu", data={"targets": ["CK"]},
                         search={"max_concurrent": 4, "asha": {"grace_period": 4}},
                         resources={"cpu": 1, "gpu": 0.5, "threads": 1})
+    arrivals = tmp_path / "arrivals"
+    arrivals.mkdir()
+    monkeypatch.setattr("search.tuner.lacmfer_trainable", trainable_behind_a_rendezvous(arrivals, 2, 60.0))
     running = MostTrialsRunning()
     outcomes = run_search(cfg, callbacks=[running])
     assert outcomes[0].finished and outcomes[0].terminated == 4
