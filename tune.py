@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from lacmfer.data.loaders import cache_every_list
     from lacmfer.pretrained import ensure_pretrained
     from search.driver import run_search
+    from trainables.ray_session import check_reachable
 
     if cfg.resources.device == "cuda" and cfg.resources.gpu == 0:
         # A trial trains on the GPU Ray assigns it (lacmfer/device.py); with none reserved,
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("resources.device: 'cuda' but resources.gpu is 0, so no trial reserves a GPU; "
                         "set resources.gpu (e.g. 0.25, or --gpus-per-trial) or resources.device: auto")
 
+    check_reachable(args.address)  # a mistyped cluster address, before minutes of data preparation
     # Before Ray starts: SynthFER is generated once, and a bad list or image is one
     # `file:line` error (exit 2) instead of a traceback in every trial; trials then open
     # the caches built here.

@@ -191,3 +191,42 @@ def test_node_check_reports_a_missing_module(tmp_path, monkeypatch):
 def test_runtime_env_is_checked_before_ray_starts():
     with pytest.raises(UserError, match=r"cluster.runtime_env: runtime_env\['env_vars'\] must be of type"):
         cluster.connect("127.0.0.1:1", {"env_vars": {"A": 1}})
+
+
+@pytest.mark.parametrize("given", ["--address", "RAY_ADDRESS"])
+def test_an_address_nothing_answers_at_is_refused_before_data_preparation(synth_tiny, tmp_path, capsys,
+                                                                          monkeypatch, given):
+    import tune
+
+    port = free_port()  # bound and released: nothing listens there
+    cfg = search_config(synth_tiny, tmp_path / "results", "far", data={"cache_dir": str(tmp_path / "cache")})
+    argv = ["--config", str(save_yaml(cfg, tmp_path))]
+    if given == "--address":
+        argv += ["--address", f"127.0.0.1:{port}"]
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", f"ray://127.0.0.1:{port}")
+    # Ray itself would retry this address forever.
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was asked to join"))
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {given} ") and f"nothing answers at 127.0.0.1:{port} (Connection refused)" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+
+def test_final_training_refuses_an_address_nothing_answers_at(synth_tiny, tmp_path, capsys, monkeypatch):
+    from lacmfer import train
+
+    port = free_port()
+    cfg = search_config(synth_tiny, tmp_path / "results", "far")
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was asked to join"))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", str(save_yaml(cfg, tmp_path)), "--seeds", "0", "--address", f"127.0.0.1:{port}",
+                    "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --address 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port} (Connection refused); "
+                   "is the head running (ray start --head)? Check the address, and that its port is open to "
+                   "this machine\n")

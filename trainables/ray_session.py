@@ -5,13 +5,15 @@ says: a token cluster needs `RAY_AUTH_MODE=token` and its token there, as for an
 client. Without an address a new local Ray starts, closed to everyone else: Ray 2.60's
 GCS server and raylet listen on every interface whatever node IP is given, so the local
 Ray gets a fresh random token, held in this process's environment (inherited by the Ray
-processes it starts) and never written to disk.
+processes it starts) and never written to disk. A cluster address that nothing answers at
+is refused at once: Ray itself retries such an address forever.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import socket
 from typing import Any
 
 import ray
@@ -21,17 +23,22 @@ from lacmfer.errors import UserError
 #: Where Ray 2.60 looks for a token, in this order (the C++ token loader).
 TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
+#: How long a cluster's address may take to accept a TCP connection.
+REACH_TIMEOUT_S = 10.0
+
 
 def connect_ray(address: str | None, **options: Any) -> None:
     """Join the Ray cluster at `address` (or RAY_ADDRESS), else (or for "local") start a
     token-locked local Ray; `options` go to `ray.init`."""
+    check_reachable(address)
+    source = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":  # Ray's own word for "start a new local Ray"
         try:
             ray.init(address=address, **options)
         except ConnectionError as err:
             raise UserError(
-                f"--address {address}: cannot join the Ray cluster ({err}); for a cluster with token "
+                f"{source} {address}: cannot join the Ray cluster ({err}); for a cluster with token "
                 "authentication set RAY_AUTH_MODE=token and give its token (RAY_AUTH_TOKEN, "
                 "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
             ) from None
@@ -39,6 +46,29 @@ def connect_ray(address: str | None, **options: Any) -> None:
     _close_local_ray()
     # "local": never join a cluster recorded by an earlier `ray start` on this machine.
     ray.init(address="local", include_dashboard=False, **options)
+
+
+def check_reachable(address: str | None) -> None:
+    """Refuse a cluster address (`address`, else RAY_ADDRESS) of the form `host:port` or
+    `ray://host:port` that accepts no TCP connection.
+
+    Ray 2.60 would retry it forever, printing a warning every few seconds. No address,
+    "local", "auto" and addresses without a port are left to Ray, which fails fast on them.
+    """
+    source = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS") or ""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    host = host.strip("[]")  # an IPv6 literal
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise UserError(
+            f"{source} {address}: nothing answers at {host}:{port} ({reason}); is the head running "
+            "(ray start --head)? Check the address, and that its port is open to this machine"
+        ) from None
 
 
 def _close_local_ray() -> None:
