@@ -1,4 +1,4 @@
-"""Results in object storage: a search and its export on an S3 server on 127.0.0.1 (moto)."""
+"""Results in object storage: a search, its export and its resume on an S3 server on 127.0.0.1 (moto)."""
 
 from __future__ import annotations
 
@@ -103,3 +103,24 @@ def test_search_and_export_on_s3(synth_tiny, tmp_path, monkeypatch, ray_with_s3_
 
 def load_config_text(file: Location):
     return config_from_dict(parse_yaml(file.read_text(), str(file)), source=str(file))
+
+
+def test_resume_on_s3_widens_the_search(synth_tiny, tmp_path, monkeypatch, ray_with_s3_env):
+    from tune import main
+
+    monkeypatch.setattr(storage, "LOCAL_STATE_ROOT", tmp_path / "driver-state")
+    monkeypatch.chdir(tmp_path)
+    cfg = search_config(synth_tiny, tmp_path, "wide", data={"targets": ["CK"]},
+                        schedule={"steps": 4, "lr_decay_steps": 4}, search={"num_samples": 2, "max_concurrent": 2})
+    assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", "s3://results/searches"]) == 0
+    assert main(["--resume", "--name", "wide", "--results", "s3://results/searches", "--num-samples", "3",
+                 "--targets", "RAF"]) == 0
+    exp = location("s3://results/searches/wide")
+    table = pq.read_table((exp / "trials.parquet").path, filesystem=exp.fs).to_pylist()
+    assert sorted(r["target"] for r in table) == ["CK"] * 3 + ["RAF"] * 3
+    assert (exp / "best" / "RAF.yaml").exists() and (exp / "CK" / "round-2").is_dir()
+    saved = load_config_text(exp / "config.yaml")
+    assert saved.data.targets == ["CK", "RAF"] and saved.search.num_samples == 3
+    for target in ("CK", "RAF"):  # the same study continued: Optuna holds every trial Tune ran
+        study = optuna.load_study(study_name=f"wide/{target}", storage=storage.optuna_storage(saved))
+        assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
