@@ -95,6 +95,34 @@ def refuse_mixing(cfg: ExperimentConfig, resume: bool) -> None:
         )
 
 
+def refuse_lost_studies(cfg: ExperimentConfig) -> None:
+    """Refuse to resume a split whose Tune trials ran but whose Optuna study the storage lacks.
+
+    Resuming would start TPE from nothing, beside trials it never heard of: e.g. on another
+    machine than the one whose disk holds the default SQLite database of a search with
+    results in object storage, or with `search.storage` pointing elsewhere than before.
+    Checked before anything is written, so the copy of the database beside the results
+    is not replaced by an empty one.
+    """
+    storage = optuna_storage(cfg)
+    known = set(optuna.study.get_all_study_names(storage))
+    exp = experiment_location(cfg)
+    for target in cfg.data.targets:
+        if study_name(cfg, target) in known:
+            continue
+        rounds = [path for path in round_dirs(exp, target) if tune.Tuner.can_restore(str(path))]
+        ran = sum(len(ExperimentAnalysis(str(path)).trials) for path in rounds)
+        if not ran:  # killed before its first trial: nothing to lose
+            continue
+        if cfg.search.storage is None and not exp.is_local:
+            where = (f"this machine's database {local_state_dir(cfg) / 'optuna.db'} does not hold it; "
+                     f"resume on the machine that ran the search (a copy of its database: {exp / 'optuna.db'})")
+        else:
+            where = f"the storage ({cfg.search.storage or local_state_dir(cfg) / 'optuna.db'}) does not hold it"
+        raise UserError(f"--resume: split {target} ran {ran} trial(s) but its Optuna study "
+                        f"{study_name(cfg, target)} is lost: {where}")
+
+
 def save_resolved_config(cfg: ExperimentConfig) -> None:
     """Write the resolved config the search runs with.
 
@@ -169,6 +197,8 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
     # The lock is a local file: beside local results, in the driver's own folder otherwise.
     with ray_environment(), experiment_lock(local_state_dir(cfg)):
         refuse_mixing(cfg, resume)
+        if resume:
+            refuse_lost_studies(cfg)
         connect(address, cfg.cluster.runtime_env)
         # Every check before the config is written: a node that cannot train or a trial
         # that fits nowhere leaves no experiment behind that the same command would refuse.

@@ -105,7 +105,7 @@ def load_config_text(file: Location):
     return config_from_dict(parse_yaml(file.read_text(), str(file)), source=str(file))
 
 
-def test_resume_on_s3_widens_the_search(synth_tiny, tmp_path, monkeypatch, ray_with_s3_env):
+def test_resume_on_s3_widens_the_search(synth_tiny, tmp_path, monkeypatch, capsys, ray_with_s3_env):
     from tune import main
 
     monkeypatch.setattr(storage, "LOCAL_STATE_ROOT", tmp_path / "driver-state")
@@ -113,9 +113,20 @@ def test_resume_on_s3_widens_the_search(synth_tiny, tmp_path, monkeypatch, ray_w
     cfg = search_config(synth_tiny, tmp_path, "wide", data={"targets": ["CK"]},
                         schedule={"steps": 4, "lr_decay_steps": 4}, search={"num_samples": 2, "max_concurrent": 2})
     assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", "s3://results/searches"]) == 0
-    assert main(["--resume", "--name", "wide", "--results", "s3://results/searches", "--num-samples", "3",
-                 "--targets", "RAF"]) == 0
     exp = location("s3://results/searches/wide")
+    copy = (exp / "optuna.db").read_bytes()
+    widen = ["--resume", "--name", "wide", "--results", "s3://results/searches", "--num-samples", "3", "--targets", "RAF"]
+
+    # Another machine lacks the driver's database: refused, and the copy in the bucket kept.
+    monkeypatch.setattr(storage, "LOCAL_STATE_ROOT", tmp_path / "another-machine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(widen)
+    assert exit_info.value.code == 2
+    assert "--resume: split CK ran 2 trial(s) but its Optuna study wide/CK is lost" in capsys.readouterr().err
+    assert (exp / "optuna.db").read_bytes() == copy
+
+    monkeypatch.setattr(storage, "LOCAL_STATE_ROOT", tmp_path / "driver-state")
+    assert main(widen) == 0
     table = pq.read_table((exp / "trials.parquet").path, filesystem=exp.fs).to_pylist()
     assert sorted(r["target"] for r in table) == ["CK"] * 3 + ["RAF"] * 3
     assert (exp / "best" / "RAF.yaml").exists() and (exp / "CK" / "round-2").is_dir()
