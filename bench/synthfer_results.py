@@ -47,6 +47,7 @@ from lacmfer.data.loaders import SampleSet, SplitData, domain_ids, load_split_da
 from lacmfer.data.manifest import ensure_data, load_domains
 from lacmfer.data.splits import Part, make_split, stratified_holdout
 from lacmfer.names import non_oracle_objectives
+from lacmfer.pretrained import ensure_pretrained
 from lacmfer.trainer import Trainer
 from search.analysis import read_split, validator_ranking
 
@@ -270,6 +271,7 @@ def main() -> None:
 
     cfg = load_config(args.config, args.overrides)
     ensure_data(cfg.data)
+    ensure_pretrained(cfg)  # a `--set model.pretrained=...` trunk, trained or downloaded once, not per worker
     for target in args.targets:  # build every image cache once, before the workers race for it
         load_split_data(cfg, target, progress=False)
     if "searches" in args.kinds:
