@@ -93,7 +93,6 @@ def measure_step(trainer: Trainer, repeats: int) -> dict[str, float]:
 
     x = torch.cat(augment())
     n_s = x.shape[0] // 2
-    model = trainer.model
 
     def network() -> None:  # the trainer's forward (per-domain by default), source loss only
         source, _ = trainer._forward(x[:n_s], x[n_s:])

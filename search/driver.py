@@ -34,6 +34,7 @@ from search.tuner import (
     study_name,
 )
 
+
 @dataclass(frozen=True)
 class SplitOutcome:
     target: str

@@ -23,7 +23,7 @@ def _label_out_of_range(tmp_path: Path, lines: list[str], root: Path) -> tuple[P
     lines[2] = lines[2].rsplit(maxsplit=1)[0] + " 9"
     lst = tmp_path / "CK_bad.txt"
     lst.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return lst, rf"CK_bad\.txt:3: label '9' is not a class id 0\.\.6"
+    return lst, r"CK_bad\.txt:3: label '9' is not a class id 0\.\.6"
 
 
 def _corrupt_image(tmp_path: Path, lines: list[str], root: Path) -> tuple[Path, str]:

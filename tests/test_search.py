@@ -22,8 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lacmfer.config import config_from_dict, load_config, save_config
 from lacmfer.errors import UserError
 from lacmfer.trainer import Trainer
-from search.driver import run_search
 from search.analysis import read_result_json
+from search.driver import run_search
 from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, optuna_storage_url, study_name
 from tests.conftest import REPO, tiny_config
 
