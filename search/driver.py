@@ -112,7 +112,7 @@ def refuse_lost_studies(cfg: ExperimentConfig) -> None:
         if study_name(cfg, target) in known:
             continue
         rounds = [path for path in round_dirs(exp, target) if tune.Tuner.can_restore(str(path))]
-        ran = sum(len(ExperimentAnalysis(str(path)).trials) for path in rounds)
+        ran = len(_tune_trials(rounds))
         if not ran:  # killed before its first trial: nothing to lose
             continue
         if cfg.search.storage is None and not exp.is_local:
@@ -151,15 +151,17 @@ def close_orphaned_trials(study: optuna.Study, continuing: set[str]) -> int:
     return len(orphans)
 
 
+def _tune_trials(rounds: Sequence[Location]) -> list[tune.experiment.Trial]:
+    """The trials Tune recorded in a split's rounds (their saved experiment state)."""
+    return [trial for path in rounds for trial in ExperimentAnalysis(str(path)).trials]
+
+
 def _close_orphans_of_split(cfg: ExperimentConfig, target: str, rounds: Sequence[Location]) -> None:
     try:
         study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage(cfg))
     except KeyError:  # killed before the study was created
         return
-    continuing = {
-        trial.trial_id for path in rounds for trial in ExperimentAnalysis(str(path)).trials
-        if trial.status != "TERMINATED"
-    }
+    continuing = {trial.trial_id for trial in _tune_trials(rounds) if trial.status != "TERMINATED"}
     closed = close_orphaned_trials(study, continuing)
     if closed:
         print(f"{target}: closed {closed} Optuna trial(s) that a killed driver left running (told FAIL)")

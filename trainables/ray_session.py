@@ -31,8 +31,7 @@ def connect_ray(address: str | None, **options: Any) -> None:
     """Join the Ray cluster at `address` (or RAY_ADDRESS), else (or for "local") start a
     token-locked local Ray; `options` go to `ray.init`."""
     check_reachable(address)
-    source = "--address" if address else "RAY_ADDRESS"
-    address = address or os.environ.get("RAY_ADDRESS")
+    source, address = _given_address(address)
     if address and address != "local":  # Ray's own word for "start a new local Ray"
         try:
             ray.init(address=address, **options)
@@ -55,9 +54,8 @@ def check_reachable(address: str | None) -> None:
     Ray 2.60 would retry it forever, printing a warning every few seconds. No address,
     "local", "auto" and addresses without a port are left to Ray, which fails fast on them.
     """
-    source = "--address" if address else "RAY_ADDRESS"
-    address = address or os.environ.get("RAY_ADDRESS") or ""
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    source, address = _given_address(address)
+    host, sep, port = (address or "").removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit() or not host:
         return
     host = host.strip("[]")  # an IPv6 literal
@@ -69,6 +67,11 @@ def check_reachable(address: str | None) -> None:
             f"{source} {address}: nothing answers at {host}:{port} ({reason}); is the head running "
             "(ray start --head)? Check the address, and that its port is open to this machine"
         ) from None
+
+
+def _given_address(address: str | None) -> tuple[str, str | None]:
+    """Where the cluster address comes from (for messages) and the address: `--address`, else RAY_ADDRESS."""
+    return ("--address", address) if address else ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS"))
 
 
 def _close_local_ray() -> None:
