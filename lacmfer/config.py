@@ -146,6 +146,12 @@ class ModelConfig(_Section):
     # batch separately, as the released code does (docs/METHOD.md §3); `joint` forwards
     # them as one batch (an ablation).
     bn: Literal["per_domain", "joint"] = "per_domain"
+    # CBAM as the paper describes it (7×7 spatial kernel, MLP with biases, no skip inside),
+    # or the block the released code imports (49×49 kernel, bias-free MLP, x + attention(x)).
+    cbam: Literal["paper", "release"] = "paper"
+    # Initialisation of the two views: He fan-out like torchvision's ResNet, or PyTorch's
+    # layer defaults as in the released code (the trunk keeps He, then any pretrained weights).
+    branch_init: Literal["he", "pytorch"] = "he"
 
     @model_validator(mode="after")
     def _resnet18_width(self) -> ModelConfig:
@@ -171,6 +177,11 @@ class LossConfig(_Section):
     mcc: bool = True
     pseudo_label: bool = True
     mcc_input: Literal["probs", "logits"] = "probs"
+    # The released loss files' hardness weights: july2024 detached with the membership test,
+    # june2024 with gradient and no membership test (docs/METHOD.md §3.3).
+    hardness: Literal[names.HARDNESS_RELEASES] = "july2024"
+    # hyper_align × a(t): none, or MFSAN's ramp that released train.py computes (§3.8).
+    align_warmup: Literal[names.ALIGN_WARMUPS] = "none"
 
 
 class ScheduleConfig(_Section):
@@ -200,6 +211,9 @@ class EvalConfig(_Section):
     # target_acc (oracle) on the whole target test set every this many evaluations and
     # at the last one; NaN in between. Every evaluation when the objective is the oracle.
     test_every: Annotated[int, Field(ge=1)] = 4
+    # Every this many steps a step also measures ‖∇(hyper_align·L_inter)‖ / ‖∇L_sup‖ on the
+    # shared trunk (two extra backward passes); null: never (docs/METHOD.md §3.9).
+    grad_ratio_every: Annotated[int, Field(ge=1)] | None = 50
 
 
 class ParamSpec(_Section):

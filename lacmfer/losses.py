@@ -25,9 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from lacmfer.names import HARDNESS_RELEASES
+
 __all__ = [
     "multi_kernel_mmd",
     "hardness_weights",
+    "sample_level_weights",
     "sample_level_alignment",
     "cluster_level_alignment",
     "inter_domain_alignment",
@@ -153,9 +156,10 @@ def multi_kernel_mmd(a: Tensor, b: Tensor, kernel_num: int = 5, kernel_mul: floa
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2.0 * kernel[:n, n:].mean()
 
 
-@torch.no_grad()
-def hardness_weights(logits: Tensor, labels: Tensor, mask: Tensor, other_labels: Tensor) -> Tensor:
-    """Hardness weights of one domain's samples (docs/METHOD.md §3.3), normalised, without gradient.
+def hardness_weights(
+    logits: Tensor, labels: Tensor, mask: Tensor, other_labels: Tensor, *, release: str = "july2024"
+) -> Tensor:
+    """Hardness weights of one domain's samples (docs/METHOD.md §3.3), normalised.
 
         h_i = mean_c (z_ic − 1[c = y_i] · max_c' z_ic')² · mask_i · 1[y_i ∈ other_labels]
         w_i = h_i / Σ_j h_j          (all zero when Σ_j h_j = 0)
@@ -165,25 +169,47 @@ def hardness_weights(logits: Tensor, labels: Tensor, mask: Tensor, other_labels:
     of the *other* domain in the batch. Choice where the method is open: the membership test uses
     every label of the other domain's batch, confident or not (all target pseudo-labels for
     the source side, all source labels for the target side).
+
+    `release` picks between the authors' two released loss files (docs/METHOD.md §3.3):
+    `july2024` (the default) detaches the weights and applies the membership test;
+    `june2024` drops the membership factor and lets the gradient flow through h and the
+    normalisation into the logits.
     """
+    if release not in HARDNESS_RELEASES:
+        raise ValueError(f"unknown hardness release {release!r}; expected one of {HARDNESS_RELEASES}")
+    if release == "july2024":
+        logits = logits.detach()
     num_classes = logits.shape[1]
     onehot = _one_hot(labels, num_classes, logits.dtype)
     top = logits.max(dim=1, keepdim=True).values
-    hardness = (logits - onehot * top).square().mean(dim=1)
-    present = _one_hot(other_labels, num_classes, logits.dtype).amax(dim=0)  # (C,) 1 if seen
-    hardness = hardness * mask.to(logits.dtype) * (onehot @ present)
+    hardness = (logits - onehot * top).square().mean(dim=1) * mask.to(logits.dtype)
+    if release == "july2024":
+        present = _one_hot(other_labels, num_classes, logits.dtype).amax(dim=0)  # (C,) 1 if seen
+        hardness = hardness * (onehot @ present)
     return hardness / hardness.sum().clamp_min(torch.finfo(logits.dtype).tiny)
+
+
+def sample_level_weights(
+    logits_s: Tensor, logits_t: Tensor, labels_s: Tensor, threshold: float, *, release: str = "july2024"
+) -> tuple[Tensor, Tensor]:
+    """(w_s, w_t): the source and target hardness weights of one view's sample-level term.
+
+    m^s = [conf^s ≥ τ], m^t = [conf^t ≥ τ], ŷ^t = argmax z^t;
+    w_s = hardness_weights(z^s, y, m^s, ŷ^t), w_t = hardness_weights(z^t, ŷ^t, m^t, y).
+    """
+    mask_s, _ = _confident_predictions(logits_s, threshold)
+    mask_t, pseudo_t = _confident_predictions(logits_t, threshold)
+    w_s = hardness_weights(logits_s, labels_s, mask_s, pseudo_t, release=release)
+    w_t = hardness_weights(logits_t, pseudo_t, mask_t, labels_s, release=release)
+    return w_s, w_t
 
 
 def _sample_level(
     dists: Tensor, logits_s: Tensor, logits_t: Tensor, labels_s: Tensor, threshold: float, kernel_num: int,
-    kernel_mul: float,
+    kernel_mul: float, release: str,
 ) -> Tensor:
     """L_sid from the distance matrix D of [f^s; f^t] (see `sample_level_alignment`)."""
-    mask_s, _ = _confident_predictions(logits_s, threshold)
-    mask_t, pseudo_t = _confident_predictions(logits_t, threshold)
-    w_s = hardness_weights(logits_s, labels_s, mask_s, pseudo_t)
-    w_t = hardness_weights(logits_t, pseudo_t, mask_t, labels_s)
+    w_s, w_t = sample_level_weights(logits_s, logits_t, labels_s, threshold, release=release)
     kernel = _full_kernel(dists, kernel_num, kernel_mul)
     # The three terms are one quadratic form in the signed weights [w_s; −w_t].
     signed = torch.cat([w_s, -w_t]).to(kernel.dtype)
@@ -261,6 +287,7 @@ def sample_level_alignment(
     *,
     kernel_num: int = 5,
     kernel_mul: float = 2.0,
+    release: str = "july2024",
 ) -> Tensor:
     """L_sid, the hardness-weighted sample-level MMD of one view (docs/METHOD.md §3.3).
 
@@ -269,11 +296,12 @@ def sample_level_alignment(
         L_sid = w_sᵀ K_ss w_s + w_tᵀ K_tt w_t − 2 w_sᵀ K_st w_t
 
     K is the multi-kernel over the concatenated features [f^s; f^t], its bandwidth from
-    all 2B samples (confident or not). Gradient flows into the features only: the weights
-    and the bandwidth are constants.
+    all 2B samples (confident or not). The bandwidth is a constant; so are the weights
+    with `release="july2024"`, while `"june2024"` lets the gradient reach the logits
+    through them too (`hardness_weights`).
     """
     dists = _sq_dists(torch.cat([feat_s, feat_t]))
-    return _sample_level(dists, logits_s, logits_t, labels_s, threshold, kernel_num, kernel_mul)
+    return _sample_level(dists, logits_s, logits_t, labels_s, threshold, kernel_num, kernel_mul, release)
 
 
 def cluster_level_alignment(
@@ -320,6 +348,7 @@ def inter_domain_alignment(
     *,
     kernel_num: int = 5,
     kernel_mul: float = 2.0,
+    release: str = "july2024",
 ) -> tuple[Tensor, Tensor]:
     """(L_sid, L_cid) of one view, sharing one distance matrix (the costly N×N×D product).
 
@@ -327,7 +356,7 @@ def inter_domain_alignment(
     arguments; the trainer combines them as L_sid + λ_cid(t)·L_cid (docs/METHOD.md §3.5).
     """
     dists = _sq_dists(torch.cat([feat_s, feat_t]))
-    sample = _sample_level(dists, logits_s, logits_t, labels_s, threshold, kernel_num, kernel_mul)
+    sample = _sample_level(dists, logits_s, logits_t, labels_s, threshold, kernel_num, kernel_mul, release)
     cluster = _cluster_level(dists, logits_s, logits_t, labels_s, threshold, kernel_num, kernel_mul)
     return sample, cluster
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -34,7 +35,7 @@ from lacmfer import losses
 from lacmfer.config import ExperimentConfig
 from lacmfer.model import LACMFEROutput
 from lacmfer.names import METHOD_NAMES, add_name
-from lacmfer.schedules import clustering_schedule
+from lacmfer.schedules import alignment_warmup, clustering_schedule
 
 
 @dataclass
@@ -44,6 +45,9 @@ class StepLosses:
     total: Tensor
     terms: dict[str, Tensor]
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    #: The weighted supervised (`sup`) and alignment (`align`: a(t)·hyper_align·L_inter)
+    #: parts of `total`, for the trainer's gradient-ratio instrument (docs/METHOD.md §3.9).
+    parts: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Method:
@@ -64,6 +68,11 @@ class Method:
         s = self.cfg.schedule
         r = clustering_schedule(step, s.steps, s.cluster_start, s.cluster_ramp, s.cluster_gamma)
         return self.cfg.loss.hyper_inter * r
+
+    def align_weight(self, step: int) -> float:
+        """hyper_align · a(t), a the alignment warm-up (docs/METHOD.md §3.8)."""
+        warmup = alignment_warmup(step, self.cfg.schedule.steps, self.cfg.loss.align_warmup)
+        return self.cfg.loss.hyper_align * warmup
 
     def supervised(self, source: LACMFEROutput, labels: Tensor) -> Tensor:
         """L_sup: label-smoothed cross-entropy of both views on the source batch (§3.1)."""
@@ -92,6 +101,27 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 def build_method(cfg: ExperimentConfig) -> Method:
     return METHODS[cfg.loss.adaptation](cfg)
+
+
+@torch.no_grad()
+def hardness_diagnostics(source: LACMFEROutput, labels: Tensor, target: LACMFEROutput, threshold: float,
+                         release: str) -> dict[str, Tensor]:
+    """How many samples the sample-level term really weighs, per side and view (docs/METHOD.md §3.9).
+
+    For the weights w of one side (`losses.sample_level_weights` under the configured release):
+    `hardness_ess_<side>_<view>` = 1 / Σ w_i² (the effective sample count; 0 when every
+    weight is 0) and `hardness_empty_<side>_<view>` = [Σ w_i = 0] (no confident sample, or
+    none whose class the other batch shows). Averaged over an evaluation interval, the
+    second is the fraction of steps on which that side drops out of L_sid.
+    """
+    out = {}
+    for view, z_s, z_t in (("g", source.logits_g, target.logits_g), ("l", source.logits_l, target.logits_l)):
+        for side, w in zip(("s", "t"), losses.sample_level_weights(z_s, z_t, labels, threshold,
+                                                                       release=release)):
+            empty = (w.sum() == 0).to(w.dtype)
+            out[f"hardness_ess_{side}_{view}"] = (1.0 - empty) / w.square().sum().clamp_min(torch.finfo(w.dtype).tiny)
+            out[f"hardness_empty_{side}_{view}"] = empty
+    return out
 
 
 @register_method("source_only")
@@ -125,10 +155,12 @@ class LACMFER(Method):
                  (source.feat_l, target.feat_l, source.logits_l, target.logits_l))
         for f_s, f_t, z_s, z_t in views:
             if lc.sample_level and use_cid:  # both terms from one distance matrix
-                view_sid, view_cid = losses.inter_domain_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold, **kernel)
+                view_sid, view_cid = losses.inter_domain_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold,
+                                                                   release=lc.hardness, **kernel)
                 sid, cid = sid + view_sid, cid + view_cid
             elif lc.sample_level:
-                sid = sid + losses.sample_level_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold, **kernel)
+                sid = sid + losses.sample_level_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold,
+                                                          release=lc.hardness, **kernel)
             elif use_cid:
                 cid = cid + losses.cluster_level_alignment(f_s, f_t, z_s, z_t, labels, lc.threshold, **kernel)
         terms = {}
@@ -144,8 +176,9 @@ class LACMFER(Method):
         sup = self.supervised(source, labels)
         inter, terms = self.inter_domain(source, labels, target, step)
         terms = {"sup": sup, **terms}
-        total = sup + lc.hyper_align * inter
-        metrics = {}
+        align = self.align_weight(step) * inter
+        total = sup + align
+        metrics = hardness_diagnostics(source, labels, target, lc.threshold, lc.hardness)
         if lc.mcc:
             z_g, z_l = target.logits_g, target.logits_l
             views = (z_g, z_l) if lc.mcc_input == "logits" else (z_g.softmax(1), z_l.softmax(1))
@@ -156,7 +189,7 @@ class LACMFER(Method):
                 target.logits_g, target.logits_l, lc.ps_threshold)
             metrics["pl_train_coverage"] = kept.float().mean()  # of the training batch
             total = total + lc.hyper_tgt * terms["pseudo_label"]
-        return StepLosses(total, terms, metrics)
+        return StepLosses(total, terms, metrics, parts={"sup": sup, "align": align})
 
 
 @register_method("mmd_baseline")

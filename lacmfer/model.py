@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
@@ -67,11 +68,11 @@ class ChannelAttention(nn.Module):
     at least 8 units (or C if fewer) so narrow test networks keep a usable bottleneck.
     """
 
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    def __init__(self, channels: int, reduction: int = 16, bias: bool = True) -> None:
         super().__init__()
         hidden = max(channels // reduction, min(channels, 8))
         self.mlp = nn.Sequential(
-            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+            nn.Linear(channels, hidden, bias=bias), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=bias)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -92,20 +93,41 @@ class SpatialAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Return the attention map [B, 1, H, W] for x [B, C, H, W]."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.conv(pooled))
+        # Taps more than H−1 (W−1) from the centre only ever meet the zero padding: the
+        # central (2H−1)×(2W−1) crop of the kernel gives the same map, and a 49×49 kernel
+        # on a 4×4 map costs what a 7×7 one does.
+        centre = self.conv.kernel_size[0] // 2
+        reach_h, reach_w = min(centre, x.shape[-2] - 1), min(centre, x.shape[-1] - 1)
+        weight = self.conv.weight[..., centre - reach_h:centre + reach_h + 1, centre - reach_w:centre + reach_w + 1]
+        return torch.sigmoid(F.conv2d(pooled, weight, self.conv.bias, padding=(reach_h, reach_w)))
+
+
+#: `model.cbam` → (MLP biases, spatial kernel, skip connection inside the block).
+CBAM_VARIANTS = {
+    "paper": (True, 7, False),  # Woo et al., ECCV 2018, as docs/METHOD.md §2 describes it
+    "release": (False, 49, True),  # the third-party block the released code imports
+}
 
 
 class CBAM(nn.Module):
-    """Channel then spatial attention: x' = a_c ⊙ x, y = a_s ⊙ x'."""
+    """Channel then spatial attention: x' = a_c ⊙ x, y = a_s ⊙ x' (+ x for the `release` variant).
 
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    `release` is the block the authors' code imports: a bias-free MLP, a 49×49 spatial
+    kernel (at 224 px it covers the whole 14×14 and 7×7 maps, so the spatial attention is
+    global) and y = x + a_s ⊙ x'. At CPU sizes every map is smaller than 25 px, where a
+    49×49 kernel is global too, so the variant keeps its meaning at any input size.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, variant: str = "paper") -> None:
         super().__init__()
-        self.channel = ChannelAttention(channels, reduction)
-        self.spatial = SpatialAttention()
+        bias, kernel, self.skip = CBAM_VARIANTS[variant]
+        self.channel = ChannelAttention(channels, reduction, bias)
+        self.spatial = SpatialAttention(kernel)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x * self.channel(x)
-        return x * self.spatial(x)
+        attended = x * self.channel(x)
+        attended = attended * self.spatial(attended)
+        return x + attended if self.skip else attended
 
 
 class CBAMBlock(nn.Module):
@@ -115,23 +137,25 @@ class CBAMBlock(nn.Module):
     1×1 conv + BN projection when the stride or the channel count changes.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, cbam: str = "paper",
+                 init: str = "he") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.cbam = CBAM(out_channels)
+        self.cbam = CBAM(out_channels, variant=cbam)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
-        for conv in (self.conv1, self.conv2, *self.shortcut.modules()):
-            if isinstance(conv, nn.Conv2d):
-                _init_conv(conv)
+        if init == "he":  # otherwise PyTorch's layer defaults, as in the released code
+            for conv in (self.conv1, self.conv2, *self.shortcut.modules()):
+                if isinstance(conv, nn.Conv2d):
+                    _init_conv(conv)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -139,10 +163,11 @@ class CBAMBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def cbam_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+def cbam_stage(in_channels: int, out_channels: int, blocks: int, stride: int, cbam: str = "paper",
+               init: str = "he") -> nn.Sequential:
     """`blocks` CBAM blocks; the first one changes the stride and the width."""
-    layers = [CBAMBlock(in_channels, out_channels, stride)]
-    layers += [CBAMBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+    layers = [CBAMBlock(in_channels, out_channels, stride, cbam, init)]
+    layers += [CBAMBlock(out_channels, out_channels, 1, cbam, init) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -177,10 +202,10 @@ class Trunk(nn.Module):
 class GlobalBranch(nn.Module):
     """Two CBAM stages (2u → 4u, then 4u → 16u, both stride 2), global average pool."""
 
-    def __init__(self, unit: int, blocks: tuple[int, int]) -> None:
+    def __init__(self, unit: int, blocks: tuple[int, int], cbam: str = "paper", init: str = "he") -> None:
         super().__init__()
-        self.stage1 = cbam_stage(2 * unit, 4 * unit, blocks[0], stride=2)
-        self.stage2 = cbam_stage(4 * unit, 16 * unit, blocks[1], stride=2)
+        self.stage1 = cbam_stage(2 * unit, 4 * unit, blocks[0], 2, cbam, init)
+        self.stage2 = cbam_stage(4 * unit, 16 * unit, blocks[1], 2, cbam, init)
         self.out_channels = 16 * unit
 
     def forward(self, fmap: Tensor) -> Tensor:
@@ -206,10 +231,10 @@ class LocalBranch(nn.Module):
     quadrant order of `split_quadrants`. Sub-network k sees only quadrant k.
     """
 
-    def __init__(self, unit: int, blocks: int) -> None:
+    def __init__(self, unit: int, blocks: int, cbam: str = "paper", init: str = "he") -> None:
         super().__init__()
         self.stages = nn.ModuleList(
-            cbam_stage(2 * unit, 4 * unit, blocks, stride=2) for _ in range(4)
+            cbam_stage(2 * unit, 4 * unit, blocks, 2, cbam, init) for _ in range(4)
         )
         self.out_channels = 16 * unit
 
@@ -229,6 +254,9 @@ class LACMFERNet(nn.Module):
             u = round(64 · width) (64 at width 1, the paper setting).
         global_blocks: CBAM blocks in the two global stages (paper: 6, 3).
         local_blocks: CBAM blocks in each quadrant stage (paper: 2).
+        cbam: `paper` or `release` attention blocks in both views (`CBAM`).
+        branch_init: `he` (fan-out, like torchvision's ResNet) or `pytorch` (the layers'
+            own defaults, as the released code leaves its views) for both views' convs.
 
     Inputs are [B, 3, H, W] with H, W ≥ 9 (the trunk map, ceil(H/8) × ceil(W/8), must be
     at least 2×2 to have four quadrants); the paper uses 224 px, CPU tests 48–64 px.
@@ -240,6 +268,8 @@ class LACMFERNet(nn.Module):
         width: float = 1.0,
         global_blocks: tuple[int, int] = (6, 3),
         local_blocks: int = 2,
+        cbam: str = "paper",
+        branch_init: str = "he",
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -254,8 +284,12 @@ class LACMFERNet(nn.Module):
         self.num_classes = num_classes
         self.width = width
         self.trunk = Trunk(unit)
-        self.global_branch = GlobalBranch(unit, (global_blocks[0], global_blocks[1]))
-        self.local_branch = LocalBranch(unit, local_blocks)
+        if cbam not in CBAM_VARIANTS:
+            raise ValueError(f"cbam must be one of {sorted(CBAM_VARIANTS)}, got {cbam!r}")
+        if branch_init not in ("he", "pytorch"):
+            raise ValueError(f"branch_init must be 'he' or 'pytorch', got {branch_init!r}")
+        self.global_branch = GlobalBranch(unit, (global_blocks[0], global_blocks[1]), cbam, branch_init)
+        self.local_branch = LocalBranch(unit, local_blocks, cbam, branch_init)
         self.feature_dim = 16 * unit  # both views: 1024 at width 1
         self.classifier_g = nn.Linear(self.feature_dim, num_classes)
         self.classifier_l = nn.Linear(self.feature_dim, num_classes)

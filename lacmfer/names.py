@@ -15,6 +15,13 @@ from lacmfer.data.domains import DOMAINS
 #: Shapes of the clustering schedule r(t) (docs/METHOD.md §5).
 CLUSTER_RAMPS: tuple[str, ...] = ("sigmoid", "linear", "step")
 
+#: The authors' two released versions of the hardness weights (docs/METHOD.md §3.3):
+#: July 2024 detaches them and tests membership, June 2024 neither.
+HARDNESS_RELEASES: tuple[str, ...] = ("july2024", "june2024")
+
+#: Warm-ups of the alignment weight hyper_align (docs/METHOD.md §3.8): none, or MFSAN's ramp.
+ALIGN_WARMUPS: tuple[str, ...] = ("none", "mfsan")
+
 #: Adaptation methods, by `loss.adaptation` name; `lacmfer.methods.METHODS` holds their classes.
 METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline"]
 

@@ -1,4 +1,4 @@
-"""Training schedules: the inverse-decay learning rate and the clustering-term ramp.
+"""Training schedules: the inverse-decay learning rate, the clustering-term ramp, the alignment warm-up.
 
 Pure functions of the step counter (docs/METHOD.md §4 and §5). Nothing here reads the config:
 the trainer passes the config values as arguments.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from lacmfer.names import CLUSTER_RAMPS
+from lacmfer.names import ALIGN_WARMUPS, CLUSTER_RAMPS
 
 
 @dataclass
@@ -112,3 +112,21 @@ def clustering_schedule(
     if ramp == "linear":
         return q
     return 2.0 / (1.0 + math.exp(-gamma * q)) - 1.0
+
+
+def alignment_warmup(step: int, total_steps: int, kind: str) -> float:
+    """Factor a(t) ∈ [0, 1) or 1 on hyper_align (docs/METHOD.md §3.8).
+
+    - `none`: a = 1 (the stored LA-CMFER model, which ignores the ramp its train.py passes);
+    - `mfsan`: a = 2/(1 + exp(−10·p)) − 1 with p = t/T, the ramp that released train.py
+      computes and MFSAN (Zhu et al., AAAI 2019) multiplies its alignment loss by:
+      0 at the first step, 0.76 at p = 0.2, 0.9999 at the end.
+    """
+    if kind not in ALIGN_WARMUPS:
+        raise ValueError(f"unknown alignment warm-up {kind!r}; expected one of {ALIGN_WARMUPS}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if kind == "none":
+        return 1.0
+    progress = min(1.0, max(0.0, step / total_steps))
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0

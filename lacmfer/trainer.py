@@ -56,7 +56,8 @@ class Trainer:
         self.method = build_method(config)
         torch.manual_seed(config.seed)  # model initialisation is part of the seed
         m = config.model
-        self.model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks)
+        self.model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks,
+                                cbam=m.cbam, branch_init=m.branch_init)
         load_pretrained_trunk(self.model, config, progress)
         self.model.to(self.device)
         if m.channels_last:
@@ -90,6 +91,9 @@ class Trainer:
         # metrics), by name, on the device: read once per evaluation interval.
         self._loss_sums: dict[str, Tensor] = {}
         self._loss_steps = 0
+        # The gradient-ratio instrument, measured every `eval.grad_ratio_every` steps.
+        self._grad_ratio_sum: Tensor | None = None
+        self._grad_ratio_count = 0
 
     # ------------------------------------------------------------------ training
 
@@ -143,6 +147,9 @@ class Trainer:
         x_t = self._draw(self.target_stream)[0] if self.method.uses_target else None
         source, target = self._forward(x_s, x_t)
         out = self.method.losses(source, y_s, target, self.step_count)
+        every = self.cfg.eval.grad_ratio_every
+        if every and self.step_count % every == 0 and "align" in out.parts and out.parts["align"].requires_grad:
+            self._measure_grad_ratio(out.parts["sup"], out.parts["align"])
 
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
@@ -157,6 +164,18 @@ class Trainer:
             self._loss_sums[key] = self._loss_sums[key] + value if key in self._loss_sums else value
         self._loss_steps += 1
         return {k: v.detach() for k, v in terms.items()}
+
+    def _measure_grad_ratio(self, sup: Tensor, align: Tensor) -> None:
+        """Add ‖∇_trunk align‖ / ‖∇_trunk sup‖ of this step to the interval's sum (docs/METHOD.md §3.9)."""
+        params = [p for p in self.model.trunk.parameters() if p.requires_grad]
+        norms = []
+        for part in (sup, align):
+            grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+            norms.append(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g) for g in grads if g is not None] or [sup.new_zeros(())])))
+        ratio = (norms[1] / norms[0].clamp_min(torch.finfo(norms[0].dtype).tiny)).detach().float()
+        self._grad_ratio_sum = ratio if self._grad_ratio_sum is None else self._grad_ratio_sum + ratio
+        self._grad_ratio_count += 1
 
     def train_until(self, step: int) -> None:
         while self.step_count < step:
@@ -218,6 +237,9 @@ class Trainer:
             metrics.update(zip(self._loss_sums, means, strict=True))
             self._loss_sums = {}
             self._loss_steps = 0
+        if self._grad_ratio_sum is not None:
+            metrics["grad_ratio"] = self._grad_ratio_sum.item() / self._grad_ratio_count
+            self._grad_ratio_sum, self._grad_ratio_count = None, 0
 
         stream = self._predict(self.data.target_train, self.target_subset)
         probs = mean_view_logits(stream["g"], stream["l"]).softmax(dim=1)
@@ -270,6 +292,7 @@ class Trainer:
             "target_stream": self.target_stream.state_dict(),
             "loss_sums": {k: v.cpu() for k, v in self._loss_sums.items()},
             "loss_steps": self._loss_steps,
+            "grad_ratio": (None if self._grad_ratio_sum is None else self._grad_ratio_sum.cpu(), self._grad_ratio_count),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
@@ -283,6 +306,8 @@ class Trainer:
         self.target_stream.load_state_dict(state["target_stream"])
         self._loss_sums = {k: v.to(self.device) for k, v in state["loss_sums"].items()}
         self._loss_steps = int(state["loss_steps"])
+        ratio_sum, self._grad_ratio_count = state.get("grad_ratio", (None, 0))
+        self._grad_ratio_sum = None if ratio_sum is None else ratio_sum.to(self.device)
         torch.set_rng_state(state["rng_cpu"])
         # The trainer's own GPU only: a trial may resume on another GPU, or another machine.
         if isinstance(state.get("rng_cuda"), torch.Tensor) and self.device.type == "cuda":
