@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lacmfer.names import CLUSTER_RAMPS
+from lacmfer.names import ALIGN_WARMUPS, CLUSTER_RAMPS, HARDNESS_RELEASES
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ def register_hparam(name: str, key: str, searched: bool = True, **distribution: 
 
 
 # The loss weights log-uniform over ×¼..×4 of the paper defaults, the thresholds and the
-# clustering schedule over their meaningful ranges (docs/METHOD.md §5).
-register_hparam("hyper_align", "loss.hyper_align", distribution="loguniform", low=0.1, high=1.6)
+# clustering schedule over their meaningful ranges (docs/METHOD.md §5). hyper_align reaches
+# down to 1/40 of its default, so a configuration close to source-only is always on offer.
+register_hparam("hyper_align", "loss.hyper_align", distribution="loguniform", low=0.01, high=1.6)
 register_hparam("hyper_inter", "loss.hyper_inter", distribution="loguniform", low=0.005, high=0.08)
 register_hparam("hyper_intra", "loss.hyper_intra", distribution="loguniform", low=0.125, high=2.0)
 register_hparam("hyper_tgt", "loss.hyper_tgt", distribution="loguniform", low=0.025, high=0.4)
@@ -56,6 +57,9 @@ register_hparam("cluster_start", "schedule.cluster_start", distribution="uniform
 register_hparam("cluster_ramp", "schedule.cluster_ramp", distribution="choice", choices=list(CLUSTER_RAMPS))
 register_hparam("cluster_gamma", "schedule.cluster_gamma", distribution="loguniform", low=2.0, high=20.0,
                 only_if={"cluster_ramp": "sigmoid"})
+# The released code's two open choices (docs/METHOD.md §3.3, §3.8).
+register_hparam("align_warmup", "loss.align_warmup", distribution="choice", choices=list(ALIGN_WARMUPS))
+register_hparam("hardness", "loss.hardness", distribution="choice", choices=list(HARDNESS_RELEASES))
 # Searchable but not searched by default (docs/METHOD.md §5): a config adds them with `{}`.
 register_hparam("lr", "schedule.lr", searched=False, distribution="loguniform", low=0.001, high=0.3)
 register_hparam("label_smoothing", "loss.label_smoothing", searched=False, distribution="uniform", low=0.0, high=0.2)

@@ -58,8 +58,12 @@ def test_default_point_is_the_config_clipped_to_the_space():
 def test_shipped_configs_search_the_registry_default_space():
     default = {name: h.distribution for name, h in HPARAMS.items() if h.searched}
     assert {"hyper_align", "hyper_inter", "hyper_intra", "hyper_tgt", "threshold", "ps_threshold",
-            "cluster_start", "cluster_ramp", "cluster_gamma"} == set(default)
-    for name in ("default.yaml", "cmfer_six.yaml"):
+            "cluster_start", "cluster_ramp", "cluster_gamma", "align_warmup", "hardness"} == set(default)
+    # The weak-alignment region is reachable: down to 1/40 of the paper's 0.4.
+    assert default["hyper_align"]["low"] <= 0.01
+    assert default["align_warmup"]["choices"] == ["none", "mfsan"]
+    assert default["hardness"]["choices"] == ["july2024", "june2024"]
+    for name in ("default.yaml", "synthfer_scratch.yaml", "cmfer_six.yaml"):
         space = load_config(REPO / "configs" / name).search.space
         assert list(space) == list(default)  # the order TPE samples in
         assert {n: s.model_dump(exclude_none=True) for n, s in space.items()} == default
