@@ -116,3 +116,15 @@ def multiview_pseudo_label_loss(logits_g: Tensor, logits_l: Tensor, ps_threshold
         return logits_g.new_zeros(()), mask
     target = torch.tensor(labels)
     return F.cross_entropy(logits_g[kept], target) + F.cross_entropy(logits_l[kept], target), mask
+
+
+def hardness_weights_june2024(logits: Tensor, labels: list[int], mask: list[bool]) -> Tensor:
+    """The June 2024 release's weights, one sample at a time: no membership test, gradient kept."""
+    h = []
+    for i in range(logits.shape[0]):
+        z = logits[i]
+        target = torch.zeros_like(z)
+        target[labels[i]] = 1.0
+        h.append(((z - target * z.max()) ** 2).mean() * float(mask[i]))
+    h = torch.stack(h)
+    return h / h.sum() if h.sum() > 0 else torch.zeros_like(h)

@@ -412,3 +412,49 @@ def test_float32_in_float32_out_and_close_to_float64() -> None:
     for low, high in zip(_all_losses(b32), _all_losses(b64)):
         assert low.dtype == torch.float32
         torch.testing.assert_close(low.double(), high.detach(), atol=1e-5, rtol=1e-4)
+
+
+# --- the released code's two hardness weights (docs/METHOD.md §3.3) -------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_june2024_weights_skip_the_membership_test_and_carry_gradient(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(30, C, generator=gen, dtype=F64) * 2).requires_grad_()
+    labels = torch.randint(0, C, (30,), generator=gen)
+    mask = torch.rand(30, generator=gen) < 0.7
+    other = torch.randint(0, 4, (25,), generator=gen)  # classes 4..6 absent on the other side
+    ours = losses.hardness_weights(logits, labels, mask, other, release="june2024")
+    theirs = ref.hardness_weights_june2024(logits, labels.tolist(), mask.tolist())
+    torch.testing.assert_close(ours, theirs, **TOL)
+    # Confident samples of a class the other side lacks keep their weight in June...
+    assert (ours[(labels >= 4) & mask] > 0).all()
+    july = losses.hardness_weights(logits, labels, mask, other)
+    assert (july[labels >= 4] == 0).all()
+    # ...and the gradient flows through the weights and their normalisation into the logits.
+    probe = torch.arange(30, dtype=F64)
+    (g_ours,) = torch.autograd.grad(ours @ probe, logits)
+    (g_ref,) = torch.autograd.grad(theirs @ probe, logits)
+    torch.testing.assert_close(g_ours, g_ref, **TOL)
+    assert g_ours.abs().sum() > 0
+
+
+def test_sample_level_release_decides_whether_logits_get_gradient() -> None:
+    b = make_batch(8, 16)
+    grads = {}
+    for release in ("july2024", "june2024"):
+        loss = losses.sample_level_alignment(*alignment_args(b), THRESHOLD, release=release)
+        grads[release] = torch.autograd.grad(loss, [b["logits_s"], b["logits_t"]], allow_unused=True)
+    assert grads["july2024"] == (None, None)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads["june2024"])
+    # One distance matrix for both terms changes nothing under either release.
+    for release in ("july2024", "june2024"):
+        together, _ = losses.inter_domain_alignment(*alignment_args(b), THRESHOLD, release=release)
+        alone = losses.sample_level_alignment(*alignment_args(b), THRESHOLD, release=release)
+        torch.testing.assert_close(together, alone, **TOL)
+
+
+def test_unknown_hardness_release_is_refused() -> None:
+    with pytest.raises(ValueError, match="hardness release"):
+        losses.hardness_weights(torch.zeros(2, C), torch.zeros(2, dtype=torch.long), torch.ones(2),
+                                torch.zeros(2, dtype=torch.long), release="may2024")

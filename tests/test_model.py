@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import torchvision
 from lacmfer.errors import UserError
 from lacmfer.model import (
     CBAM,
+    CBAMBlock,
     LACMFERNet,
+    SpatialAttention,
     LACMFEROutput,
     load_trunk_weights,
     split_quadrants,
@@ -257,3 +260,56 @@ def test_load_trunk_weights_bad_file(tmp_path: Path, content: bytes | str | None
         torch.save([torch.zeros(1)], path)
     with pytest.raises(UserError, match=r"bad\.pth"):
         load_trunk_weights(LACMFERNet(global_blocks=(1, 1), local_blocks=1), path)
+
+
+def _neutral_attention(cbam: CBAM) -> CBAM:
+    """Zero every attention weight: both attentions become σ(0) = ½ everywhere."""
+    with torch.no_grad():
+        for p in cbam.parameters():
+            p.zero_()
+    return cbam
+
+
+def test_release_cbam_is_bias_free_with_a_49_kernel_and_a_skip_inside() -> None:
+    paper, release = CBAM(32), CBAM(32, variant="release")
+    assert paper.spatial.conv.kernel_size == (7, 7) and release.spatial.conv.kernel_size == (49, 49)
+    assert all(m.bias is not None for m in paper.channel.mlp if isinstance(m, torch.nn.Linear))
+    assert all(m.bias is None for m in release.channel.mlp if isinstance(m, torch.nn.Linear))
+    x = torch.randn(2, 32, 5, 7)
+    # With both attentions at ½: the paper block gives x/4, the released one x + x/4.
+    torch.testing.assert_close(_neutral_attention(paper)(x), x / 4)
+    torch.testing.assert_close(_neutral_attention(release)(x), x + x / 4)
+
+
+@pytest.mark.parametrize("kernel", [7, 49])
+@pytest.mark.parametrize("size", [(2, 2), (3, 5), (8, 8), (30, 31)])
+def test_spatial_attention_kernel_crop_is_exact(kernel: int, size: tuple[int, int]) -> None:
+    attention = SpatialAttention(kernel)
+    x = torch.randn(3, 6, *size, dtype=torch.float64, requires_grad=True)
+    attention.double()
+    pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+    full = torch.sigmoid(attention.conv(pooled))  # the uncropped kernel over the zero-padded map
+    ours = attention(x)
+    torch.testing.assert_close(ours, full, rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(full)
+    g_full = torch.autograd.grad((full * probe).sum(), [x, attention.conv.weight])
+    g_ours = torch.autograd.grad((ours * probe).sum(), [x, attention.conv.weight])
+    for a, b in zip(g_ours, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_branch_init_pytorch_keeps_the_layer_defaults_and_he_redraws() -> None:
+    # PyTorch's conv default is uniform within ±1/√fan_in; He fan-out is a normal with
+    # std √(2/fan_out), which exceeds that bound on many of a block's weights.
+    def beyond_default_bound(block: CBAMBlock) -> float:
+        w = block.conv2.weight
+        return (w.abs() > 1 / math.sqrt(w[0].numel())).double().mean().item()
+
+    assert beyond_default_bound(CBAMBlock(16, 16, init="pytorch")) == 0.0
+    assert beyond_default_bound(CBAMBlock(16, 16, init="he")) > 0.2
+    net = small_net(branch_init="pytorch")
+    first = net.global_branch.stage1[0]
+    assert (first.conv1.weight.abs() <= 1 / math.sqrt(first.conv1.weight[0].numel())).all()
+    # The trunk keeps He initialisation (then any pretrained weights) under both.
+    w = net.trunk.layer1[0].conv1.weight
+    assert (w.abs() > 1 / math.sqrt(w[0].numel())).double().mean() > 0.2

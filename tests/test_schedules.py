@@ -10,6 +10,7 @@ import torch
 from lacmfer.schedules import (
     CLUSTER_RAMPS,
     InverseDecay,
+    alignment_warmup,
     clustering_schedule,
     inverse_decay_lr,
     inverse_decay_scheduler,
@@ -183,3 +184,23 @@ def test_invalid_arguments(kwargs: dict[str, object], match: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         clustering_schedule(**args)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- alignment warm-up
+
+
+def test_mfsan_warmup_is_the_ramp_released_train_py_computes() -> None:
+    # α = 2/(1 + e^(−10p)) − 1 at p = t/T, worked by hand: p = 0.1 → 2/(1 + e^−1) − 1.
+    assert alignment_warmup(0, 500, "mfsan") == 0.0
+    assert alignment_warmup(50, 500, "mfsan") == pytest.approx(2 / (1 + math.exp(-1)) - 1)
+    assert alignment_warmup(100, 500, "mfsan") == pytest.approx(math.tanh(1.0))
+    assert alignment_warmup(500, 500, "mfsan") == pytest.approx(math.tanh(5.0))
+    assert alignment_warmup(700, 500, "mfsan") == pytest.approx(math.tanh(5.0))  # past the end: held
+    assert all(alignment_warmup(t, 500, "none") == 1.0 for t in (0, 50, 500))
+    with pytest.raises(ValueError, match="warm-up"):
+        alignment_warmup(0, 500, "linear")
+
+
+def test_release_constant_cluster_weight_is_the_step_ramp_from_step_zero() -> None:
+    # The released code weighs L_cid by the constant hyper_inter: r ≡ 1 from the first step.
+    assert all(clustering_schedule(t, 500, 0.0, "step") == 1.0 for t in (0, 1, 250, 500))

@@ -218,3 +218,81 @@ def test_cuda_path_pins_batches_and_checkpoints_its_rng(synth_tiny, ck_data):
     torch.cuda.manual_seed(123)
     trainer.load_state_dict(state)
     assert torch.equal(torch.cuda.get_rng_state(trainer.device), state["rng_cuda"])
+
+
+# ------------------------------------------------- released-code switches and instruments
+
+
+def test_mfsan_warmup_scales_the_alignment_term_of_the_total(synth_tiny, ck_data):
+    # Alignment only (its weight from the warm-up), every sample confident so L_sid ≠ 0.
+    loss = {"threshold": 0.0, "cluster_level": False, "mcc": False, "pseudo_label": False,
+            "align_warmup": "mfsan"}
+    trainer = Trainer(tiny_config(synth_tiny, loss=loss, schedule={"steps": 20}), "CK", data=ck_data)
+    first = trainer.step()
+    assert first["sample_level"] > 0
+    torch.testing.assert_close(first["total"], first["sup"])  # a(0) = 0
+    trainer.train_until(10)
+    mid = trainer.step()  # step 10 of 20: a = 2/(1 + e^−5) − 1
+    a = 2 / (1 + math.exp(-5)) - 1
+    torch.testing.assert_close(mid["total"], mid["sup"] + trainer.cfg.loss.hyper_align * a * mid["sample_level"],
+                               rtol=1e-6, atol=0)
+
+
+def test_model_switches_reach_the_network(synth_tiny, ck_data):
+    cfg = tiny_config(synth_tiny, model={"cbam": "release", "branch_init": "pytorch"})
+    block = Trainer(cfg, "CK", data=ck_data).model.global_branch.stage1[0]
+    assert block.cbam.skip and block.cbam.spatial.conv.kernel_size == (49, 49)
+    assert (block.conv1.weight.abs() <= 1 / math.sqrt(block.conv1.weight[0].numel())).all()
+
+
+def test_hardness_instruments_count_what_the_weights_hold(synth_tiny, ck_data):
+    from lacmfer.losses import sample_level_weights
+    from lacmfer.methods import hardness_diagnostics
+    from lacmfer.model import LACMFEROutput
+
+    # Two confident source samples of class 0, equally hard (h = 1/3): w_s = (½, ½, 0), ESS 2;
+    # the target's confident sample is of class 1, which no source label has: w_t = 0.
+    z_s = torch.tensor([[5.0, 1, 0], [5.0, 0, 1], [0.1, 0, 0]])
+    z_t = torch.tensor([[1, 5.0, 0], [0.1, 0, 0]])
+    labels = torch.tensor([0, 0, 2])
+    feats = torch.zeros(3, 4), torch.zeros(2, 4)
+    source = LACMFEROutput(feats[0], feats[0], z_s, z_s)
+    target = LACMFEROutput(feats[1], feats[1], z_t, z_t)
+    w_s, w_t = sample_level_weights(z_s, z_t, labels, 0.6)
+    torch.testing.assert_close(w_s, torch.tensor([0.5, 0.5, 0.0]))
+    m = hardness_diagnostics(source, labels, target, 0.6, "july2024")
+    for view in "gl":
+        assert m[f"hardness_ess_s_{view}"].item() == pytest.approx(2.0)
+        assert m[f"hardness_empty_s_{view}"].item() == 0.0
+        assert m[f"hardness_ess_t_{view}"].item() == 0.0 and m[f"hardness_empty_t_{view}"].item() == 1.0
+    # June has no membership test: the confident target sample keeps its weight.
+    june = hardness_diagnostics(source, labels, target, 0.6, "june2024")
+    assert june["hardness_empty_t_g"].item() == 0.0 and june["hardness_ess_t_g"].item() == pytest.approx(1.0)
+    # In training they are averaged over the interval and reported.
+    trainer = Trainer(tiny_config(synth_tiny), "CK", data=ck_data)
+    trainer.train_until(3)
+    metrics = trainer.evaluate()
+    assert all(0 <= metrics[f"hardness_empty_{s}_{v}"] <= 1 for s in "st" for v in "gl")
+
+
+def test_gradient_ratio_measures_the_trunk_and_leaves_training_unchanged(synth_tiny, ck_data):
+    cfg = tiny_config(synth_tiny, loss={"threshold": 0.0}, eval={"grad_ratio_every": 1})
+    trainer = Trainer(cfg, "CK", data=ck_data)
+    # By hand: align = 3·sup on the trunk's parameters gives a ratio of exactly 3.
+    sup = sum((p ** 2).sum() for p in trainer.model.trunk.parameters())
+    trainer._measure_grad_ratio(sup, 3 * sup)
+    trainer._measure_grad_ratio(sup, sup)
+    assert trainer.evaluate()["grad_ratio"] == pytest.approx(2.0)  # the mean of 3 and 1
+
+    measured, plain = (Trainer(tiny_config(synth_tiny, loss={"threshold": 0.0}, eval={"grad_ratio_every": every}),
+                               "CK", data=ck_data) for every in (1, None))
+    for t in (measured, plain):
+        t.train_until(3)
+    for p, q in zip(measured.model.parameters(), plain.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert measured.evaluate()["grad_ratio"] > 0 and "grad_ratio" not in plain.evaluate()
+    # Source-only has no alignment part: nothing to measure.
+    source_only = Trainer(tiny_config(synth_tiny, loss={"adaptation": "source_only"},
+                                      eval={"grad_ratio_every": 1}), "CK", data=ck_data)
+    source_only.train_until(2)
+    assert "grad_ratio" not in source_only.evaluate()
