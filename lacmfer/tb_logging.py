@@ -20,7 +20,9 @@ from lacmfer import names
 from lacmfer.config import ExperimentConfig
 
 # Metric-name prefix → TensorBoard group, so related curves sit together.
-_GROUPS = (("loss_", "loss/"), ("target_", "target/"), ("source_", "source/"), ("pl_", "pseudo_label/"))
+_GROUPS = (("loss_", "loss/"), ("target_", "target/"), ("source_", "source/"), ("pl_", "pseudo_label/"),
+           # The alignment instruments (docs/METHOD.md §3.9) side by side.
+           ("hardness_", "alignment/hardness_"), ("grad_ratio", "alignment/grad_ratio"))
 # The HParams-table metrics of every run (search trials and final training alike).
 BEST_OF: dict[str, str] = {names.OBJECTIVE_KEY: "max", names.ORACLE_METRIC: "max"}
 

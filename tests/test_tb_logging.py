@@ -33,6 +33,8 @@ def test_scalars_grouped_and_best_so_far_tracked(tmp_path):
         acc.PluginTagToContent("hparams")["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["target"].string_value == "CK"
     assert scalar_tag("pl_acc") == "pseudo_label/acc" and scalar_tag("lr") == "train/lr"
+    assert scalar_tag("hardness_empty_t_g") == "alignment/hardness_empty_t_g"
+    assert scalar_tag("grad_ratio") == "alignment/grad_ratio"
 
 
 def test_target_accuracy_column_is_marked_oracle(tmp_path):
