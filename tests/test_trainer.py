@@ -112,8 +112,9 @@ def test_loss_sums_are_saved_by_name(synth_tiny, ck_data):
     trainer = Trainer(cfg, "CK", data=ck_data)
     trainer.step()
     sums = trainer.state_dict()["loss_sums"]
+    instruments = {f"hardness_{kind}_{side}_{view}" for kind in ("ess", "empty") for side in "st" for view in "gl"}
     assert set(sums) == {"loss_total", "loss_sup", "loss_sample_level", "loss_cluster_level", "loss_pseudo_label",
-                         "pl_train_coverage"}
+                         "pl_train_coverage", *instruments}
 
 
 def test_target_accuracy_is_that_of_the_models_inference_rule(synth_tiny, ck_data):
