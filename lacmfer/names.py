@@ -27,6 +27,9 @@ TARGET_VALIDATOR_NAMES: list[str] = ["entropy", "im", "bnm", "snd"]
 #: `lacmfer.validators.evaluation_validators` computes them. Each is also an objective.
 #: `dev`, `im_st` and `entropy_st` read the source hold-out, so they are NaN without one.
 EVALUATION_VALIDATOR_NAMES: tuple[str, ...] = ("dev", "mixval", "class_ami", "im_st", "entropy_st", "ensemble")
+#: The members of the `ensemble` validator (and of the export's rank-average rule), each a
+#: score with a fixed scale whose ideal is 1 (IM over its maximum log C).
+ENSEMBLE_MEMBERS: tuple[str, ...] = ("source_val_acc", "im", "mixval", "class_ami")
 #: The objectives measured on the source hold-out, which `data.source_val_fraction: 0` removes.
 SOURCE_READING_OBJECTIVES: tuple[str, ...] = ("source_val_acc", "dev", "im_st", "entropy_st")
 

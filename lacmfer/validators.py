@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lacmfer.losses import multiview_agreement
-from lacmfer.names import TARGET_VALIDATOR_NAMES, add_name
+from lacmfer.names import ENSEMBLE_MEMBERS, TARGET_VALIDATOR_NAMES, add_name
 
 #: Above this many samples SND runs on a fixed subsample (its cost is N×N).
 SND_MAX_SAMPLES = 4096
@@ -425,10 +425,6 @@ def entropy_source_target(target_probs: torch.Tensor, source_probs: torch.Tensor
     return neg_entropy(target_probs) + neg_entropy(source_probs)
 
 
-#: The members of `ensemble`, each a score on a fixed [0, 1] scale (IM divided by log C).
-ENSEMBLE_MEMBERS: tuple[str, ...] = ("source_val_acc", "im", "mixval", "class_ami")
-
-
 def ensemble(metrics: Mapping[str, float], num_classes: int) -> float:
     """Mean of the members' scores on their fixed scales: source_val_acc, im / log C, mixval, class_ami.
 
@@ -441,8 +437,8 @@ def ensemble(metrics: Mapping[str, float], num_classes: int) -> float:
     out: its scale is that of the source loss, which no fixed reference bounds. Members
     that are NaN (no source hold-out) are left out of the mean; NaN when all are.
     """
-    scaled = [metrics["source_val_acc"], metrics["im"] / math.log(num_classes), metrics["mixval"],
-              metrics["class_ami"]]
+    maximum = {"im": math.log(num_classes)}  # the others' maximum is 1
+    scaled = [metrics[name] / maximum.get(name, 1.0) for name in ENSEMBLE_MEMBERS]
     finite = [s for s in scaled if math.isfinite(s)]
     return sum(finite) / len(finite) if finite else float("nan")
 
