@@ -5,7 +5,8 @@ every evaluation of every trial of a split's search, or every evaluation of one 
 training run. A validator picks the checkpoint with its highest finite score; its oracle
 gap is that checkpoint's oracle accuracy minus the best oracle accuracy of the pool
 (≤ 0; 0 means it found the oracle's choice), and the pick falls in the pool's worst
-decile when fewer than 10 % of the pool's checkpoints are worse. Musgrave et al. (2022)
+decile when at least 90 % of the pool's checkpoints are better (strictly: checkpoints
+tied with the pick are not better, so a pick tied with the best is never in it). Musgrave et al. (2022)
 and MixVal (Hu et al., NeurIPS 2023) report selection quality the same way: the accuracy
 of the selected model against the best one.
 
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: A pick is "in the worst decile" when fewer than this share of the pool is worse.
-WORST_SHARE = 0.1
+#: A pick is "in the worst decile" when at least (DECILES − 1) / DECILES of the pool is better.
+DECILES = 10
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class Pick:
     index: int  # its position in the pool
     accuracy: float  # its oracle accuracy
     best: float  # the best oracle accuracy in the pool
-    worse_share: float  # share of the pool with a strictly lower oracle accuracy
+    better: int  # how many checkpoints of the pool have a strictly higher oracle accuracy
+    pool: int  # how many checkpoints the pool has
 
     @property
     def gap(self) -> float:
@@ -40,7 +42,7 @@ class Pick:
 
     @property
     def worst_decile(self) -> bool:
-        return self.worse_share < WORST_SHARE
+        return DECILES * self.better >= (DECILES - 1) * self.pool  # integers: no rounding at the boundary
 
 
 def pick(scores: Sequence[float], oracle: Sequence[float]) -> Pick | None:
@@ -58,7 +60,7 @@ def pick(scores: Sequence[float], oracle: Sequence[float]) -> Pick | None:
     if not finite.any():
         return None
     index = int(np.argmax(np.where(finite, x, -np.inf)))
-    return Pick(index, float(y[index]), float(y.max()), float(np.mean(y < y[index])))
+    return Pick(index, float(y[index]), float(y.max()), int(np.sum(y > y[index])), y.size)
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ from lacmfer.config import ExperimentConfig, ParamSpec, config_from_dict, config
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS, to_config_values
 from lacmfer.names import ENSEMBLE_MEMBERS, ORACLE_OBJECTIVE
-from lacmfer.oracle_gap import WORST_SHARE, Pick
+from lacmfer.oracle_gap import DECILES, Pick
 from search.analysis import (
     MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
@@ -356,7 +356,7 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str) -> lis
 _PICK_TEXT = (
     "Each validator's pick is the evaluation with its highest value among those same evaluations (the ones "
     "with target_acc); oracle gap = target_acc of the pick − the best target_acc among them, in points; "
-    f"worst decile = fewer than {WORST_SHARE:.0%} of them are worse. `{RANK_AVERAGE}` picks the evaluation "
+    f"worst decile = at least {DECILES - 1}/{DECILES} of them are better. `{RANK_AVERAGE}` picks the evaluation "
     f"with the best mean rank under {', '.join(ENSEMBLE_MEMBERS)}, a rule over all of a split's checkpoints "
     "(so applied at export, not an objective)."
 )
