@@ -186,21 +186,12 @@ def _finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, l2: float = 1e-3,
-                         max_iter: int = 100) -> torch.Tensor:
-    """Importance weights w_i = p_target(x_i) / p_source(x_i) of the source samples, from a domain classifier.
-
-    The classifier is an L2-regularised logistic regression on the features (standardised
-    with the pooled mean and standard deviation), fitted by full-batch L-BFGS in float64:
-    deterministic, and cheap next to a forward pass. With d(x) its probability that x is a
-    target sample, Bayes' rule gives w(x) = (N_s / N_t) · d(x) / (1 − d(x)) = (N_s / N_t) ·
-    exp(logit(x)); the factor N_s / N_t undoes the classifier's prior of the two set sizes
-    (You et al., ICML 2019, eq. 8). Where the two sets look alike, w ≈ 1.
-    """
-    xs, xt = _as_matrix(source, "source"), _as_matrix(target, "target")
-    x = torch.cat([xs, xt])
-    x = (x - x.mean(dim=0)) / x.std(dim=0).clamp_min(1e-12)
-    is_target = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(x)
+def _target_logits(source: torch.Tensor, target: torch.Tensor, rows: torch.Tensor, l2: float,
+                   max_iter: int) -> torch.Tensor:
+    """logit P(target | x) of `rows` under an L2-regularised logistic regression of `target`
+    against `source`, fitted by full-batch L-BFGS (deterministic)."""
+    x = torch.cat([source, target])
+    is_target = torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).to(x)
     weight = torch.zeros(x.shape[1] + 1, dtype=x.dtype, device=x.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight], max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -213,9 +204,36 @@ def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, l2: float =
 
     with torch.enable_grad():  # evaluations run under no_grad
         optimizer.step(closure)
-    with torch.no_grad():
-        source_logits = x[: len(xs)] @ weight[:-1] + weight[-1]
-    return len(xs) / len(xt) * source_logits.exp()
+    return (rows @ weight[:-1] + weight[-1]).detach()
+
+
+def domain_density_ratio(source: torch.Tensor, target: torch.Tensor, l2: float = 1.0,
+                         max_iter: int = 100) -> torch.Tensor:
+    """Importance weights w_i = p_target(x_i) / p_source(x_i) of the source samples, from a domain classifier.
+
+    The classifier is an L2-regularised logistic regression on the features (standardised
+    with the pooled mean and standard deviation), in float64. With d(x) its probability
+    that x is a target sample, Bayes' rule gives w(x) = (N_s / N_t) · d(x) / (1 − d(x)) =
+    (N_s / N_t) · exp(logit(x)), N_s and N_t the sizes it was fitted on; the factor undoes
+    the classifier's prior of the two set sizes (You et al., ICML 2019). Where the two sets
+    look alike, w ≈ 1. DEV fits the classifier on other samples than it weighs (training
+    features, then validation weights); here both sets are the evaluation's, so it is
+    cross-fitted: rows of even and odd position form two folds, and each fold's source
+    samples are weighed by the classifier fitted on the other fold, which keeps it from
+    scoring samples it has memorised (features have as many dimensions as a fold has rows).
+    """
+    xs, xt = _as_matrix(source, "source"), _as_matrix(target, "target")
+    if len(xs) < 2 or len(xt) < 2:
+        raise ValueError("domain_density_ratio needs at least two source and two target samples")
+    pooled = torch.cat([xs, xt])
+    mean, std = pooled.mean(dim=0), pooled.std(dim=0).clamp_min(1e-12)
+    xs, xt = (xs - mean) / std, (xt - mean) / std
+    weights = torch.empty(len(xs), dtype=xs.dtype, device=xs.device)
+    for fold in (0, 1):
+        fit_s, fit_t = xs[1 - fold :: 2], xt[1 - fold :: 2]
+        logits = _target_logits(fit_s, fit_t, xs[fold::2], l2, max_iter)
+        weights[fold::2] = len(fit_s) / len(fit_t) * logits.exp()
+    return weights
 
 
 def dev_risk(losses: torch.Tensor, weights: torch.Tensor) -> float:

@@ -262,17 +262,23 @@ def test_domain_density_ratio_recovers_the_ratio_of_a_binary_feature() -> None:
     assert weights[30:] == pytest.approx(torch.full((10,), 2.0, dtype=torch.float64), rel=1e-4)
 
 
-def test_dev_with_indistinguishable_domains_is_the_source_loss() -> None:
+def test_domain_density_ratio_of_indistinguishable_domains_is_one() -> None:
     # The same features in both sets (twice as many target rows): the classifier says
-    # N_t / (N_s + N_t) everywhere, the weights are all 1, and DEV is the mean cross-entropy.
+    # N_t / (N_s + N_t) everywhere, and the weights are (N_s / N_t) · (N_t / N_s) = 1.
     features = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
-    logits = torch.randn(12, C, generator=torch.Generator().manual_seed(1))
-    labels = torch.arange(12) % C
     weights = domain_density_ratio(features, torch.cat([features, features]))
     assert weights == pytest.approx(torch.ones(12, dtype=torch.float64), rel=1e-4)
-    expected = -F.cross_entropy(logits.double(), labels).item()
-    assert dev(features, logits, labels, torch.cat([features, features])) == pytest.approx(expected, rel=1e-4)
-    assert math.isnan(dev(features * math.nan, logits, labels, features))
+
+
+def test_dev_is_the_negated_risk_of_the_source_cross_entropy() -> None:
+    source = torch.cat([torch.zeros(30, 1), torch.ones(10, 1)])
+    target = torch.cat([torch.zeros(10, 1), torch.ones(10, 1)])
+    logits = torch.randn(40, C, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(40) % C
+    losses = -torch.log_softmax(logits.double(), dim=1)[torch.arange(40), labels]
+    expected = -dev_risk(losses, domain_density_ratio(source, target))
+    assert dev(source, logits, labels, target) == pytest.approx(expected, rel=1e-9)
+    assert math.isnan(dev(source * math.nan, logits, labels, target))
 
 
 # ---------------------------------------------------------------- MixVal
