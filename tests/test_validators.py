@@ -333,6 +333,11 @@ def test_adjusted_mutual_information_hand_cases() -> None:
     # Sizes (2, 2) against (3, 1): every arrangement is the same up to renaming, so
     # MI = E[MI] = ½ log(4/3) + ¼ log(2/3) + ¼ log 2 and AMI = 0.
     assert adjusted_mutual_information(same, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.0, abs=1e-6)
+    # b = (0, 0, 1, 2) refines a: MI = H(a) = log 2, H(b) = 1.5 log 2. E[MI]: the cells with
+    # sizes (2, 2) give m = 2 with P = 1/6, (2/4)·log 2 each: 2 · log2/12; those with (2, 1)
+    # give m = 1 with P = 1/2, (1/4)·log 2 each: 4 · log2/8; E[MI] = (2/3) log 2.
+    # AMI = (1 − 2/3) / ((1 + 1.5)/2 − 2/3) = 4/7 (the arithmetic mean of the entropies).
+    assert adjusted_mutual_information(same, torch.tensor([0, 0, 1, 2])) == pytest.approx(4 / 7)
     assert adjusted_mutual_information(torch.zeros(5), torch.zeros(5)) == 1.0
 
 
