@@ -37,11 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lacmfer, not an installed one
 
+from lacmfer import trainer as trainer_module  # noqa: E402
 from lacmfer.config import config_from_dict  # noqa: E402
 from lacmfer.data.loaders import SampleSet, SplitData, domain_ids, load_split_data, open_caches  # noqa: E402
 from lacmfer.data.splits import Part  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
-from lacmfer import trainer as trainer_module  # noqa: E402
 from lacmfer.names import EVALUATION_VALIDATOR_NAMES  # noqa: E402
 from lacmfer.trainer import Trainer  # noqa: E402
 

@@ -67,10 +67,10 @@ def validator_gap_markdown(results: Sequence[dict[str, Any]], targets: Sequence[
     """Per method: each validator's oracle gap per target (mean over seeds, points), their mean, and
     the share of runs where its pick was in the run's worst decile of evaluations."""
     lines = ["## Oracle gap of each validator", "",
-             "Had each run kept the evaluation with the best value of a validator instead of the objective: the "
-             "target test accuracy there minus the run's best of all evaluations (ORACLE), in points, mean over "
-             "seeds; worst decile: the share of runs whose pick had at least 90 % of the run's evaluations "
-             "above it. The objective's row is the table above.", ""]
+             ("Had each run kept the evaluation with the best value of a validator instead of the objective: the "
+              "target test accuracy there minus the run's best of all evaluations (ORACLE), in points, mean over "
+              "seeds; worst decile: the share of runs whose pick had at least 90 % of the run's evaluations "
+              "above it. The objective's row is the table above."), ""]
     for method in methods:
         lines += [f"### {method}", "", "| validator | " + " | ".join(targets) + " | mean | worst decile |",
                   "|---|" + "---|" * (len(targets) + 2)]

@@ -29,7 +29,7 @@ import optuna
 from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
-from lacmfer.oracle_gap import Pick, average_ranks, pick, rank_average
+from lacmfer.oracle_gap import Pick, pick, rank_average
 from search.storage import Location, location
 
 STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")

@@ -332,8 +332,8 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str) -> lis
     if all(math.isnan(c) for _, c in split.ranking):
         lines += ["Not available: needs evaluations with target labels (target_acc) and validators that vary.", ""]
     else:
-        lines += ["| validator | weighted Spearman with target_acc | target_acc of its pick | oracle gap | "
-                  "pick in worst decile |", "|---|---|---|---|---|"]
+        lines += [("| validator | weighted Spearman with target_acc | target_acc of its pick | oracle gap | "
+                   "pick in worst decile |"), "|---|---|---|---|---|"]
         rows = [*split.ranking, (RANK_AVERAGE, math.nan)]
         for name, c in rows:
             chosen = split.picks.get(name)
@@ -374,9 +374,9 @@ def oracle_gap_section(splits: list[SplitExport], objective: str) -> list[str]:
         return []
     validators = list(with_picks[0].picks)
     lines = ["## Oracle gap of each validator", "",
-             "What selecting by each validator would have cost, in points of target_acc, per split (see the "
-             "split sections for the rule); mean over splits, and the share of splits where its pick was in the "
-             "worst decile of the split's evaluations. Computed with target labels, to choose an objective.", "",
+             ("What selecting by each validator would have cost, in points of target_acc, per split (see the "
+              "split sections for the rule); mean over splits, and the share of splits where its pick was in the "
+              "worst decile of the split's evaluations. Computed with target labels, to choose an objective."), "",
              "| validator | " + " | ".join(s.target for s in with_picks) + " | mean gap | worst decile |",
              "|---|" + "---|" * (len(with_picks) + 2)]
     for name in validators:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 

@@ -14,12 +14,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from lacmfer.errors import UserError
-from lacmfer.oracle_gap import pick, rank_average
+from lacmfer.oracle_gap import average_ranks, pick, rank_average
 from search.analysis import (
     MIN_COMPLETE_FOR_IMPORTANCE,
     RANK_AVERAGE,
     TrialRecord,
-    average_ranks,
     evaluation_pairs,
     mean_oracle_gap,
     musgrave_weights,

@@ -369,3 +369,11 @@ def test_ensemble_is_the_mean_of_scaled_members() -> None:
     assert ensemble(metrics, C) == pytest.approx((0.6 + 0.5 + 0.8 + 0.3) / 4)
     assert ensemble(metrics | {"source_val_acc": math.nan}, C) == pytest.approx((0.5 + 0.8 + 0.3) / 3)
     assert math.isnan(ensemble(dict.fromkeys(metrics, math.nan), C))
+
+
+def test_objectives_read_from_the_source_hold_out_need_one() -> None:
+    for objective in names.SOURCE_READING_OBJECTIVES:
+        with pytest.raises(UserError, match=f"eval.objective: {objective} is measured on a hold-out"):
+            config_from_dict({"eval": {"objective": objective}, "data": {"source_val_fraction": 0}})
+    # The ensemble and the target-only validators do without one.
+    assert config_from_dict({"eval": {"objective": "ensemble"}, "data": {"source_val_fraction": 0}})
