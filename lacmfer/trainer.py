@@ -180,7 +180,7 @@ class Trainer:
         d = self.cfg.data
         pin = self.device.type == "cuda"
         batches = eval_batches(samples, d.eval_batch_size, indices, d.num_workers, pin)
-        others = eval_batches(samples, d.eval_batch_size, partners, d.num_workers, pin) if partners is not None else None
+        others = None if partners is None else eval_batches(samples, d.eval_batch_size, partners, d.num_workers, pin)
         for batch in batches:
             x = network_input(batch.images.to(self.device, non_blocking=True), d.image_size)
             if others is not None:  # normalisation is affine: mixing inputs = mixing images

@@ -304,7 +304,7 @@ def mixval_pairs(pseudo_labels: torch.Tensor, probes: int, generator: torch.Gene
     # Index into `grouped` skipping the anchor's own block of `sizes[c]` rows.
     skip = (draw >= starts[anchor_label]).long() * sizes[anchor_label]
     inter_partner = grouped[draw + skip]
-    intra = torch.cat([torch.ones(intra_anchor.numel(), dtype=torch.bool), torch.zeros(anchors.numel(), dtype=torch.bool)])
+    intra = torch.arange(intra_anchor.numel() + anchors.numel()) < intra_anchor.numel()
     return torch.cat([intra_anchor, anchors]), torch.cat([intra_partner, inter_partner]), intra
 
 
@@ -319,9 +319,9 @@ def mixval(pseudo_labels: torch.Tensor, predict_mixed: Callable[[torch.Tensor, t
     (ŷ_j = ŷ_i) test that a cluster is dense; inter-cluster probes (ŷ_j ≠ ŷ_i) land just
     on i's side of the boundary and test that it lies between the clusters. ICE_intra and
     ICE_inter are the shares of probes whose prediction argmax f(x̃) equals ŷ_i. The
-    paper averages the two scores' ranks over the candidate models; a single evaluation
-    has no candidates to rank, so this averages the two scores themselves (both are
-    accuracies on the same scale). A model whose pseudo-labels all agree has no boundary
+    paper combines the two through their ranks over the candidate models; a single
+    evaluation has no candidates to rank, so this averages the two scores themselves
+    (both are accuracies on the same scale). A model whose pseudo-labels all agree has no boundary
     to probe: its ICE_inter is 0. Without intra-cluster pairs (every cluster a single
     sample) MixVal is ICE_inter.
 

@@ -270,7 +270,8 @@ def test_validator_picks_over_every_evaluation_with_an_oracle_value():
                  report(2, 0.6, target_acc=math.nan, im=9.0, source_val_acc=0.1, mixval=0.9)]  # no oracle: not a pick
     history_b = [report(1, 0.7, target_acc=0.70, im=0.5, source_val_acc=0.2, mixval=0.8),
                  report(2, 0.8, target_acc=0.60, im=0.3, source_val_acc=0.3, mixval=0.9, final=True)]
-    records = [TrialRecord("a", "CK", {}, "stopped early", history_a), TrialRecord("b", "CK", {}, "completed", history_b)]
+    records = [TrialRecord("a", "CK", {}, "stopped early", history_a),
+               TrialRecord("b", "CK", {}, "completed", history_b)]
     picks = validator_picks(records)
     xs, ys = evaluation_pairs(records, "im")
     assert ys.tolist() == [0.40, 0.70, 0.60] and picks["im"].index == 1 == int(np.argmax(xs))
