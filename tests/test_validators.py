@@ -14,6 +14,7 @@ from lacmfer.errors import UserError
 from lacmfer.validators import (
     MIXVAL_LAMBDA,
     TARGET_VALIDATORS,
+    EvaluationOutputs,
     accuracy,
     adjusted_mutual_information,
     bnm,
@@ -23,6 +24,7 @@ from lacmfer.validators import (
     domain_density_ratio,
     ensemble,
     entropy_source_target,
+    evaluation_validators,
     im_source_target,
     information_maximization,
     mixval,
@@ -377,3 +379,17 @@ def test_objectives_read_from_the_source_hold_out_need_one() -> None:
             config_from_dict({"eval": {"objective": objective}, "data": {"source_val_fraction": 0}})
     # The ensemble and the target-only validators do without one.
     assert config_from_dict({"eval": {"objective": "ensemble"}, "data": {"source_val_fraction": 0}})
+
+
+def test_evaluation_validators_without_a_source_hold_out() -> None:
+    # Balanced one-hot predictions on features that are the classes: ClassAMI 1, IM = log C;
+    # an identity "model" on mixes (logits = the mixed one-hot rows) classifies every
+    # probe as its dominant sample (weight 0.55): MixVal 1.
+    probs = _balanced_one_hot(3).double()
+    outputs = EvaluationOutputs(probs, probs.clone(), None, None, None,
+                                lambda a, b, lam: lam * probs[a] + (1 - lam) * probs[b])
+    scores = evaluation_validators(outputs, {"source_val_acc": math.nan, "im": math.log(C)}, mixval_probes=16)
+    assert all(math.isnan(scores[k]) for k in ("dev", "im_st", "entropy_st"))
+    assert scores["mixval"] == 1.0 and scores["class_ami"] == pytest.approx(1.0)
+    assert scores["ensemble"] == pytest.approx(1.0)  # mean of im/log C, mixval and class_ami
+    assert set(scores) == set(names.EVALUATION_VALIDATOR_NAMES)
