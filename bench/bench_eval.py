@@ -11,7 +11,11 @@ source hold-out 4,817 (10 % of the pooled sources), batch 128 + 128, an evaluati
   before  validators on the whole stream, source_val_acc on the whole hold-out,
           target_acc on the whole test set at every evaluation
   now     the fixed subsets, and the whole test set every `eval.test_every` evaluations
-          (its cost averaged over them)
+          (its cost averaged over them), every validator on (MixVal's probes are an extra
+          `eval.mixval_probes` images, scaled like the subsets)
+  now, without the evaluation validators
+          the same with `lacmfer.validators.evaluation_validators` (DEV, MixVal, ClassAMI,
+          im_st, entropy_st, ensemble) replaced by NaNs: what they add
 
     python bench/bench_eval.py [--width 0.25] [--size 64] [--batch 32] [--repeats 3]
 
@@ -21,6 +25,7 @@ Prints a markdown table (median seconds) and the evaluation share of a trial bot
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -32,15 +37,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lacmfer, not an installed one
 
+from lacmfer import trainer as trainer_module  # noqa: E402
 from lacmfer.config import config_from_dict  # noqa: E402
 from lacmfer.data.loaders import SampleSet, SplitData, domain_ids, load_split_data, open_caches  # noqa: E402
 from lacmfer.data.splits import Part  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
+from lacmfer.names import EVALUATION_VALIDATOR_NAMES  # noqa: E402
 from lacmfer.trainer import Trainer  # noqa: E402
 
 PAPER_BATCH = 128
 PAPER_SIZES = {"target stream": 30_304, "target test": 3_488, "source hold-out": 4_817}
-PAPER_SUBSETS = {"target_subset": 4_096, "source_val_subset": 2_048}
+PAPER_SUBSETS = {"target_subset": 4_096, "source_val_subset": 2_048, "mixval_probes": 1_024}
 
 
 def resized(samples: SampleSet, count: int, cfg) -> SampleSet:
@@ -96,10 +103,20 @@ def main() -> None:
             trainer.step_count = now.step_count
             trainer.evaluate()
 
-        times: dict[str, list[float]] = {"train": [], "now": [], "now, test pass": [], "before": []}
+        def evaluate_without_new_validators() -> None:
+            real = trainer_module.evaluation_validators
+            trainer_module.evaluation_validators = lambda *_: dict.fromkeys(EVALUATION_VALIDATOR_NAMES, math.nan)
+            try:
+                evaluate(now, with_test=False)
+            finally:
+                trainer_module.evaluation_validators = real
+
+        times: dict[str, list[float]] = {"train": [], "now": [], "now, without": [], "now, test pass": [],
+                                         "before": []}
         for _ in range(args.repeats):  # interleaved: machine load hits every part alike
             times["train"].append(seconds(lambda: now.train_until(now.step_count + args.interval)))
             times["now"].append(seconds(lambda: evaluate(now, with_test=False)))
+            times["now, without"].append(seconds(evaluate_without_new_validators))
             times["now, test pass"].append(seconds(lambda: evaluate(now, with_test=True)))
             times["before"].append(seconds(lambda: evaluate(before, with_test=True)))
 
@@ -112,12 +129,17 @@ def main() -> None:
     print("| part of an interval | images | s |\n|---|---:|---:|")
     print(f"| training, {args.interval} steps | {2 * args.batch * args.interval:,} | {t['train']:.2f} |")
     print(f"| evaluation before (whole sets) | {sum(sizes.values()):,} | {t['before']:.2f} |")
-    print(f"| evaluation now, subsets | {sum(subsets.values()):,} | {t['now']:.2f} |")
+    print(f"| evaluation now, subsets and MixVal's probes | {sum(subsets.values()):,} | {t['now']:.2f} |")
+    print(f"| of which DEV, MixVal, ClassAMI, im_st, entropy_st, ensemble | {subsets['mixval_probes']:,} | "
+          f"{t['now'] - t['now, without']:.2f} |")
     print(f"| evaluation now, + whole test set (every {args.test_every}) | {sizes['target test']:,} | "
           f"{test_pass:.2f} |")
     share_before = t["before"] / (t["train"] + t["before"])
     share_now = eval_now / (t["train"] + eval_now)
-    print(f"\nevaluation share of a trial: before {100 * share_before:.1f} %, now {100 * share_now:.1f} %")
+    eval_without = t["now, without"] + test_pass / args.test_every
+    share_without = eval_without / (t["train"] + eval_without)
+    print(f"\nevaluation share of a trial: before {100 * share_before:.1f} %, now {100 * share_now:.1f} % "
+          f"({100 * share_without:.1f} % without DEV, MixVal, ClassAMI, im_st, entropy_st, ensemble)")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,9 @@ class EvalConfig(_Section):
     # many target-stream images, source_val_acc on this many hold-out images.
     target_subset: Annotated[int, Field(ge=16)] | None = 4096
     source_val_subset: Annotated[int, Field(ge=16)] | None = 2048
+    # MixVal's probes per evaluation (mixed pairs of target-subset images, half within and
+    # half across pseudo-label clusters): one extra forward pass over this many images.
+    mixval_probes: Annotated[int, Field(ge=2)] = 1024
     # target_acc (oracle) on the whole target test set every this many evaluations and
     # at the last one; NaN in between. Every evaluation when the objective is the oracle.
     test_every: Annotated[int, Field(ge=1)] = 4
@@ -375,9 +378,9 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent_sections(self) -> ExperimentConfig:
-        if self.eval.objective == "source_val_acc" and self.data.source_val_fraction == 0:
+        if self.eval.objective in names.SOURCE_READING_OBJECTIVES and self.data.source_val_fraction == 0:
             raise ValueError(
-                "eval.objective: source_val_acc is measured on a hold-out of the source domains, but "
+                f"eval.objective: {self.eval.objective} is measured on a hold-out of the source domains, but "
                 "data.source_val_fraction is 0 (no hold-out); set data.source_val_fraction > 0 (e.g. 0.1) "
                 "or choose another eval.objective"
             )

@@ -4,8 +4,11 @@ Per target and method, over the seeds: target test accuracy at the evaluation th
 objective selects (the weights kept in `checkpoint_selected.pt`), at the last step, and
 the best over all evaluations, which only target test labels can pick (the oracle that
 the field's released code reports; marked as such). The mean over targets is the
-field's summary number. Means and standard deviations are over the runs that
-completed; diverged and failed runs are counted and named, never averaged.
+field's summary number; the oracle gap is selected minus best (what selecting without
+target labels cost). Means and standard deviations are over the runs that completed;
+diverged and failed runs are counted and named, never averaged. A second table gives
+every validator's oracle gap: what selecting each run's evaluation by it would have cost
+(`lacmfer.oracle_gap`), so the objective can be compared with the others.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lacmfer.names import is_oracle
+from lacmfer.names import ORACLE_METRIC, is_oracle, non_oracle_objectives
+from lacmfer.oracle_gap import Pick, pick
 
 MEAN_ROW = "mean"
 #: The accuracies of a run, each a function of its metrics.json: name → (column title, oracle?)
@@ -28,20 +32,60 @@ STATISTICS: dict[str, tuple[str, bool]] = {
     "selected": ("selected", False),
     "last": ("last step", False),
     "oracle_best": ("best of all evaluations (ORACLE)", True),
+    "oracle_gap": ("selected − best of all evaluations (oracle gap, points)", True),
 }
 REPORT_MD, REPORT_PARQUET, BAR_CHART = "report.md", "report.parquet", "plots/accuracy.png"
 BAR_CHART_SIZE_IN, BAR_CHART_DPI = (10.0, 4.0), 100
 
 
 def run_accuracy(result: dict[str, Any], statistic: str) -> float:
-    """Target test accuracy of a completed run under `statistic` (NaN when it has none)."""
+    """Target test accuracy of a completed run under `statistic`, or for `oracle_gap` the
+    difference selected − oracle_best (NaN when it has none)."""
     if result["status"] != "completed":
         return math.nan
     if statistic == "selected":
         return result["selected"]["target_acc"] if result["selected"] else math.nan
     if statistic == "last":
         return result["last"]["target_acc"]
+    if statistic == "oracle_gap":
+        return run_accuracy(result, "selected") - run_accuracy(result, "oracle_best")
     return max((m["target_acc"] for m in result["history"] if math.isfinite(m["target_acc"])), default=math.nan)
+
+
+def validator_pick(result: dict[str, Any], validator: str) -> Pick | None:
+    """The evaluation of a completed run that `validator` would select, judged by target_acc (None: no pick)."""
+    if result["status"] != "completed":
+        return None
+    pool = [m for m in result["history"] if math.isfinite(m.get(ORACLE_METRIC, math.nan))]
+    if not pool:
+        return None
+    return pick([m.get(validator, math.nan) for m in pool], [m[ORACLE_METRIC] for m in pool])
+
+
+def validator_gap_markdown(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str],
+                           objective: str) -> list[str]:
+    """Per method: each validator's oracle gap per target (mean over seeds, points), their mean, and
+    the share of runs where its pick was in the run's worst decile of evaluations."""
+    lines = ["## Oracle gap of each validator", "",
+             ("Had each run kept the evaluation with the best value of a validator instead of the objective: the "
+              "target test accuracy there minus the run's best of all evaluations (ORACLE), in points, mean over "
+              "seeds; worst decile: the share of runs whose pick had at least 90 % of the run's evaluations "
+              "above it. The objective's row is the table above."), ""]
+    for method in methods:
+        lines += [f"### {method}", "", "| validator | " + " | ".join(targets) + " | mean | worst decile |",
+                  "|---|" + "---|" * (len(targets) + 2)]
+        for name in non_oracle_objectives():
+            picks = {t: [validator_pick(r, name) for r in results if r["target"] == t and r["method"] == method]
+                     for t in targets}
+            means = [_mean_std([p.gap for p in picks[t] if p is not None])[0] for t in targets]
+            made = [p for t in targets for p in picks[t] if p is not None]
+            mean = statistics.fmean(means) if means and all(math.isfinite(m) for m in means) else math.nan
+            worst = f"{sum(p.worst_decile for p in made) / len(made):.0%} of {len(made)}" if made else "n/a"
+            label = f"{name} (the objective)" if name == objective else name
+            lines.append(f"| {label} | " + " | ".join(_pct(m, math.nan) for m in means)
+                         + f" | {_pct(mean, math.nan)} | {worst} |")
+        lines.append("")
+    return lines
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -126,7 +170,8 @@ def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Seque
         + (" — ORACLE" if oracle_objective else ", chosen without target labels") + "; **last step**: the weights of "
         "`checkpoint.pt`; **best of all evaluations (ORACLE)**: the highest target test accuracy of any "
         "evaluation, which only the test labels can pick (what the field's released code reports), for "
-        "reference only. The mean row averages the targets; its ± is over seeds.",
+        "reference only; **oracle gap**: selected − best of all evaluations, per run, in points (0: the objective "
+        "found the oracle's evaluation). The mean row averages the targets; its ± is over seeds.",
         "",
     ]
     for statistic, (title, oracle) in STATISTICS.items():
@@ -141,6 +186,7 @@ def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Seque
     if bad:
         lines += ["Not averaged (n = completed runs where fewer than planned): "
                   + ", ".join(f"{r['target']}/{r['method']}/seed{r['seed']} {r['status']}" for r in bad) + ".", ""]
+    lines += validator_gap_markdown(results, targets, methods, objective)
     lines += [f"![target accuracy per target, method against baselines]({BAR_CHART})", ""]
     return "\n".join(lines)
 

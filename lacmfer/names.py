@@ -29,6 +29,16 @@ METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline"]
 #: `lacmfer.validators.TARGET_VALIDATORS` holds their functions. Each is also an objective
 #: and a metric key of the same name.
 TARGET_VALIDATOR_NAMES: list[str] = ["entropy", "im", "bnm", "snd"]
+#: Label-free validators that need more of an evaluation than the target predictions
+#: (features, the source hold-out, forward passes on mixed target images; docs/METHOD.md §6):
+#: `lacmfer.validators.evaluation_validators` computes them. Each is also an objective.
+#: `dev`, `im_st` and `entropy_st` read the source hold-out, so they are NaN without one.
+EVALUATION_VALIDATOR_NAMES: tuple[str, ...] = ("dev", "mixval", "class_ami", "im_st", "entropy_st", "ensemble")
+#: The members of the `ensemble` validator (and of the export's rank-average rule), each a
+#: score with a fixed scale whose ideal is 1 (IM over its maximum log C).
+ENSEMBLE_MEMBERS: tuple[str, ...] = ("source_val_acc", "im", "mixval", "class_ami")
+#: The objectives measured on the source hold-out, which `data.source_val_fraction: 0` removes.
+SOURCE_READING_OBJECTIVES: tuple[str, ...] = ("source_val_acc", "dev", "im_st", "entropy_st")
 
 #: Accuracy on the held-out part of each source: needs source labels only.
 SOURCE_VALIDATOR = "source_val_acc"
@@ -46,8 +56,8 @@ def domain_names() -> tuple[str, ...]:
 
 
 def non_oracle_objectives() -> tuple[str, ...]:
-    """Objectives that never read target labels: the source hold-out and the target validators."""
-    return (SOURCE_VALIDATOR, *TARGET_VALIDATOR_NAMES)
+    """Objectives that never read target labels: the source hold-out and the label-free validators."""
+    return (SOURCE_VALIDATOR, *TARGET_VALIDATOR_NAMES, *EVALUATION_VALIDATOR_NAMES)
 
 
 def objectives() -> tuple[str, ...]:

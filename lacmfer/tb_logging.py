@@ -41,7 +41,7 @@ def scalar_tag(name: str) -> str:
     for prefix, group in _GROUPS:
         if name.startswith(prefix):
             return group + name.removeprefix(prefix)
-    if name == names.OBJECTIVE_KEY or name in names.TARGET_VALIDATOR_NAMES:
+    if name == names.OBJECTIVE_KEY or name in (*names.TARGET_VALIDATOR_NAMES, *names.EVALUATION_VALIDATOR_NAMES):
         return f"validators/{name}"
     return f"train/{name}"
 

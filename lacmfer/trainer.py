@@ -27,7 +27,13 @@ from lacmfer.model import LACMFERNet, LACMFEROutput, mean_view_logits
 from lacmfer.names import OBJECTIVE_KEY, objective_metric
 from lacmfer.pretrained import load_pretrained_trunk
 from lacmfer.schedules import inverse_decay_scheduler
-from lacmfer.validators import TARGET_VALIDATORS, accuracy, pseudo_label_accuracy_and_coverage
+from lacmfer.validators import (
+    TARGET_VALIDATORS,
+    EvaluationOutputs,
+    accuracy,
+    evaluation_validators,
+    pseudo_label_accuracy_and_coverage,
+)
 
 HEADLINE_METRICS = ("objective", "target_acc", "source_val_acc", "loss_total", "step")
 _SOURCE_STREAM, _TARGET_STREAM = 0, 1
@@ -184,19 +190,33 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def _predict(self, samples: SampleSet, indices: np.ndarray | None = None) -> dict[str, Tensor]:
-        """Global/local logits and labels of `samples` (or of `indices` of it), on the CPU."""
+    def _predict(self, samples: SampleSet, indices: np.ndarray | None = None, partners: np.ndarray | None = None,
+                 lam: float = 1.0) -> dict[str, Tensor]:
+        """Global/local logits, features [feat_g, feat_l] and labels of `samples` (or of
+        `indices` of it), on the CPU; with `partners`, of the mixes lam·x[indices] + (1 − lam)·x[partners]."""
         self.model.eval()
-        zg, zl, ys = [], [], []
+        zg, zl, fs, ys = [], [], [], []
         d = self.cfg.data
-        for batch in eval_batches(samples, d.eval_batch_size, indices, d.num_workers, self.device.type == "cuda"):
+        pin = self.device.type == "cuda"
+        batches = eval_batches(samples, d.eval_batch_size, indices, d.num_workers, pin)
+        others = None if partners is None else eval_batches(samples, d.eval_batch_size, partners, d.num_workers, pin)
+        for batch in batches:
             x = network_input(batch.images.to(self.device, non_blocking=True), d.image_size)
+            if others is not None:  # normalisation is affine: mixing inputs = mixing images
+                x = x.mul_(lam).add_(network_input(next(others).images.to(self.device), d.image_size), alpha=1 - lam)
             with self._autocast():
                 out = self.model(self._memory_format(x))
             zg.append(out.logits_g.float())
             zl.append(out.logits_l.float())
+            fs.append(torch.cat([out.feat_g, out.feat_l], dim=1).float())
             ys.append(batch.labels)
-        return {"g": torch.cat(zg).cpu(), "l": torch.cat(zl).cpu(), "y": torch.cat(ys)}
+        return {"g": torch.cat(zg).cpu(), "l": torch.cat(zl).cpu(), "f": torch.cat(fs).cpu(), "y": torch.cat(ys)}
+
+    def _predict_mixed(self, rows_a: Tensor, rows_b: Tensor, lam: float) -> Tensor:
+        """Inference logits of lam·x_a + (1 − lam)·x_b for rows of the fixed target subset (MixVal)."""
+        subset = np.arange(len(self.data.target_train)) if self.target_subset is None else self.target_subset
+        out = self._predict(self.data.target_train, subset[rows_a.numpy()], subset[rows_b.numpy()], lam)
+        return mean_view_logits(out["g"], out["l"])
 
     @property
     def evaluation_index(self) -> int:
@@ -220,6 +240,9 @@ class Trainer:
           the fixed subset of `eval.target_subset` images of the unlabeled target stream,
           from one forward pass, on softmax of the mean logits (the inference prediction);
           `pl_acc` reads the stream's labels for reporting only.
+        - `dev`, `mixval`, `class_ami`, `im_st`, `entropy_st`, `ensemble`
+          (`lacmfer.validators.evaluation_validators`): the same pass's features and the
+          source hold-out's; `mixval` adds a pass over `eval.mixval_probes` mixed images.
         - `source_val_acc`: the fixed subset of `eval.source_val_subset` images of the
           source hold-out.
         - `target_acc`, `target_acc_g`, `target_acc_l` (oracle: test labels; logged, never
@@ -264,7 +287,11 @@ class Trainer:
             val = self._predict(self.data.source_val, self.source_val_subset)
             metrics["source_val_acc"] = accuracy(mean_view_logits(val["g"], val["l"]), val["y"])
         else:
+            val = None
             metrics["source_val_acc"] = math.nan
+        source = (None, None, None) if val is None else (mean_view_logits(val["g"], val["l"]), val["f"], val["y"])
+        outputs = EvaluationOutputs(probs, stream["f"], *source, self._predict_mixed)
+        metrics.update(evaluation_validators(outputs, metrics, self.cfg.eval.mixval_probes))
         if self.data.target_val is not None:
             tv = self._predict(self.data.target_val)
             metrics["target_val_acc"] = accuracy(mean_view_logits(tv["g"], tv["l"]), tv["y"])

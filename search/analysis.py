@@ -29,6 +29,7 @@ import optuna
 from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
+from lacmfer.oracle_gap import Pick, pick, rank_average
 from search.storage import Location, location
 
 STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
@@ -254,13 +255,6 @@ def read_split(exp_dir: Path | Location, target: str) -> list[TrialRecord]:
 # ---------------------------------------------------------------- validator ranking
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n in ascending order; tied values share the mean of their ranks."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)  # the highest rank of each distinct value
-    return (upper - (counts - 1) / 2.0)[inverse]
-
-
 def normalised_dense_ranks(values: np.ndarray) -> np.ndarray:
     """Dense ranks (1 for the smallest distinct value, +1 per next distinct value) over the largest."""
     _, inverse = np.unique(values, return_inverse=True)
@@ -374,6 +368,44 @@ def validator_ranking(
         xs, ys = evaluation_pairs(records, name, oracle)
         ranking.append((name, weighted_spearman(xs, ys, power) if xs.size else math.nan))
     return sorted(ranking, key=lambda item: -item[1] if not math.isnan(item[1]) else math.inf)
+
+
+# ---------------------------------------------------------------- oracle gap
+
+
+#: The export-time selection rule reported beside the validators: each checkpoint of a
+#: split ranked by the mean of its ranks under the ensemble's members
+#: (`lacmfer.oracle_gap.rank_average`), which needs the whole pool, so it is no objective.
+RANK_AVERAGE = "rank_average"
+
+
+def validator_picks(records: Iterable[TrialRecord], validators: Sequence[str] | None = None,
+                    oracle: str = ORACLE_METRIC) -> dict[str, Pick | None]:
+    """The checkpoint each validator (and `RANK_AVERAGE`) would select among ALL evaluations
+    of all given trials that have an oracle value, judged by the oracle (`lacmfer.oracle_gap`).
+
+    The pool and its order are those of `evaluation_pairs`, so `Pick.index` points into
+    its arrays. None for a validator with no finite value in the pool (or an empty pool).
+    Pass the records of ONE split. `validators` defaults to every non-oracle objective.
+    """
+    pool = [report for record in records for report in record.history
+            if math.isfinite(report.get(oracle, math.nan))]
+    accuracies = [report[oracle] for report in pool]
+    wanted = list(names.non_oracle_objectives() if validators is None else validators)
+    scores = {name: [report.get(name, math.nan) for report in pool] for name in (*wanted, *names.ENSEMBLE_MEMBERS)}
+    picks = {name: pick(scores[name], accuracies) if pool else None for name in wanted}
+    combined = rank_average([scores[m] for m in names.ENSEMBLE_MEMBERS])
+    picks[RANK_AVERAGE] = pick(combined, accuracies) if pool else None
+    return picks
+
+
+def mean_oracle_gap(picks: Iterable[Pick | None]) -> tuple[float, float, int]:
+    """(mean oracle gap, share of picks in the pool's worst decile, number of picks) over
+    the splits where the validator picked a checkpoint (NaN, NaN, 0 where none)."""
+    made = [p for p in picks if p is not None]
+    if not made:
+        return math.nan, math.nan, 0
+    return (sum(p.gap for p in made) / len(made), sum(p.worst_decile for p in made) / len(made), len(made))
 
 
 # ---------------------------------------------------------------- Optuna importance

@@ -14,7 +14,8 @@ storage), after everything was computed:
                          runnable as is by `python -m lacmfer.train --config ...`
     trials.parquet       one row per trial × split (schema: `trials_schema`)
     summary.md           per split: best value, oracle accuracy, chosen values, counts,
-                         importance and the validator ranking, linking the pictures of
+                         importance, the validator ranking and each validator's oracle
+                         gap (what selecting by it would cost), linking the pictures of
     plots/               each split's search (search.plots)
 
 Works offline: no Ray cluster is started (Tune's files are read as files). The
@@ -40,18 +41,22 @@ import pyarrow.parquet as pq
 from lacmfer.config import ExperimentConfig, ParamSpec, config_from_dict, config_text, parse_yaml
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS, to_config_values
-from lacmfer.names import ORACLE_OBJECTIVE
+from lacmfer.names import ENSEMBLE_MEMBERS, ORACLE_OBJECTIVE
+from lacmfer.oracle_gap import DECILES, Pick
 from search.analysis import (
     MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
     ORACLE_METRIC,
+    RANK_AVERAGE,
     STATUSES,
     TrialRecord,
     check_scope,
+    mean_oracle_gap,
     param_importances,
     read_split,
     round_dirs,
     select_best,
+    validator_picks,
     validator_ranking,
 )
 from search.plots import PLOTS_DIR, write_search_plots
@@ -80,6 +85,7 @@ class SplitExport:
     importance_note: str | None = None
     ranking: list[tuple[str, float]] = field(default_factory=list)
     ranking_points: int = 0
+    picks: dict[str, Pick | None] = field(default_factory=dict)
 
     @property
     def best_value(self) -> float | None:
@@ -326,14 +332,60 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str) -> lis
     if all(math.isnan(c) for _, c in split.ranking):
         lines += ["Not available: needs evaluations with target labels (target_acc) and validators that vary.", ""]
     else:
-        lines += ["| validator | weighted Spearman with target_acc |", "|---|---|"]
-        lines += [f"| {name}{' (the objective)' if name == objective else ''} | {_fmt(c)} |"
-                  for name, c in split.ranking]
+        lines += [("| validator | weighted Spearman with target_acc | target_acc of its pick | oracle gap | "
+                   "pick in worst decile |"), "|---|---|---|---|---|"]
+        rows = [*split.ranking, (RANK_AVERAGE, math.nan)]
+        for name, c in rows:
+            chosen = split.picks.get(name)
+            label = f"{name}{' (the objective)' if name == objective else ''}"
+            if name == RANK_AVERAGE:
+                label += " (export-time rule)"
+            pick_cells = ("n/a | n/a | n/a" if chosen is None else
+                          f"{_fmt(chosen.accuracy)} | {_gap(chosen.gap)} | {'yes' if chosen.worst_decile else 'no'}")
+            lines.append(f"| {label} | {'—' if name == RANK_AVERAGE else _fmt(c)} | {pick_cells} |")
+        best = next((p.best for p in split.picks.values() if p is not None), math.nan)
         lines += ["", f"Over {split.ranking_points} evaluations of all {total} trials, computed as Musgrave et al. "
                   "(2022) do: weights max(validator rank, oracle rank)² (normalised dense ranks) emphasise the top "
                   "checkpoints, a NaN validator score ranks as the worst. 1 = orders checkpoints "
                   "exactly like the oracle target accuracy; computed with target labels, for choosing an "
-                  "objective, not a model.", ""]
+                  f"objective, not a model. {_PICK_TEXT} The best target_acc of these evaluations is "
+                  f"{_fmt(best)}.", ""]
+    return lines
+
+
+_PICK_TEXT = (
+    "Each validator's pick is the evaluation with its highest value among those same evaluations (the ones "
+    "with target_acc); oracle gap = target_acc of the pick − the best target_acc among them, in points; "
+    f"worst decile = at least {DECILES - 1}/{DECILES} of them are better. `{RANK_AVERAGE}` picks the evaluation "
+    f"with the best mean rank under {', '.join(ENSEMBLE_MEMBERS)}, a rule over all of a split's checkpoints "
+    "(so applied at export, not an objective)."
+)
+
+
+def _gap(value: float) -> str:
+    """An oracle gap (a difference of accuracies in [0, 1]) in percentage points."""
+    return "n/a" if not math.isfinite(value) else f"{100 * value:+.2f}"
+
+
+def oracle_gap_section(splits: list[SplitExport], objective: str) -> list[str]:
+    """summary.md's table of every validator's oracle gap on each split, their mean and worst-decile share."""
+    with_picks = [s for s in splits if any(p is not None for p in s.picks.values())]
+    if not with_picks:
+        return []
+    validators = list(with_picks[0].picks)
+    lines = ["## Oracle gap of each validator", "",
+             ("What selecting by each validator would have cost, in points of target_acc, per split (see the "
+              "split sections for the rule); mean over splits, and the share of splits where its pick was in the "
+              "worst decile of the split's evaluations. Computed with target labels, to choose an objective."), "",
+             "| validator | " + " | ".join(s.target for s in with_picks) + " | mean gap | worst decile |",
+             "|---|" + "---|" * (len(with_picks) + 2)]
+    for name in validators:
+        picks = [s.picks.get(name) for s in with_picks]
+        mean, worst, made = mean_oracle_gap(picks)
+        label = f"{name}{' (the objective)' if name == objective else ''}"
+        lines.append(f"| {label} | " + " | ".join("n/a" if p is None else _gap(p.gap) for p in picks)
+                     + f" | {_gap(mean)} | " + ("n/a" if made == 0 else f"{worst:.0%} of {made}") + " |")
+    lines.append("")
     return lines
 
 
@@ -354,6 +406,7 @@ def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: 
     lines.append("")
     if missing:
         lines += [f"Not run (no experiment folder): {', '.join(missing)}.", ""]
+    lines += oracle_gap_section(splits, objective)
     for split in splits:
         lines += _split_section(cfg, split, scope)
     return "\n".join(lines)
@@ -363,20 +416,20 @@ def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: 
 
 
 def _plots(exp_dir: Location, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
-           rankings: dict[str, Sequence[tuple[str, float]]]) -> str:
+           rankings: dict[str, Sequence[tuple[str, float]]], picks: dict[str, dict[str, Pick | None]]) -> str:
     """The search's pictures in `exp_dir/plots/` (`search.plots`); returns their summary.md section.
 
     In object storage they are drawn in a local folder, beside a copy of the default Optuna
     database, and uploaded; the split's earlier pictures there are replaced.
     """
     if exp_dir.is_local:
-        return write_search_plots(exp_dir.local_path(), cfg, records, rankings)
+        return write_search_plots(exp_dir.local_path(), cfg, records, rankings, picks)
     with tempfile.TemporaryDirectory(prefix="lacmfer-plots-") as staging:
         staging = Path(staging)
         with readable_optuna_storage(cfg, exp_dir) as storage:
             if isinstance(storage, str):  # the default SQLite database
                 shutil.copy(storage.removeprefix("sqlite:///"), staging / "optuna.db")
-        text = write_search_plots(staging, cfg, records, rankings)
+        text = write_search_plots(staging, cfg, records, rankings, picks)
         plots = exp_dir / PLOTS_DIR
         for old in plots.fs.get_file_info(pafs.FileSelector(plots.path, allow_not_found=True)):
             if old.base_name.startswith(tuple(f"{target}_" for target in records)):
@@ -412,6 +465,7 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
         split.ranking_points = sum(
             math.isfinite(report.get(ORACLE_METRIC, math.nan)) for r in split_records for report in r.history
         )
+        split.picks = validator_picks(split_records, oracle=ORACLE_METRIC)
         splits.append(split)
         rows += [trial_row(r, scope, params, exported=r is split.best) for r in split_records]
     missing = list(missing or [])
@@ -421,7 +475,8 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     summary_text = summary_markdown(cfg, splits, missing, scope)
-    summary_text += "\n" + _plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits})
+    summary_text += "\n" + _plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits},
+                                  {s.target: s.picks for s in splits})
 
     for split in splits:
         path = exp_dir / "best" / f"{split.target}.yaml"

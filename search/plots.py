@@ -7,7 +7,8 @@
 - `<target>_curves.png`: every trial's objective at each evaluation, coloured by status
   (completed, stopped early, diverged; from the trials' `result.json`);
 - `<target>_validators.png`: each label-free validator against the oracle target accuracy
-  over all evaluations of all trials: the points behind the validator ranking.
+  over all evaluations of all trials: the points behind the validator ranking, with the
+  evaluation each validator picks marked (its oracle gap in the title).
 
 Optuna draws what it has a plot for; the last two are drawn here because Optuna knows
 neither the statuses of our trials nor the other validators. matplotlib runs headless
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import optuna
 from lacmfer.config import ExperimentConfig
 from lacmfer.final_report import save_png
 from lacmfer.names import non_oracle_objectives
+from lacmfer.oracle_gap import Pick
 from search.analysis import (
     OBJECTIVE_KEY,
     ORACLE_METRIC,
@@ -137,28 +139,42 @@ def plot_learning_curves(records: Sequence[TrialRecord], objective: str, path: P
 
 
 def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str, float]], objective: str,
-                    path: Path) -> Path | None:
-    """Each validator against oracle target accuracy over all evaluations; None without target labels."""
+                    path: Path, picks: Mapping[str, Pick | None] | None = None) -> Path | None:
+    """Each validator against oracle target accuracy over all evaluations, the evaluation it
+    picks marked with a star (`search.analysis.validator_picks`); None without target labels."""
     pairs = {name: evaluation_pairs(records, name, ORACLE_METRIC) for name in non_oracle_objectives()}
     if not any(xs.size for xs, _ in pairs.values()):
         return None
     correlation = dict(ranking)
+    picks = picks or {}
     plt = _pyplot()
     with plt.style.context(STYLE):
-        fig, axes = plt.subplots(1, len(pairs), sharey=True)
-        for ax, (name, (xs, ys)) in zip(axes, pairs.items(), strict=True):
-            ax.scatter(xs, ys, s=8, alpha=0.6, color="tab:blue" if name != objective else "tab:purple")
+        columns = math.ceil(len(pairs) / 2)
+        fig, grid = plt.subplots(2, columns, sharey=True)
+        axes = grid.reshape(-1)
+        for ax, (name, (xs, ys)) in zip(axes, pairs.items(), strict=False):
+            ax.scatter(xs, ys, s=6, alpha=0.6, color="tab:blue" if name != objective else "tab:purple")
             rho = correlation.get(name, math.nan)
-            ax.set_title(f"{name}{' (objective)' if name == objective else ''}\nρw = "
-                         + (f"{rho:.2f}" if math.isfinite(rho) else "n/a"), fontsize=9)
-            ax.tick_params(labelsize=7)
-        axes[0].set_ylabel("target test accuracy (ORACLE)")
-        fig.suptitle("validators against oracle target accuracy, every evaluation of every trial", fontsize=10)
+            chosen = picks.get(name)
+            title = f"{name}{' (obj.)' if name == objective else ''}\nρw " + (f"{rho:.2f}" if math.isfinite(rho)
+                                                                                else "n/a")
+            if chosen is not None:
+                ax.scatter([xs[chosen.index]], [ys[chosen.index]], s=60, marker="*", color="tab:red", zorder=3)
+                title += f", gap {100 * chosen.gap:+.1f}"
+            ax.set_title(title, fontsize=7)
+            ax.tick_params(labelsize=5)
+        for ax in axes[len(pairs):]:
+            ax.set_visible(False)
+        for row in grid:
+            row[0].set_ylabel("target acc (ORACLE)", fontsize=7)
+        fig.suptitle("validators against oracle target accuracy, every evaluation of every trial; "
+                     "★ the evaluation each validator picks (gap in points)", fontsize=8)
         return _save(fig, path)
 
 
 def write_search_plots(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
-                       rankings: dict[str, Sequence[tuple[str, float]]]) -> str:
+                       rankings: dict[str, Sequence[tuple[str, float]]],
+                       picks: Mapping[str, Mapping[str, Pick | None]] | None = None) -> str:
     """Draw every split's pictures into `exp_dir/plots/`; returns the summary.md section linking them."""
     exp_dir = Path(exp_dir)
     objective = cfg.eval.objective
@@ -170,7 +186,8 @@ def write_search_plots(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, 
         drawn = {
             "history": plot_history(study, objective, paths["history"]) if study else None,
             "curves": plot_learning_curves(split_records, objective, paths["curves"]),
-            "validators": plot_validators(split_records, rankings.get(target, []), objective, paths["validators"]),
+            "validators": plot_validators(split_records, rankings.get(target, []), objective, paths["validators"],
+                                          (picks or {}).get(target)),
             "importance": plot_importance(study, paths["importance"]) if study else None,
         }
         lines += [f"### {target}", ""]

@@ -14,16 +14,20 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from lacmfer.errors import UserError
+from lacmfer.oracle_gap import average_ranks, pick, rank_average
 from search.analysis import (
     MIN_COMPLETE_FOR_IMPORTANCE,
+    RANK_AVERAGE,
     TrialRecord,
-    average_ranks,
+    evaluation_pairs,
+    mean_oracle_gap,
     musgrave_weights,
     param_importances,
     read_result_json,
     read_trial_dir,
     select_best,
     trial_status,
+    validator_picks,
     validator_ranking,
     weighted_ranks,
     weighted_spearman,
@@ -221,11 +225,62 @@ def test_validator_ranking_orders_validators_by_agreement_with_the_oracle():
         records.append(TrialRecord(f"t{t}", "CK", {}, "completed", history))
     ranking = validator_ranking(records)
     corr = dict(ranking)
-    assert [n for n, _ in ranking] == ["source_val_acc", "im", "bnm", "entropy", "snd"]
+    # The validators these trials do not report (the new ones) are NaN and come last.
+    assert [n for n, _ in ranking][:5] == ["source_val_acc", "im", "bnm", "entropy", "snd"]
+    assert all(math.isnan(c) for _, c in ranking[4:])
     assert corr["source_val_acc"] == pytest.approx(1.0) and 0.8 < corr["im"] < 1.0
     # reversed order: near −1, not exactly (weighted ranks from the two ends differ by the weights)
     assert corr["entropy"] < -0.99
     assert math.isnan(corr["snd"])  # never finite: listed last, not an error
+
+
+# ---------------------------------------------------------------- oracle gap
+
+
+def test_a_pick_is_the_first_highest_finite_score_judged_by_the_oracle():
+    scores = [0.2, 0.9, 0.9, math.nan, 0.1]
+    oracle = [0.50, 0.30, 0.80, 0.95, 0.40]
+    chosen = pick(scores, oracle)
+    # index 1: the first of the two 0.9 (a NaN score is never picked); 4 of 5 are better than 0.30.
+    assert (chosen.index, chosen.accuracy, chosen.best, chosen.better, chosen.pool) == (1, 0.30, 0.95, 4, 5)
+    assert chosen.gap == pytest.approx(-0.65) and not chosen.worst_decile  # 4/5 < 9/10
+    assert pick([math.nan, math.nan], [0.1, 0.2]) is None
+    with pytest.raises(ValueError, match="oracle"):
+        pick([1.0], [math.nan])
+
+
+def test_worst_decile_means_nine_tenths_of_the_pool_are_better():
+    oracle = [k / 100 for k in range(1, 21)]  # 20 checkpoints, 0.01 .. 0.20: the worst decile is 0.01 and 0.02
+    second = pick([1.0 if k == 1 else 0.0 for k in range(20)], oracle)  # 0.02: 18 of 20 better
+    third = pick([1.0 if k == 2 else 0.0 for k in range(20)], oracle)  # 0.03: 17 of 20 better
+    assert second.better == 18 and second.worst_decile
+    assert third.better == 17 and not third.worst_decile
+    tied = pick([1.0, 0.0], [0.5, 0.5])  # tied with the best: never the worst decile
+    assert tied.gap == 0.0 and not tied.worst_decile
+
+
+def test_rank_average_by_hand():
+    # Ranks of a: 3, 1, 2; of b (NaN lowest): 1, 2, 3; c has no finite score and is left out.
+    combined = rank_average([[3.0, 1.0, 2.0], [math.nan, 4.0, 5.0], [math.nan] * 3])
+    assert combined.tolist() == [2.0, 1.5, 2.5]
+
+
+def test_validator_picks_over_every_evaluation_with_an_oracle_value():
+    history_a = [report(1, 0.5, target_acc=0.40, im=0.1, source_val_acc=0.9, mixval=0.2),
+                 report(2, 0.6, target_acc=math.nan, im=9.0, source_val_acc=0.1, mixval=0.9)]  # no oracle: not a pick
+    history_b = [report(1, 0.7, target_acc=0.70, im=0.5, source_val_acc=0.2, mixval=0.8),
+                 report(2, 0.8, target_acc=0.60, im=0.3, source_val_acc=0.3, mixval=0.9, final=True)]
+    records = [TrialRecord("a", "CK", {}, "stopped early", history_a),
+               TrialRecord("b", "CK", {}, "completed", history_b)]
+    picks = validator_picks(records)
+    xs, ys = evaluation_pairs(records, "im")
+    assert ys.tolist() == [0.40, 0.70, 0.60] and picks["im"].index == 1 == int(np.argmax(xs))
+    assert picks["im"].gap == 0.0 and picks["source_val_acc"].accuracy == 0.40
+    assert picks["source_val_acc"].gap == pytest.approx(-0.30) and picks["dev"] is None
+    # Rank average of source_val_acc (3, 1, 2), im (1, 3, 2) and mixval (1, 2, 3): 5/3, 2, 7/3.
+    assert picks[RANK_AVERAGE].index == 2 and picks[RANK_AVERAGE].accuracy == 0.60
+    mean, worst, made = mean_oracle_gap([picks["source_val_acc"], None, picks["im"]])
+    assert (mean, worst, made) == (pytest.approx(-0.15), 0.0, 2)  # 0.40 is beaten by 2 of 3 only
 
 
 # ---------------------------------------------------------------- importance

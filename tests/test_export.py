@@ -194,6 +194,18 @@ def test_summary_reports_counts_oracle_importance_and_ranking(experiment):
     assert "| source_val_acc (the objective) |" in ranking and "| entropy | -0.9955 |" in ranking
     assert "| im | 1.0000 |" in ranking and "| bnm | n/a |" in ranking  # bnm is constant here
     assert "Over 12 evaluations of all 5 trials" in ranking
+    # Picks among those 12 (best target_acc 0.90, ck_d's): im = target_acc + 0.01·i picks it;
+    # entropy = −target_acc picks the worst (0.10, none worse); source_val_acc's highest value
+    # is ck_e's 0.99 at target_acc 0.30 (only 0.20 and 0.10 are worse: 2 of 12, not the worst decile).
+    assert "| im | 1.0000 | 0.9000 | +0.00 | no |" in ranking
+    assert "| entropy | -0.9955 | 0.1000 | -80.00 | yes |" in ranking
+    assert "| source_val_acc (the objective) | -0.0168 | 0.3000 | -60.00 | no |" in ranking
+    assert "| dev | n/a | n/a | n/a | n/a |" in ranking  # not reported by these trials
+    assert "| rank_average (export-time rule) | — | " in ranking
+    gaps = text.split("## Oracle gap of each validator")[1].split("## CK")[0]
+    assert "| validator | CK | mean gap | worst decile |" in gaps  # JAFFE has no evaluation to pick from
+    assert "| im | +0.00 | +0.00 | 0% of 1 |" in gaps and "| entropy | -80.00 | -80.00 | 100% of 1 |" in gaps
+    assert "| mixval | n/a | n/a | n/a |" in gaps
     assert "no config exported" in jaffe and "no study 'exp1/JAFFE'" in jaffe
     assert "Not run (no experiment folder): RAF." in text
     assert "ORACLE" not in text

@@ -121,7 +121,8 @@ def test_report_is_the_protocol_table(experiment):
     exp, _ = experiment
     table = pq.read_table(exp / "final" / "report.parquet")
     assert table.schema.metadata[b"objective"] == b"source_val_acc"
-    assert table.schema.metadata[b"oracle_columns"] == b"acc_oracle_best_mean,acc_oracle_best_std"
+    assert table.schema.metadata[b"oracle_columns"] == (b"acc_oracle_best_mean,acc_oracle_best_std,"
+                                                        b"acc_oracle_gap_mean,acc_oracle_gap_std")
     rows = {(r["target"], r["method"]): r for r in table.to_pylist()}
     assert set(rows) == {(t, m) for t in (*TARGETS, "mean") for m in METHODS}
     report = (exp / "final" / "report.md").read_text()
@@ -137,6 +138,8 @@ def test_report_is_the_protocol_table(experiment):
             assert row["acc_last_mean"] == pytest.approx(statistics.fmean(last), abs=1e-12)
             oracle = [max(e["target_acc"] for e in metrics(exp, target, method, s)["history"]) for s in SEEDS]
             assert row["acc_oracle_best_mean"] == pytest.approx(statistics.fmean(oracle), abs=1e-12)
+            gaps = [a - b for a, b in zip(values, oracle, strict=True)]
+            assert row["acc_oracle_gap_mean"] == pytest.approx(statistics.fmean(gaps), abs=1e-12)
         mean = rows["mean", method]
         assert mean["acc_selected_mean"] == pytest.approx(
             statistics.fmean(rows[t, method]["acc_selected_mean"] for t in TARGETS), abs=1e-12)
@@ -148,6 +151,17 @@ def test_report_is_the_protocol_table(experiment):
     assert f"| CK | {cells} |" in report
     assert "| target | lacmfer | source_only |" in report
     assert "## Target accuracy: best of all evaluations (ORACLE)" in report
+    # Every validator's oracle gap: had the run kept the first evaluation with the highest im.
+    gaps = report.split("## Oracle gap of each validator")[1]
+    lacmfer = gaps.split("### lacmfer")[1].split("###")[0]
+    per_target = []
+    for target in TARGETS:
+        runs = [metrics(exp, target, "lacmfer", s)["history"] for s in SEEDS]
+        picked = [max(h, key=lambda e: e["im"])["target_acc"] - max(e["target_acc"] for e in h) for h in runs]
+        per_target.append(statistics.fmean(picked))
+    cells = " | ".join(f"{100 * g:.2f}" for g in [*per_target, statistics.fmean(per_target)])
+    assert f"| im | {cells} | " in lacmfer
+    assert "| source_val_acc (the objective) | " in lacmfer and "| mixval | " in lacmfer
     assert "![target accuracy per target, method against baselines](plots/accuracy.png)" in report
 
 

@@ -140,9 +140,23 @@ def test_evaluate_reports_every_metric(synth_tiny, ck_data):
                 "pl_acc", "pl_coverage", "pl_train_coverage", "lr", "lr_trunk", "cluster_weight", "loss_total",
                 "loss_sup", "loss_sample_level", "loss_cluster_level", "loss_mcc", "loss_pseudo_label"):
         assert key in m and math.isfinite(m[key]), key
+    for key in ("dev", "mixval", "class_ami", "im_st", "entropy_st", "ensemble"):
+        assert key in m and math.isfinite(m[key]), key
     assert m["objective"] == m["im"] and m["step"] == 2
     assert 0 <= m["target_acc"] <= 1 and m["entropy"] <= 0
     assert m["lr_trunk"] == pytest.approx(m["lr"] * 0.1)
+
+
+def test_mixval_probes_mix_the_network_inputs_of_the_subset_rows(synth_tiny, ck_data):
+    trainer = Trainer(tiny_config(synth_tiny), "CK", data=ck_data)
+    trainer.train_until(2)
+    rows_a, rows_b = torch.tensor([0, 3, 5]), torch.tensor([7, 2, 5])
+    images = network_input(torch.stack([torch.from_numpy(ck_data.target_train.image(int(k)).copy()).permute(2, 0, 1)
+                                        for k in range(8)]), trainer.cfg.data.image_size)
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model.predict(0.55 * images[rows_a] + 0.45 * images[rows_b])
+    assert trainer._predict_mixed(rows_a, rows_b, 0.55) == pytest.approx(expected, abs=1e-5)
 
 
 def test_evaluations_follow_the_interval(synth_tiny, ck_data):
@@ -184,12 +198,15 @@ def test_evaluation_reads_fixed_subsets_and_the_whole_test_set_every_test_every(
     subsets = {"target_subset": 20, "source_val_subset": 16}
     cfg = tiny_config(synth_tiny, schedule={"steps": 5}, eval={"interval": 2, "test_every": 2, **subsets})
     trainer = Trainer(cfg, "RAF", data=raf_data)
-    predicted = []
+    predicted, mixed = [], []
     predict = trainer._predict
 
-    def spy(samples, indices=None):
-        predicted.append((samples, None if indices is None else indices.tolist()))
-        return predict(samples, indices)
+    def spy(samples, indices=None, partners=None, lam=1.0):
+        if partners is None:
+            predicted.append((samples, None if indices is None else indices.tolist()))
+        else:  # MixVal's probes
+            mixed.append((samples, set(indices.tolist()) | set(partners.tolist())))
+        return predict(samples, indices, partners, lam)
 
     trainer._predict = spy
     evaluations = list(trainer.training_loop())  # at steps 2, 4 and 5 (the last)
@@ -203,6 +220,9 @@ def test_evaluation_reads_fixed_subsets_and_the_whole_test_set_every_test_every(
     once = [(raf_data.target_train, stream), (raf_data.source_val, held_out)]
     with_test = [(raf_data.target_train, stream), (raf_data.target_test, None), (raf_data.source_val, held_out)]
     assert predicted == once + with_test + with_test
+    # MixVal mixes images of the target subset only, once per evaluation.
+    assert [samples for samples, _ in mixed] == [raf_data.target_train] * 3
+    assert all(rows <= set(stream) for _, rows in mixed)
     # The subsets are part of the protocol, like the hold-out: the same for another seed.
     other = Trainer(cfg.with_values({"seed": 1}), "RAF", data=raf_data)
     assert other.target_subset.tolist() == stream and other.source_val_subset.tolist() == held_out

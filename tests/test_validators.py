@@ -12,10 +12,23 @@ from lacmfer import names
 from lacmfer.config import config_from_dict
 from lacmfer.errors import UserError
 from lacmfer.validators import (
+    MIXVAL_LAMBDA,
     TARGET_VALIDATORS,
+    EvaluationOutputs,
     accuracy,
+    adjusted_mutual_information,
     bnm,
+    class_ami,
+    dev,
+    dev_risk,
+    domain_density_ratio,
+    ensemble,
+    entropy_source_target,
+    evaluation_validators,
+    im_source_target,
     information_maximization,
+    mixval,
+    mixval_pairs,
     neg_entropy,
     pseudo_label_accuracy_and_coverage,
     snd,
@@ -225,3 +238,158 @@ def test_registered_validators_compute_what_their_names_say() -> None:
 def test_validators_of_a_diverged_model_are_nan_not_errors():
     probs = torch.full((8, 7), float("nan"))
     assert all(math.isnan(v(probs)) for v in TARGET_VALIDATORS.values())
+
+
+# ---------------------------------------------------------------- DEV
+
+
+def test_dev_risk_hand_computed_with_its_control_variate() -> None:
+    # L = (1, 2, 3, 4), w = (0.5, 1, 1, 2.5): w·L = (0.5, 2, 3, 10), mean 3.875; mean(w) = 1.25;
+    # sample Var(w) = 2.25 / 3 = 0.75, Cov(w·L, w) = 10.875 / 3 = 3.625, so η = −3.625 / 0.75;
+    # DEV = 3.875 + η·1.25 − η = 3.875 + 0.25·η = 2.6667.
+    losses, weights = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.5, 1.0, 1.0, 2.5])
+    assert dev_risk(losses, weights) == pytest.approx(3.875 - 0.25 * 3.625 / 0.75)
+    # Constant weights: no control variate, the weighted mean.
+    assert dev_risk(losses, torch.full((4,), 2.0)) == pytest.approx(5.0)
+
+
+def test_domain_density_ratio_recovers_the_ratio_of_a_binary_feature() -> None:
+    # Source: 30 samples at x = 0, 10 at x = 1 (N_s = 40); target: 10 and 10 (N_t = 20).
+    # An unregularised logistic regression on a binary feature fits the empirical
+    # d(x) = P(target | x), so w(x) = p_t(x) / p_s(x): (10/20)/(30/40) = 2/3 at 0, (10/20)/(10/40) = 2 at 1.
+    source = torch.cat([torch.zeros(30, 1), torch.ones(10, 1)])
+    target = torch.cat([torch.zeros(10, 1), torch.ones(10, 1)])
+    weights = domain_density_ratio(source, target, l2=0.0)
+    assert weights[:30] == pytest.approx(torch.full((30,), 2 / 3, dtype=torch.float64), rel=1e-4)
+    assert weights[30:] == pytest.approx(torch.full((10,), 2.0, dtype=torch.float64), rel=1e-4)
+
+
+def test_domain_density_ratio_of_indistinguishable_domains_is_one() -> None:
+    # The same features in both sets (twice as many target rows): the classifier says
+    # N_t / (N_s + N_t) everywhere, and the weights are (N_s / N_t) · (N_t / N_s) = 1.
+    features = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    weights = domain_density_ratio(features, torch.cat([features, features]))
+    assert weights == pytest.approx(torch.ones(12, dtype=torch.float64), rel=1e-4)
+
+
+def test_dev_is_the_negated_risk_of_the_source_cross_entropy() -> None:
+    source = torch.cat([torch.zeros(30, 1), torch.ones(10, 1)])
+    target = torch.cat([torch.zeros(10, 1), torch.ones(10, 1)])
+    logits = torch.randn(40, C, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(40) % C
+    losses = -torch.log_softmax(logits.double(), dim=1)[torch.arange(40), labels]
+    expected = -dev_risk(losses, domain_density_ratio(source, target))
+    assert dev(source, logits, labels, target) == pytest.approx(expected, rel=1e-9)
+    assert math.isnan(dev(source * math.nan, logits, labels, target))
+
+
+# ---------------------------------------------------------------- MixVal
+
+
+def _mixing_threshold_model(positions: torch.Tensor, threshold: float):
+    """predict_mixed of a 1-D "model": class 1 right of `threshold`, class 0 left of it."""
+
+    def predict_mixed(rows_a: torch.Tensor, rows_b: torch.Tensor, lam: float) -> torch.Tensor:
+        x = lam * positions[rows_a] + (1 - lam) * positions[rows_b]
+        return torch.stack([threshold - x, x - threshold], dim=1)
+
+    return predict_mixed
+
+
+def test_mixval_pairs_are_within_and_across_clusters() -> None:
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 1, 0, 2])  # class 3 is a singleton
+    anchors, partners, intra = mixval_pairs(labels, 12, torch.Generator().manual_seed(0))
+    assert intra.sum() == 6 and (~intra).sum() == 6
+    assert (labels[anchors[intra]] == labels[partners[intra]]).all() and (anchors != partners).all()
+    assert (labels[anchors[~intra]] != labels[partners[~intra]]).all()
+    assert 6 not in anchors[intra].tolist()  # a singleton cluster has no intra-cluster partner
+    again = mixval_pairs(labels, 12, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(again, (anchors, partners, intra), strict=True))
+
+
+def test_mixval_probes_worked_by_hand() -> None:
+    # Four samples at 0 (pseudo-label 0), four at 1 (pseudo-label 1). Intra-cluster mixes
+    # stay at 0 or 1: always right. An inter-cluster probe from an anchor at 0 sits at
+    # 1 − λ = 0.45, from an anchor at 1 at λ = 0.55. All 8 samples anchor one of each kind.
+    assert MIXVAL_LAMBDA == 0.55
+    positions = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    labels = (positions > 0.5).long()
+    # Boundary at 0.5: every probe on its anchor's side: ICE_intra = ICE_inter = 1.
+    assert mixval(labels, _mixing_threshold_model(positions, 0.5), probes=16) == pytest.approx(1.0)
+    # Boundary at 0.3 (same pseudo-labels): the probes at 0.45 cross it, those at 0.55 do
+    # not: ICE_inter = 4/8, ICE_intra = 1, MixVal = 0.75.
+    assert mixval(labels, _mixing_threshold_model(positions, 0.3), probes=16) == pytest.approx(0.75)
+    # All pseudo-labels equal: no boundary to probe, ICE_inter = 0, MixVal = (1 + 0) / 2.
+    assert mixval(torch.zeros(8, dtype=torch.long), _mixing_threshold_model(positions, 5.0), 16) == 0.5
+
+
+# ---------------------------------------------------------------- ClassAMI
+
+
+def test_adjusted_mutual_information_hand_cases() -> None:
+    same = torch.tensor([0, 0, 1, 1])
+    assert adjusted_mutual_information(same, torch.tensor([5, 5, 3, 3])) == pytest.approx(1.0)
+    # Crossed halves: MI = 0; E[MI] = 4 cells × P(n_ij = 2) · (2/4)·log 2 = 4 · (1/6) · ½ log 2 = log 2 / 3,
+    # H = log 2 each: AMI = (0 − log2/3) / (log 2 − log2/3) = −0.5.
+    assert adjusted_mutual_information(same, torch.tensor([0, 1, 0, 1])) == pytest.approx(-0.5)
+    # Sizes (2, 2) against (3, 1): every arrangement is the same up to renaming, so
+    # MI = E[MI] = ½ log(4/3) + ¼ log(2/3) + ¼ log 2 and AMI = 0.
+    assert adjusted_mutual_information(same, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.0, abs=1e-6)
+    # b = (0, 0, 1, 2) refines a: MI = H(a) = log 2, H(b) = 1.5 log 2. E[MI]: the cells with
+    # sizes (2, 2) give m = 2 with P = 1/6, (2/4)·log 2 each: 2 · log2/12; those with (2, 1)
+    # give m = 1 with P = 1/2, (1/4)·log 2 each: 4 · log2/8; E[MI] = (2/3) log 2.
+    # AMI = (1 − 2/3) / ((1 + 1.5)/2 − 2/3) = 4/7 (the arithmetic mean of the entropies).
+    assert adjusted_mutual_information(same, torch.tensor([0, 0, 1, 2])) == pytest.approx(4 / 7)
+    assert adjusted_mutual_information(torch.zeros(5), torch.zeros(5)) == 1.0
+
+
+def test_class_ami_is_one_when_the_classes_are_the_feature_clusters() -> None:
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.eye(C) * 10
+    classes = torch.arange(70) % C
+    features = centres[classes] + 0.1 * torch.randn(70, C, generator=generator)
+    predicted = F.one_hot((classes + 3) % C, C).float()  # renamed classes: the same partition
+    assert class_ami(features, predicted) == pytest.approx(1.0)
+    merged = F.one_hot(classes // 2, C).float()  # predictions that merge pairs of clusters
+    assert class_ami(features, merged) < 0.9
+    assert math.isnan(class_ami(features * math.nan, predicted))
+
+
+# ---------------------------------------------------------------- source + target, ensemble
+
+
+def test_source_target_variants_add_the_two_domains() -> None:
+    confident, uniform = _balanced_one_hot(2), _uniform(14)
+    assert im_source_target(confident, uniform) == pytest.approx(math.log(C))
+    assert im_source_target(uniform, confident) == pytest.approx(math.log(C))
+    assert entropy_source_target(confident, uniform) == pytest.approx(-math.log(C))
+    assert entropy_source_target(uniform, uniform) == pytest.approx(-2 * math.log(C))
+
+
+def test_ensemble_is_the_mean_of_scaled_members() -> None:
+    metrics = {"source_val_acc": 0.6, "im": 0.5 * math.log(C), "mixval": 0.8, "class_ami": 0.3, "dev": -9.0}
+    assert ensemble(metrics, C) == pytest.approx((0.6 + 0.5 + 0.8 + 0.3) / 4)
+    assert ensemble(metrics | {"source_val_acc": math.nan}, C) == pytest.approx((0.5 + 0.8 + 0.3) / 3)
+    assert math.isnan(ensemble(dict.fromkeys(metrics, math.nan), C))
+
+
+def test_objectives_read_from_the_source_hold_out_need_one() -> None:
+    for objective in names.SOURCE_READING_OBJECTIVES:
+        with pytest.raises(UserError, match=f"eval.objective: {objective} is measured on a hold-out"):
+            config_from_dict({"eval": {"objective": objective}, "data": {"source_val_fraction": 0}})
+    # The ensemble and the target-only validators do without one.
+    assert config_from_dict({"eval": {"objective": "ensemble"}, "data": {"source_val_fraction": 0}})
+
+
+def test_evaluation_validators_without_a_source_hold_out() -> None:
+    # Balanced one-hot predictions on features that are the classes: ClassAMI 1, IM = log C;
+    # an identity "model" on mixes (logits = the mixed one-hot rows) classifies every
+    # probe as its dominant sample (weight 0.55): MixVal 1.
+    probs = _balanced_one_hot(3).double()
+    outputs = EvaluationOutputs(probs, probs.clone(), None, None, None,
+                                lambda a, b, lam: lam * probs[a] + (1 - lam) * probs[b])
+    scores = evaluation_validators(outputs, {"source_val_acc": math.nan, "im": math.log(C)}, mixval_probes=16)
+    assert all(math.isnan(scores[k]) for k in ("dev", "im_st", "entropy_st"))
+    assert scores["mixval"] == 1.0 and scores["class_ami"] == pytest.approx(1.0)
+    assert scores["ensemble"] == pytest.approx(1.0)  # mean of im/log C, mixval and class_ami
+    assert set(scores) == set(names.EVALUATION_VALIDATOR_NAMES)
