@@ -141,11 +141,12 @@ def test_an_entry_point_plugin_is_imported_before_validation(tmp_path, monkeypat
 
 def test_a_plugin_is_used_by_final_training_and_the_search_in_ray_workers(plugin, synth_tiny, tmp_path, monkeypatch):
     """Every Ray worker (a final-training task, a search trial) is a fresh process that
-    validates the config again, or receives it validated; each must import the plugin
-    first. Final training runs first, so its task lands in a worker that nothing imported
-    the plugin into. Mutations caught: `trainables.final_training._run_task` not importing
-    the plugins (the task's trainer finds no `lab_method`: the run fails, exit 1);
-    `config_from_dict` not importing them (the driver refuses `lab_method`, exit 2)."""
+    rebuilds the config from its dump and validates it; it must import the plugin first.
+    Final training runs first, so its task lands in a worker that nothing imported the
+    plugin into. Mutations caught: the `plugins` field left out of the dump
+    (`Field(default_factory=list, exclude=True)` in lacmfer/config.py): the worker's
+    config lacks the plugin and the run fails (exit 1); `config_from_dict` not importing
+    the plugins: the driver refuses `lab_method` (exit 2)."""
     import ray
 
     from lacmfer.train import main as train_main

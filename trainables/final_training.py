@@ -20,7 +20,6 @@ import torch
 from lacmfer.device import out_of_memory_message, scheduled_placement
 from lacmfer.errors import UserError
 from lacmfer.final_run import FinalRun, failed_result, train_run
-from lacmfer.plugins import import_plugins
 from trainables.lacmfer_trainable import ray_gpu_assignment
 from trainables.ray_session import connect_ray
 
@@ -40,10 +39,7 @@ def ray_connection(address: str | None) -> Iterator[None]:
 
 
 def _run_task(run: FinalRun, train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """Inside the task: the config's plugins, the threads and the device of the resources Ray
-    gave it, then train."""
-    # The run's config arrives validated, pickled: nothing in this fresh worker imported its plugins.
-    import_plugins(run.config.plugins, f"{run.name} config")
+    """Inside the task: the threads and the device of the resources Ray gave it, then train."""
     if run.config.resources.threads is None:  # as many torch threads as whole CPUs asked, not the node's cores
         threads = int(max(1.0, run.config.resources.cpu))
         config = run.config.with_values({"resources.threads": threads}, source="task resources")
