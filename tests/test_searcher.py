@@ -10,11 +10,11 @@ from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, OptunaStudySearcher
 State = optuna.trial.TrialState
 
 
-def searcher_for(scope="best", seed=0):
+def searcher_for(scope="best", seed=0, **study):
     cfg = config_from_dict({"search": {"space": {"hyper_align": {"distribution": "uniform", "low": 0.1, "high": 1}},
                                        "use_default_space": False}})
     return OptunaStudySearcher(space=SearchSpace(cfg.search.space), metric="objective", mode="max",
-                                       sampler=optuna.samplers.RandomSampler(seed=seed), scope=scope)
+                               sampler=optuna.samplers.RandomSampler(seed=seed), scope=scope, **study)
 
 
 def run_like_tune(searcher, trial_id, values, final=False, diverged=False):
@@ -114,3 +114,22 @@ def test_a_trial_retried_after_an_error_is_told_as_a_new_trial():
     assert (first.state, first.intermediate_values) == (State.FAIL, {1: 0.3})
     assert (retry.state, retry.value, retry.intermediate_values) == (State.COMPLETE, 0.6, {1: 0.3, 2: 0.6, 3: 0.5})
     assert retry.params == first.params and retry.user_attrs[TUNE_TRIAL_ID] == "t"
+
+
+def test_a_restored_searcher_tells_the_trials_it_resumes(tmp_path):
+    """Tune saves the searcher with the experiment and restores it into a fresh one when
+    a killed search resumes; the resumed trial must end in the same study, with the
+    evaluations of both attempts. Mutation caught: `restore` not updating the searcher's
+    state (the trial is unknown to it, its Optuna trial stays RUNNING)."""
+    study = {"study_name": "exp/CK", "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
+    searcher = searcher_for(**study)
+    point = searcher.suggest("t")
+    searcher.on_trial_result("t", {"objective": 0.3, "training_iteration": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+
+    restored = searcher_for(seed=1, **study)  # as Tune builds it before restoring
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("t", {"objective": 0.5, "training_iteration": 2, "final_evaluation": 1.0})
+    (trial,) = optuna.load_study(**study).trials
+    assert (trial.state, trial.value, trial.intermediate_values) == (State.COMPLETE, 0.5, {1: 0.3, 2: 0.5})
+    assert trial.params == point and trial.user_attrs[TUNE_TRIAL_ID] == "t"
