@@ -17,6 +17,7 @@ import yaml
 
 from lacmfer import names
 from lacmfer.config import ExperimentConfig, config_from_dict
+from lacmfer.errors import UserError
 from tests.conftest import REPO
 
 PLUGIN = '''
@@ -96,6 +97,23 @@ def test_a_plugin_domain_joins_only_the_experiments_that_name_it(plugin):
     assert ExperimentConfig().data.domains == list(names.BUILTIN_DOMAIN_NAMES)
     named = config_from_dict({"plugins": [module], "data": {"domains": ["CK", "Lab"], "targets": ["Lab"]}})
     assert named.data.targets == ["Lab"]
+
+
+def test_a_plugin_method_is_a_final_training_baseline(plugin, synth_tiny, tmp_path):
+    """`--baseline` is checked once the configs, and so their plugins, are loaded; the
+    command line is parsed before. Mutation caught: `choices=METHOD_NAMES` back on
+    `--baseline` in lacmfer/train.py (argparse refuses the plugin's method, exit 2)."""
+    from lacmfer.train import parse_args, plan_runs
+
+    _, data = plugin
+    raw = lab_experiment(synth_tiny, data, tmp_path)
+    raw["loss"]["adaptation"] = "source_only"
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    plan = plan_runs(parse_args(["--config", str(path), "--seeds", "0", "--baseline", "lab_method"]))
+    assert plan.methods == ["source_only", "lab_method"] and plan.targets == ["Lab"]
+    with pytest.raises(UserError, match="--baseline lab_nowhere: unknown adaptation method"):
+        plan_runs(parse_args(["--config", str(path), "--seeds", "0", "--baseline", "lab_nowhere"]))
 
 
 def test_a_plugin_that_cannot_be_imported_stops_both_commands_before_ray(tmp_path, capsys):
