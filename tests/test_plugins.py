@@ -136,6 +136,15 @@ def test_a_plugin_that_cannot_be_imported_stops_both_commands_before_ray(tmp_pat
     assert not ray.is_initialized()
 
 
+def test_the_preflight_names_a_node_that_cannot_import_a_plugin(tmp_path):
+    """The per-node check behind the search's preflight tries the config's plugins too.
+    Mutation caught: `node_problems` importing only TRIAL_MODULES."""
+    from search.cluster import node_problems
+
+    problems = node_problems([str(tmp_path)], str(tmp_path / "cache"), plugins=["lab_nowhere"])
+    assert problems == ["cannot import lab_nowhere (ModuleNotFoundError: No module named 'lab_nowhere')"]
+
+
 def test_an_entry_point_plugin_is_imported_before_validation(tmp_path, monkeypatch, restore_registries):
     """An installed package's `lacmfer.plugins` entry point registers its method wherever
     a config is validated, with no `plugins` key. Mutation caught: `import_plugins` not
