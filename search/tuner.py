@@ -93,7 +93,7 @@ class OptunaStudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id not in self._trials:
             trial = self.study.ask()
-            # Before sampling: a driver killed in between leaves no Optuna trial without its Tune id.
+            # Before sampling (a storage write per parameter): a killed driver seldom leaves a trial without it.
             trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
             self._trials[trial_id] = trial
         trial = self._trials[trial_id]
