@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
+from lacmfer.plugins import import_plugins
 
 
 def _one_of(allowed: Callable[[], Sequence[str]], what: str) -> AfterValidator:
@@ -88,8 +89,9 @@ class AugmentConfig(_Section):
 class DataConfig(_Section):
     root: Path = Path("data/synthfer-small")
     synth: SynthSpec | None = None
-    domains: list[DomainName] = Field(default_factory=lambda: list(names.domain_names()), min_length=2)
-    targets: list[DomainName] = Field(default_factory=lambda: list(names.domain_names()), min_length=1)
+    # The built-in domains by default: a registered domain joins only the experiments that name it.
+    domains: list[DomainName] = Field(default_factory=lambda: list(names.BUILTIN_DOMAIN_NAMES), min_length=2)
+    targets: list[DomainName] = Field(default_factory=lambda: list(names.BUILTIN_DOMAIN_NAMES), min_length=1)
     lists: dict[DomainName, DomainLists] = Field(default_factory=dict)
     image_size: Annotated[int, Field(ge=16, le=1024)] = 224
     cache_size: Annotated[int, Field(ge=16, le=1024)] | None = None
@@ -365,6 +367,8 @@ class OutputConfig(_Section):
 
 
 class ExperimentConfig(_Section):
+    # Modules imported before the config is validated, in every process (lacmfer/plugins.py).
+    plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")]] = Field(default_factory=list)
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -467,6 +471,9 @@ def _resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Validate a raw dict; `source` names where it came from in error messages."""
+    # Plugins first: what they register decides which names the schema accepts.
+    plugins = raw.get("plugins")
+    import_plugins([p for p in plugins if isinstance(p, str)] if isinstance(plugins, list) else [], source)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as err:

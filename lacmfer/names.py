@@ -5,12 +5,13 @@ their lists from this module, so a name is spelled once. The lists that users ex
 (adaptation methods, target validators) are registries: `register_method` and
 `register_validator` (in `lacmfer.methods` and `lacmfer.validators`) add to them at run
 time, and config validation reads them when it runs, not when it is imported.
-Domains are the keys of the dataset table `lacmfer.data.domains.DOMAINS`.
+Domains are the keys of the dataset table `lacmfer.data.domains.DOMAINS`; a config
+defaults to the built-in ones, so a registered domain is used only where it is named.
 """
 
 from __future__ import annotations
 
-from lacmfer.data.domains import DOMAINS
+from lacmfer.data.domains import DOMAIN_NAMES, DOMAINS
 
 #: Shapes of the clustering schedule r(t) (docs/METHOD.md §5).
 CLUSTER_RAMPS: tuple[str, ...] = ("sigmoid", "linear", "step")
@@ -21,6 +22,9 @@ HARDNESS_RELEASES: tuple[str, ...] = ("july2024", "june2024")
 
 #: Warm-ups of the alignment weight hyper_align (docs/METHOD.md §3.8): none, or MFSAN's ramp.
 ALIGN_WARMUPS: tuple[str, ...] = ("none", "mfsan")
+
+#: The six built-in domains: the default `data.domains` and `data.targets`.
+BUILTIN_DOMAIN_NAMES: tuple[str, ...] = DOMAIN_NAMES
 
 #: Adaptation methods, by `loss.adaptation` name; `lacmfer.methods.METHODS` holds their classes.
 METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline"]

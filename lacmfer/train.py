@@ -97,6 +97,9 @@ def plan_runs(args: argparse.Namespace) -> Plan:
     if any(cfg.loss.adaptation != method for _, cfg in configs):
         raise UserError("the configs train different loss.adaptation methods; give them as --baseline instead")
     for baseline in args.baseline:
+        if baseline not in METHOD_NAMES:
+            raise UserError(f"--baseline {baseline}: unknown adaptation method (expected one of "
+                            f"{', '.join(METHOD_NAMES)}; a plugin's method needs the plugin in the configs' plugins)")
         if baseline == method:
             raise UserError(f"--baseline {baseline}: that is the configs' own method (loss.adaptation)")
     methods = [method, *dict.fromkeys(args.baseline)]
@@ -149,10 +152,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--experiment", type=Path, help="a search's folder, results/<exp>: trains best/<target>.yaml")
     what.add_argument("--config", type=Path, help="one config, e.g. results/<exp>/best/CK.yaml")
-    p.add_argument("--target", nargs="+", choices=domain_names(), help="a subset of the targets")
+    # Targets and baselines are checked once the configs (and their plugins) are loaded.
+    p.add_argument("--target", nargs="+", help="a subset of the targets")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--baseline", nargs="+", default=[], choices=METHOD_NAMES, metavar="METHOD",
-                   help=f"methods to train beside it on the same seeds, any loss.adaptation: {', '.join(METHOD_NAMES)}")
+    p.add_argument("--baseline", nargs="+", default=[], metavar="METHOD",
+                   help="methods to train beside it on the same seeds, any loss.adaptation "
+                        f"(built in: {', '.join(METHOD_NAMES)})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every config, e.g. --set schedule.steps=1000")
     p.add_argument("--resume", action="store_true", help="keep finished runs, continue interrupted ones")

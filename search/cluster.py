@@ -16,7 +16,7 @@ import importlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +108,14 @@ def concurrent_slots(cfg: ExperimentConfig) -> int:
 # ---------------------------------------------------------------- preflight
 
 
-def node_problems(data_roots: list[str], cache_dir: str) -> list[str]:
-    """What keeps this node from running a trial: imports, data roots, the cache folder.
+def node_problems(data_roots: list[str], cache_dir: str, plugins: Sequence[str] = ()) -> list[str]:
+    """What keeps this node from running a trial: imports (the config's plugins too), data
+    roots, the cache folder.
 
     Runs on every node as a Ray task (see `preflight`); also callable locally.
     """
     problems = []
-    for module in TRIAL_MODULES:
+    for module in (*TRIAL_MODULES, *plugins):
         try:
             importlib.import_module(module)
         except Exception as err:  # noqa: BLE001 -- any import failure means no trial can run here
@@ -148,7 +149,8 @@ def preflight(cfg: ExperimentConfig) -> None:
             continue
         name = f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"
         strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        ref = check.options(scheduling_strategy=strategy).remote(_data_roots(cfg), str(cfg.data.resolved_cache_dir))
+        ref = check.options(scheduling_strategy=strategy).remote(
+            _data_roots(cfg), str(cfg.data.resolved_cache_dir), cfg.plugins)
         pending[ref] = name
     ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=PREFLIGHT_TIMEOUT_S)
     failures = [f"{pending[ref]} did not run the check within {PREFLIGHT_TIMEOUT_S:.0f} s" for ref in late]

@@ -7,6 +7,7 @@ Every trial reports the metric `objective` (higher is better for every validator
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -17,8 +18,7 @@ import optuna
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from lacmfer.config import ExperimentConfig
 from search.analysis import round_dir
@@ -32,12 +32,17 @@ METRIC, MODE = "objective", "max"
 #: Optuna user attribute holding the Tune trial id, so an Optuna trial can be matched to
 #: its Tune trial (export, tests, and a resumed driver closing orphaned trials).
 TUNE_TRIAL_ID = "tune_trial_id"
-#: Optuna constraint set (> 0: infeasible) on diverged trials; see `StoppedAsPrunedOptunaSearch`.
+#: Optuna constraint set (> 0: infeasible) on diverged trials; see `OptunaStudySearcher`.
 DIVERGED_CONSTRAINT = "diverged"
 
 
-class StoppedAsPrunedOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna what each trial really did.
+class OptunaStudySearcher(Searcher):
+    """Tune's searcher over an Optuna study it owns, telling Optuna what each trial really did.
+
+    Tune asks `suggest` for each new trial: the study's `ask` gives an Optuna trial (an
+    enqueued point first) that the define-by-run `space` samples. Only public API is used
+    on both sides (Tune's `Searcher` hooks; Optuna's ask, `Trial.report`, tell and
+    add_trial), so a Ray release cannot change it silently.
 
     - Every evaluation reaches Optuna as an intermediate value at its
       `training_iteration`, including the last one and the one on which ASHA stopped
@@ -46,8 +51,8 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
       `on_trial_complete` instead, so it is taken from there.
     - A trial is COMPLETE only when its last report is its schedule's final evaluation;
       its value follows `scope` over all its evaluations: the best (default) or the last.
-      Stock OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial score,
-      which TPE and importance analysis would take as the value of those
+      Tune's stock OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial
+      score, which TPE and importance analysis would take as the value of those
       hyperparameters; here it is PRUNED (its intermediate values stay recorded).
     - A diverged trial is PRUNED with a positive `diverged` constraint. TPE ignores FAIL
       trials altogether, so a diverging learning rate told FAIL would be proposed
@@ -61,21 +66,47 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
       not evidence about the hyperparameters, and Tune retries it within max_failures.
       When a resumed experiment retries it again, the retry is added as a new trial
       (`_tell_retry`).
+
+    The study lives in `storage` under `study_name` (created, or continued when it
+    exists); `save`/`restore` keep which Optuna trial belongs to which Tune trial, so a
+    restored Tuner tells the trials it resumes.
     """
 
-    def __init__(self, *args: Any, scope: str = "best", **kwargs: Any):
+    def __init__(self, space: SearchSpace, metric: str, mode: str, sampler: optuna.samplers.BaseSampler,
+                 study_name: str | None = None, storage: str | optuna.storages.BaseStorage | None = None,
+                 points_to_evaluate: Sequence[dict[str, Any]] | None = None, scope: str = "best"):
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
         self._scope = scope
+        self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                         direction="maximize" if mode == "max" else "minimize", load_if_exists=True)
+        for point in points_to_evaluate or ():
+            self.study.enqueue_trial(point)
+        #: Tune trial id → its Optuna trial; and the Tune trials whose Optuna trial is told.
+        self._trials: dict[str, optuna.Trial] = {}
+        self._told: set[str] = set()
         self._evaluations: dict[str, dict[int, float]] = {}
         # Trials told FAIL for an error, with their evaluations kept: a resumed experiment
         # (`resume_errored`) retries them from their last checkpoint.
         self._errored: set[str] = set()
-        super().__init__(*args, **kwargs)
 
-    def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
-        return config
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self._trials:
+            trial = self.study.ask()
+            # Before sampling (a storage write per parameter): a killed driver seldom leaves a trial without it.
+            trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+            self._trials[trial_id] = trial
+        trial = self._trials[trial_id]
+        constants = self._space(trial)  # a parameter sampled again returns its value
+        return {**trial.params, **constants}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._record(trial_id, result)
@@ -83,7 +114,7 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
     def _record(self, trial_id: str, result: dict) -> None:
         """Report one evaluation to Optuna at its step, once."""
         retried = trial_id in self._errored
-        if trial_id not in self._ot_trials or (trial_id in self._completed_trials and not retried):
+        if trial_id not in self._trials or (trial_id in self._told and not retried):
             return
         value, step = result.get(self.metric), result.get("training_iteration")
         if value is None or step is None:
@@ -95,32 +126,32 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
         if retried:
             return  # its Optuna trial is FAIL for good; `_tell_retry` adds the retry when it ends
         try:
-            self._ot_trials[trial_id].report(float(value), int(step))
+            self._trials[trial_id].report(float(value), int(step))
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # told already by a driver that was killed after telling (resume)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._ot_trials:
+        if trial_id not in self._trials:
             return  # not one of ours (RetriedTrialsConcurrencyLimiter passes every end on)
         if trial_id in self._errored:
             return self._tell_retry(trial_id, result, error)
-        if trial_id in self._completed_trials:
-            return super().on_trial_complete(trial_id, result, error)
+        if trial_id in self._told:
+            return  # Tune may end a trial twice; the first end was told
         if result and not error:
             self._record(trial_id, result)  # the evaluation ASHA stopped it on, or its last
         if error:
             self._errored.add(trial_id)
         evaluations = self._evaluations.get(trial_id, {}) if error else self._evaluations.pop(trial_id, {})
-        ot_trial = self._ot_trials[trial_id]
+        trial = self._trials[trial_id]
         outcome, value = self._outcome(result, error, evaluations)
         if _diverged(result) and outcome == optuna.trial.TrialState.PRUNED:
             try:
-                ot_trial.set_constraint(DIVERGED_CONSTRAINT, 1.0)
+                trial.set_constraint(DIVERGED_CONSTRAINT, 1.0)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
         # skip_if_finished: a driver killed after telling left the trial finished already.
-        self._ot_study.tell(ot_trial, value, state=outcome, skip_if_finished=True)
-        self._completed_trials.add(trial_id)
+        self.study.tell(trial, value, state=outcome, skip_if_finished=True)
+        self._told.add(trial_id)
 
     def _outcome(self, result: dict | None, error: bool, evaluations: dict[int, float]
                  ) -> tuple[optuna.trial.TrialState, float | None]:
@@ -154,14 +185,14 @@ class StoppedAsPrunedOptunaSearch(OptunaSearch):
         if outcome == optuna.trial.TrialState.PRUNED:  # as Optuna's tell does: the last value, if finite
             last = evaluations[max(evaluations)]
             value = last if math.isfinite(last) else None
-        first = self._ot_trials[trial_id]
+        first = self._trials[trial_id]
         retry = optuna.trial.create_trial(
             state=outcome, value=value, params=first.params, distributions=first.distributions,
             intermediate_values=evaluations, user_attrs={TUNE_TRIAL_ID: trial_id, "retry_of": first.number},
         )
         if _diverged(result) and outcome == optuna.trial.TrialState.PRUNED:
             retry.set_constraint(DIVERGED_CONSTRAINT, 1.0)
-        self._ot_study.add_trial(retry)
+        self.study.add_trial(retry)
 
 
 def _diverged(result: dict | None) -> bool:
@@ -247,7 +278,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
             n_startup_trials=s.startup_trials,
             constant_liar=True,  # concurrent trials do not all propose the same point
         )
-    searcher = StoppedAsPrunedOptunaSearch(
+    searcher = OptunaStudySearcher(
         space=SearchSpace(s.space),
         metric=METRIC,
         mode=MODE,

@@ -22,6 +22,25 @@ def write(tmp_path: Path):
     return _write
 
 
+@pytest.fixture
+def restore_registries():
+    """Undo every registration a test makes (lists in place: other modules hold them)."""
+    from lacmfer import hparams, names
+    from lacmfer.data import domains
+    from lacmfer.methods import METHODS
+    from lacmfer.validators import TARGET_VALIDATORS
+
+    lists = [names.METHOD_NAMES, names.TARGET_VALIDATOR_NAMES]
+    saved = [list(items) for items in lists]
+    dicts = {id(d): dict(d) for d in (METHODS, TARGET_VALIDATORS, domains.DOMAINS, hparams.HPARAMS)}
+    yield
+    for items, before in zip(lists, saved, strict=True):
+        items[:] = before
+    for d in (METHODS, TARGET_VALIDATORS, domains.DOMAINS, hparams.HPARAMS):
+        d.clear()
+        d.update(dicts[id(d)])
+
+
 @pytest.fixture(scope="session")
 def synth_tiny(tmp_path_factory) -> Path:
     """SynthFER `tiny`, generated once per test session."""

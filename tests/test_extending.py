@@ -10,30 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lacmfer import hparams, names
+from lacmfer import hparams
 from lacmfer.data import domains
 from lacmfer.data.loaders import load_split_data
-from lacmfer.methods import LACMFER, METHODS, StepLosses, register_method
+from lacmfer.methods import LACMFER, StepLosses, register_method
 from lacmfer.tb_logging import scalar_tag
 from lacmfer.trainer import Trainer
-from lacmfer.validators import TARGET_VALIDATORS, register_validator
+from lacmfer.validators import register_validator
 from search.analysis import TrialRecord, validator_ranking
 from search.spaces import SearchSpace, default_point
 from tests.conftest import tiny_config
-
-
-@pytest.fixture
-def restore_registries():
-    """Undo every registration a test makes (lists in place: other modules hold them)."""
-    lists = [names.METHOD_NAMES, names.TARGET_VALIDATOR_NAMES]
-    saved = [list(items) for items in lists]
-    dicts = {id(d): dict(d) for d in (METHODS, TARGET_VALIDATORS, domains.DOMAINS, hparams.HPARAMS)}
-    yield
-    for items, before in zip(lists, saved, strict=True):
-        items[:] = before
-    for d in (METHODS, TARGET_VALIDATORS, domains.DOMAINS, hparams.HPARAMS):
-        d.clear()
-        d.update(dicts[id(d)])
 
 
 def max_probability(probs: torch.Tensor) -> float:

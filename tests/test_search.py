@@ -119,8 +119,8 @@ def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path,
     retried after an error, must be FAIL."""
     trials = study.trials
     matched = [t for t in trials if TUNE_TRIAL_ID in t.user_attrs]
-    # A driver killed between Optuna's ask and the attribute (TPE writes each sampled value
-    # in between) leaves a trial that no Tune trial ran: the resume must have closed it.
+    # A driver killed between Optuna's ask and the attribute leaves a trial that no Tune
+    # trial ran: the resume must have closed it.
     assert all(t.state == optuna.trial.TrialState.FAIL for t in trials if t not in matched)
     by_tune_id = {t.user_attrs[TUNE_TRIAL_ID]: t for t in matched}  # the latest attempt
     assert all(t.state == optuna.trial.TrialState.FAIL for t in matched

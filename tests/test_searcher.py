@@ -5,16 +5,16 @@ from optuna.samplers._tpe.sampler import _split_trials  # TPE's own good/bad spl
 
 from lacmfer.config import config_from_dict
 from search.spaces import SearchSpace
-from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, StoppedAsPrunedOptunaSearch
+from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, OptunaStudySearcher
 
 State = optuna.trial.TrialState
 
 
-def searcher_for(scope="best", seed=0):
+def searcher_for(scope="best", seed=0, **study):
     cfg = config_from_dict({"search": {"space": {"hyper_align": {"distribution": "uniform", "low": 0.1, "high": 1}},
                                        "use_default_space": False}})
-    return StoppedAsPrunedOptunaSearch(space=SearchSpace(cfg.search.space), metric="objective", mode="max",
-                                       sampler=optuna.samplers.RandomSampler(seed=seed), scope=scope)
+    return OptunaStudySearcher(space=SearchSpace(cfg.search.space), metric="objective", mode="max",
+                               sampler=optuna.samplers.RandomSampler(seed=seed), scope=scope, **study)
 
 
 def run_like_tune(searcher, trial_id, values, final=False, diverged=False):
@@ -36,22 +36,22 @@ def test_every_evaluation_reaches_optuna_including_the_one_tune_withholds():
     run_like_tune(searcher, "diverged", [0.2, float("nan")], diverged=True)
     searcher.suggest("error")
     searcher.on_trial_complete("error", None, error=True)
-    full, stopped, diverged, error = searcher._ot_study.trials
+    full, stopped, diverged, error = searcher.study.trials
     assert (full.state, full.value, full.intermediate_values) == (State.COMPLETE, 0.7, {1: 0.3, 2: 0.5, 3: 0.7})
     # Optuna gives a PRUNED trial its last intermediate value as value, when finite.
     assert (stopped.state, stopped.value, stopped.intermediate_values) == (State.PRUNED, 0.4, {1: 0.9, 2: 0.4})
     assert (diverged.state, diverged.value, diverged.intermediate_values[1]) == (State.PRUNED, None, 0.2)
     assert math.isnan(diverged.intermediate_values[2]) and diverged.constraints == {DIVERGED_CONSTRAINT: 1.0}
     assert error.state == State.FAIL and error.intermediate_values == {}
-    assert [t.user_attrs[TUNE_TRIAL_ID] for t in searcher._ot_study.trials] == ["full", "stopped", "diverged", "error"]
+    assert [t.user_attrs[TUNE_TRIAL_ID] for t in searcher.study.trials] == ["full", "stopped", "diverged", "error"]
     # Importance and best trial see only the completed one.
-    assert searcher._ot_study.best_trial.number == 0
+    assert searcher.study.best_trial.number == 0
 
 
 def test_scope_last_takes_the_last_evaluation():
     searcher = searcher_for(scope="last")
     run_like_tune(searcher, "t", [0.3, 0.7, 0.5], final=True)
-    assert searcher._ot_study.trials[0].value == 0.5
+    assert searcher.study.trials[0].value == 0.5
 
 
 def test_a_result_seen_twice_is_reported_once():
@@ -60,7 +60,7 @@ def test_a_result_seen_twice_is_reported_once():
     result = {"objective": 0.4, "training_iteration": 1, "final_evaluation": 1.0, "diverged": 0.0}
     searcher.on_trial_result("t", result)
     searcher.on_trial_complete("t", result)  # Tune hands a finished function trial its last result again
-    assert searcher._ot_study.trials[0].intermediate_values == {1: 0.4}
+    assert searcher.study.trials[0].intermediate_values == {1: 0.4}
 
 
 def test_tpe_counts_a_diverged_trial_among_the_worst():
@@ -70,7 +70,7 @@ def test_tpe_counts_a_diverged_trial_among_the_worst():
     run_like_tune(searcher, "good", [0.5, 0.6, 0.8], final=True)
     run_like_tune(searcher, "stopped", [0.1])
     run_like_tune(searcher, "diverged", [0.7, 0.7, float("nan")], diverged=True)
-    study = searcher._ot_study
+    study = searcher.study
     trials = study.get_trials(states=(State.COMPLETE, State.PRUNED))
     assert len(trials) == 3  # the diverged trial is among the trials TPE reads
     below, above = _split_trials(study, trials, n_below=2)
@@ -110,7 +110,26 @@ def test_a_trial_retried_after_an_error_is_told_as_a_new_trial():
     # A resumed experiment retries it from that checkpoint, and it finishes.
     searcher.on_trial_result("t", {"objective": 0.6, "training_iteration": 2})
     searcher.on_trial_complete("t", {"objective": 0.5, "training_iteration": 3, "final_evaluation": 1.0})
-    first, retry = searcher._ot_study.trials
+    first, retry = searcher.study.trials
     assert (first.state, first.intermediate_values) == (State.FAIL, {1: 0.3})
     assert (retry.state, retry.value, retry.intermediate_values) == (State.COMPLETE, 0.6, {1: 0.3, 2: 0.6, 3: 0.5})
     assert retry.params == first.params and retry.user_attrs[TUNE_TRIAL_ID] == "t"
+
+
+def test_a_restored_searcher_tells_the_trials_it_resumes(tmp_path):
+    """Tune saves the searcher with the experiment and restores it into a fresh one when
+    a killed search resumes; the resumed trial must end in the same study, with the
+    evaluations of both attempts. Mutation caught: `restore` not updating the searcher's
+    state (the trial is unknown to it, its Optuna trial stays RUNNING)."""
+    study = {"study_name": "exp/CK", "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
+    searcher = searcher_for(**study)
+    point = searcher.suggest("t")
+    searcher.on_trial_result("t", {"objective": 0.3, "training_iteration": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+
+    restored = searcher_for(seed=1, **study)  # as Tune builds it before restoring
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("t", {"objective": 0.5, "training_iteration": 2, "final_evaluation": 1.0})
+    (trial,) = optuna.load_study(**study).trials
+    assert (trial.state, trial.value, trial.intermediate_values) == (State.COMPLETE, 0.5, {1: 0.3, 2: 0.5})
+    assert trial.params == point and trial.user_attrs[TUNE_TRIAL_ID] == "t"

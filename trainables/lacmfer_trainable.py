@@ -163,7 +163,7 @@ def _train(cfg: ExperimentConfig, target: str, placement: Placement) -> None:
                 # nothing downstream ranks NaN as good or crashes on it: ASHA's rung cutoffs
                 # use nanpercentile (NaN ignored); the searcher records it as an
                 # intermediate value and tells the trial PRUNED and infeasible, which TPE
-                # ranks last (search.tuner.StoppedAsPrunedOptunaSearch), so it never
+                # ranks last (search.tuner.OptunaStudySearcher), so it never
                 # enters TPE or importance as a result; Tune's best-result
                 # lookup skips NaN. A finite sentinel would enter TPE's density model and
                 # the importance analysis as a real, extreme value.
