@@ -109,8 +109,8 @@ def paired(index: dict, arm: str, base: str) -> list[float]:
 def report(rows: list[dict], arms: list[str], targets: list[str]) -> list[str]:
     index = {(r["arm"], r["target"], r["seed"]): r["target_acc"] for r in rows}
     by_arm = {a: [r for r in rows if r["arm"] == a] for a in arms}
-    lines = ["| arm | runs | target acc (%) | − source-only, same regime: mean [95 % CI] | − LA-CMFER defaults (scratch) "
-             "| empty target weights (share of steps) | target ESS | grad ratio align/sup | source val acc |",
+    lines = [("| arm | runs | target acc (%) | − source-only, same regime: mean [95 % CI] | − LA-CMFER defaults (scratch) "
+              "| empty target weights (share of steps) | target ESS | grad ratio align/sup | source val acc |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         runs = by_arm[arm]
@@ -179,8 +179,8 @@ def main() -> None:
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     rows = [r for r in rows if r["target"] in args.targets]
     text = "\n".join([f"Command: `{command}`", "", *report(rows, args.arms, args.targets), "",
-                      f"{len(rows)} runs, {sum(r['seconds'] for r in rows) / 60:.0f} minutes of training "
-                      "(wall clock summed)."])
+                      (f"{len(rows)} runs, {sum(r['seconds'] for r in rows) / 60:.0f} minutes of training "
+                       "(wall clock summed).")])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
     print(text)

@@ -45,17 +45,27 @@ class Pick:
         return DECILES * self.better >= (DECILES - 1) * self.pool  # integers: no rounding at the boundary
 
 
-def pick(scores: Sequence[float], oracle: Sequence[float]) -> Pick | None:
-    """The checkpoint with the highest finite score (the first on ties); None when no score is finite.
+def scores_and_oracle(scores: Sequence[float], oracle: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Validator scores and oracle accuracies of one pool as float arrays, checked.
 
-    `oracle` holds each checkpoint's oracle accuracy; every value must be finite (a
-    checkpoint without one cannot be judged, so it is not in a pool).
+    Raises ValueError when their lengths differ or an oracle value is not finite (a
+    checkpoint without an oracle accuracy cannot be judged). Scores may hold NaN.
     """
     x, y = (np.asarray(a, dtype=float).reshape(-1) for a in (scores, oracle))
     if x.shape != y.shape:
         raise ValueError(f"scores and oracle must have the same length, got {x.size} and {y.size}")
     if not np.isfinite(y).all():
         raise ValueError("every oracle value must be finite")
+    return x, y
+
+
+def pick(scores: Sequence[float], oracle: Sequence[float]) -> Pick | None:
+    """The checkpoint with the highest finite score (the first on ties); None when no score is finite.
+
+    `oracle` holds each checkpoint's oracle accuracy; every value must be finite (a
+    checkpoint without one cannot be judged, so it is not in a pool).
+    """
+    x, y = scores_and_oracle(scores, oracle)
     finite = np.isfinite(x)
     if not finite.any():
         return None

@@ -29,7 +29,7 @@ import optuna
 from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
-from lacmfer.oracle_gap import Pick, pick, rank_average
+from lacmfer.oracle_gap import Pick, pick, rank_average, scores_and_oracle
 from search.storage import Location, location
 
 STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
@@ -315,11 +315,7 @@ def weighted_spearman(scores: Sequence[float], oracle: Sequence[float], power: f
     score is finite or when the scores or the oracle are constant; the oracle must be
     finite (a checkpoint without an oracle accuracy cannot be judged).
     """
-    x, y = (np.asarray(a, dtype=float).reshape(-1) for a in (scores, oracle))
-    if x.shape != y.shape:
-        raise ValueError(f"scores and oracle must have the same length, got {x.size} and {y.size}")
-    if not np.isfinite(y).all():
-        raise ValueError("every oracle value must be finite")
+    x, y = scores_and_oracle(scores, oracle)
     finite = np.isfinite(x)
     if not finite.any():
         return math.nan

@@ -14,8 +14,8 @@ from lacmfer.model import (
     CBAM,
     CBAMBlock,
     LACMFERNet,
-    SpatialAttention,
     LACMFEROutput,
+    SpatialAttention,
     load_trunk_weights,
     split_quadrants,
 )

@@ -279,7 +279,7 @@ def test_hardness_instruments_count_what_the_weights_hold(synth_tiny, ck_data):
     feats = torch.zeros(3, 4), torch.zeros(2, 4)
     source = LACMFEROutput(feats[0], feats[0], z_s, z_s)
     target = LACMFEROutput(feats[1], feats[1], z_t, z_t)
-    w_s, w_t = sample_level_weights(z_s, z_t, labels, 0.6)
+    w_s, _ = sample_level_weights(z_s, z_t, labels, 0.6)
     torch.testing.assert_close(w_s, torch.tensor([0.5, 0.5, 0.0]))
     m = hardness_diagnostics(source, labels, target, 0.6, "july2024")
     for view in "gl":
