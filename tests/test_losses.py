@@ -76,13 +76,19 @@ def test_multi_kernel_mmd_is_zero_for_equal_sets_and_grows_with_shift() -> None:
 # --- hardness_weights ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_hardness_weights_match_reference(seed: int) -> None:
+def hardness_case(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(logits, labels, confidence mask, the other side's labels), classes 4..6 absent on the other side."""
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(30, C, generator=gen, dtype=F64) * 2).requires_grad_()
     labels = torch.randint(0, C, (30,), generator=gen)
     mask = torch.rand(30, generator=gen) < 0.7
-    other = torch.randint(0, 4, (25,), generator=gen)  # classes 4..6 absent on the other side
+    other = torch.randint(0, 4, (25,), generator=gen)
+    return logits, labels, mask, other
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hardness_weights_match_reference(seed: int) -> None:
+    logits, labels, mask, other = hardness_case(seed)
     ours = losses.hardness_weights(logits, labels, mask, other)
     theirs = ref.hardness_weights(logits, labels.tolist(), mask.tolist(), other.tolist())
     torch.testing.assert_close(ours, theirs, **TOL)
@@ -419,11 +425,7 @@ def test_float32_in_float32_out_and_close_to_float64() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_june2024_weights_skip_the_membership_test_and_carry_gradient(seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(30, C, generator=gen, dtype=F64) * 2).requires_grad_()
-    labels = torch.randint(0, C, (30,), generator=gen)
-    mask = torch.rand(30, generator=gen) < 0.7
-    other = torch.randint(0, 4, (25,), generator=gen)  # classes 4..6 absent on the other side
+    logits, labels, mask, other = hardness_case(seed)
     ours = losses.hardness_weights(logits, labels, mask, other, release="june2024")
     theirs = ref.hardness_weights_june2024(logits, labels.tolist(), mask.tolist())
     torch.testing.assert_close(ours, theirs, **TOL)
