@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     exp = experiment_location(cfg)
     print(f"\nresults:     {exp}")
     print(f"tensorboard: tensorboard --logdir {exp}")
-    print(f"final:       python -m lacmfer.train --experiment {exp} --seeds 0 1 2 --baseline source_only"
+    print(f"final:       python train.py --experiment {exp} --seeds 0 1 2 --baseline source_only"
           + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)

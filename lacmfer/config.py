@@ -1,6 +1,6 @@
 """The experiment config: typed pydantic v2 models loaded from YAML.
 
-One schema drives the search (`tune.py`), final training (`python -m lacmfer.train`) and
+One schema drives the search (`tune.py`), final training (`python train.py`) and
 the exported best configs. Unknown keys are rejected, every value is range-checked, and
 `--set dotted.key=value` overrides are applied to the raw YAML and re-validated, so an
 override can never bypass a check. Relative paths are resolved against the working

@@ -1,4 +1,4 @@
-"""Bad lists stop `tune.py` before Ray starts, and `python -m lacmfer.train` before training.
+"""Bad lists stop `tune.py` before Ray starts, and `python train.py` before training.
 
 Each case replaces CK's list (SynthFER tiny) with a broken one; both entry points must
 exit 2 with a `file:line` (or `file:`) error and no traceback, and `tune.py` must not start Ray nor

@@ -208,7 +208,7 @@ def _child_build(paths: list[Path], cache_dir: Path, at_lock: multiprocessing.sy
     cache missing before either takes the build lock (`at_lock`), and, when `decoding` is
     given (no lock), both are decoding before either goes on."""
     calls = []
-    real_decode, real_lock = cache.decode_image, cache._build_lock
+    real_decode, real_lock = cache.decode_image, cache.build_lock
 
     def recording(path: Path, size: int) -> np.ndarray:
         if not calls and decoding is not None:
@@ -222,7 +222,7 @@ def _child_build(paths: list[Path], cache_dir: Path, at_lock: multiprocessing.sy
         with real_lock(cache_dir):
             yield
 
-    cache.decode_image, cache._build_lock = recording, lock_in_step
+    cache.decode_image, cache.build_lock = recording, lock_in_step
     images = cache.load_or_build(paths, [i % 7 for i in range(len(paths))], SIZE, cache_dir, "race",
                                  progress=False, workers=1)
     decoded.put((len(calls), len(images)))
@@ -233,7 +233,7 @@ def test_two_processes_build_the_same_cache(tmp_path: Path, monkeypatch: pytest.
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs fork")
     if not locked:  # a filesystem without locks: both build, the atomic rename must suffice
-        monkeypatch.setattr(cache, "_build_lock", lambda cache_dir: contextlib.nullcontext())
+        monkeypatch.setattr(cache, "build_lock", lambda cache_dir: contextlib.nullcontext())
     paths = _write_images(tmp_path / "img", 15)
     cache_dir = tmp_path / "cache"
     ctx = multiprocessing.get_context("fork")

@@ -131,7 +131,7 @@ def test_best_config_is_complete_and_records_its_origin(experiment):
     assert "trial: ck_a (completed)" in header
     assert "0.5500 -- reported only, not used for selection" in header
     assert "ORACLE" not in header
-    assert f"python -m lacmfer.train --config {exp_dir / 'best' / 'CK.yaml'}" in header
+    assert f"python train.py --config {exp_dir / 'best' / 'CK.yaml'}" in header
 
     assert not (exp_dir / "best" / "JAFFE.yaml").exists()  # no exportable trial: the stale file is gone
     ck = summary.splits[0]
