@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     ordered = [results[r.name] for r in plan.runs]
+    # Bad input that only a run could find (its worker raised a UserError) in every run: one
+    # line and exit 2, as for bad input found before Ray, rather than N failed runs.
+    if ordered and all(r.get("user_error") for r in ordered):
+        others = len({r["error"] for r in ordered}) - 1
+        raise UserError(ordered[0]["error"] + (f" (and {others} other error(s), in the lines above)" if others else ""))
     path = write_report(plan.final_dir, plan.name, ordered, plan.targets, plan.methods, plan.seeds, plan.objective)
     print(path.read_text(encoding="utf-8"))
     print(f"report: {path}   tensorboard --logdir {plan.final_dir}")

@@ -29,9 +29,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
+from lacmfer import names
+
 REPO = Path(__file__).resolve().parents[1]
 #: The values compared at every evaluation.
-KEYS = ("step", "objective", "target_acc", "source_val_acc", "loss_total", "im", "entropy")
+KEYS = ("step", names.OBJECTIVE_KEY, names.ORACLE_METRIC, names.SOURCE_VALIDATOR, "loss_total", "im", "entropy")
 #: Added by the search trial to each report.
 TRIAL_KEYS = ("final_evaluation", "diverged")
 
@@ -78,11 +80,12 @@ def record(work: Path, final_command: list[str]) -> dict[str, Any]:
     statuses = {row["trial_id"]: row["status"] for row in pq.read_table(exp / "trials.parquet").to_pylist()}
     runs = [[json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]
             for f in (exp / "CK").glob("*/result.json")]
-    # One trial at a time: by the time of their first report, the order Optuna proposed them.
-    for reports in sorted(runs, key=lambda reports: reports[0]["timestamp"]):
-        trial_id = reports[0]["trial_id"]
-        trials[f"trial {len(trials)}"] = {"lr": reports[0]["config"]["lr"], "status": statuses[trial_id],
-                                          "reports": [_evaluation(r, KEYS + TRIAL_KEYS) for r in reports]}
+    # Named by their sampled values (the seeded sampler proposes the same ones), not by random ids.
+    for reports in runs:
+        sampled = reports[0]["config"]
+        name = f"lr {sampled['lr']:g}, hyper_align {sampled['hyper_align']:.6g}"
+        trials[name] = {"status": statuses[reports[0]["trial_id"]],
+                        "reports": [_evaluation(r, KEYS + TRIAL_KEYS) for r in reports]}
 
     best = exp / "best" / "CK.yaml"
     _run([*final_command, "--config", str(best), "--seeds", "0", "1", "--sequential", "--no-progress"], REPO)
@@ -109,8 +112,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def show(recorded: dict[str, Any]) -> None:
-    for name, trial in recorded["search"].items():
-        print(f"search {name}: lr {trial['lr']:g}, {trial['status']}")
+    for name, trial in sorted(recorded["search"].items()):
+        print(f"search trial {name}: {trial['status']}")
         for r in trial["reports"]:
             print("  " + ", ".join(f"{k} {r[k]:.6g}" for k in KEYS + TRIAL_KEYS))
     for name, run in recorded["final"].items():
@@ -135,6 +138,9 @@ def main() -> int:
         return 0
     recorded = json.loads(args.compare.read_text(encoding="utf-8"))
     for part in ("search", "final"):
+        if recorded[part].keys() != figures[part].keys():
+            print(f"DIFFERENT {part} runs: recorded {sorted(recorded[part])}, now {sorted(figures[part])}")
+            return 1
         for name, value in recorded[part].items():
             if not _same(value, figures[part].get(name)):
                 print(f"DIFFERENT: {part} {name}:\n  recorded {value}\n  now      {figures[part].get(name)}")

@@ -109,11 +109,15 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
     return result
 
 
-def failed_result(run: FinalRun, error: str) -> dict[str, Any]:
-    """The result of a run whose every attempt raised; not written (a later --resume retries it)."""
+def failed_result(run: FinalRun, error: str, user_error: bool = False) -> dict[str, Any]:
+    """The result of a run whose every attempt raised; not written (a later --resume retries it).
+
+    `user_error`: the run raised a `lacmfer.errors.UserError` (bad input found only where
+    it trained), and `error` is its message.
+    """
     return {"target": run.target, "method": run.method, "seed": run.seed, "status": "failed", "error": error,
-            "objective": run.config.eval.objective, "oracle": is_oracle(run.config.eval.objective),
-            "selected": None, "last": None, "history": []}
+            "user_error": user_error, "objective": run.config.eval.objective,
+            "oracle": is_oracle(run.config.eval.objective), "selected": None, "last": None, "history": []}
 
 
 def result_line(result: Mapping[str, Any]) -> str:

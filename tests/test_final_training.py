@@ -28,6 +28,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lacmfer.config import load_config, save_config
+from lacmfer.errors import UserError
 from lacmfer.final_run import FinalRun, train_run
 from lacmfer.trainer import Trainer
 from tests.conftest import REPO, tiny_config
@@ -279,3 +280,31 @@ def test_ray_runs_equal_sequential_runs_and_a_crashed_run_resumes(experiment, ra
     (result,) = run_on_ray([run], retries=1, train=crash_worker_at_second_evaluation_once)
     assert result["status"] == "completed" and result["resumed_at"] == [INTERVAL]
     assert result["history"] == metrics(experiment[0], "CK", "lacmfer", 1)["history"]
+
+
+def refuse_as_bad_input(run: FinalRun, **kwargs) -> dict:
+    """A Ray task body that finds bad input only where it trains."""
+    raise UserError(f"{run.config.data.root / 'CK.txt'}:3: label '9' is not a class id 0..6")
+
+
+def test_bad_input_found_in_a_ray_worker_is_one_line_and_exit_2(ray_session, synth_tiny, tmp_path, monkeypatch,
+                                                                 capsys):
+    """A UserError raised in every run's worker ends final training as bad input found before Ray
+    does (`error: <file>: ...`, exit 2), not as N anonymous FAILED runs (exit 1)."""
+    from search import final_training
+
+    exp = make_experiment(tmp_path, synth_tiny, targets=("CK",))
+    cfg = load_config(exp / "best" / "CK.yaml")
+    run = FinalRun("CK", "lacmfer", 0, cfg, exp / "final" / "CK" / "lacmfer" / "seed0")
+    (result,) = final_training.run_on_ray([run], retries=0, train=refuse_as_bad_input)
+    message = f"{cfg.data.root / 'CK.txt'}:3: label '9' is not a class id 0..6"
+    assert (result["status"], result["user_error"], result["error"]) == ("failed", True, message)
+
+    real = final_training.run_on_ray
+    monkeypatch.setattr(final_training, "run_on_ray",
+                        lambda runs, **kwargs: real(runs, **{**kwargs, "train": refuse_as_bad_input}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(["--experiment", str(exp), "--seeds", "0", "1", "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"  # both runs failed alike: one line
