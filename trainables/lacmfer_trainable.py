@@ -44,13 +44,11 @@ def trial_config(base_config: Mapping[str, Any], sampled: Mapping[str, Any]) -> 
 
 
 def trial_artifact_dir() -> Path:
-    """The folder that Tune uploads into the trial's storage folder `<storage>/<experiment>/<trial>/`.
+    """The folder Tune uploads into the trial's storage folder: the trial's working directory.
 
-    That is the trial working directory: Tune makes it the current directory of the trial
-    process and, with `tune.SyncConfig(sync_artifacts=True)`, uploads it from whichever node
-    runs the trial. `get_context().get_trial_dir()` is used only when that chdir is turned
-    off: in Ray 2.60 it names the driver's staging folder for an actor's first trial, which
-    only the head node uploads.
+    Tune makes it the trial process's current directory and, with `sync_artifacts=True`,
+    uploads it from whichever node runs the trial. `get_trial_dir()` only when that chdir is
+    off: in Ray 2.60 it names the driver's staging folder for an actor's first trial.
     """
     if not bool(int(os.environ.get("RAY_CHDIR_TO_TRIAL_DIR", "1"))):
         return Path(tune.get_context().get_trial_dir())
