@@ -73,10 +73,9 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
     """
     cfg, out = run.config, run.run_dir
     # The report reads target_acc at the selected evaluation: the test set at every evaluation.
-    trainer_cfg = cfg.with_values({"eval.test_every": 1})
-    lifecycle = Run(trainer_cfg, run.target, out, {**run_hparams(cfg, run.target), "method": run.method},
+    lifecycle = Run(cfg, run.target, out, {**run_hparams(cfg, run.target), "method": run.method},
                     placement=placement, data=data, progress=progress, state_dir=out, save_weights=True,
-                    name=run.name)
+                    test_every_evaluation=True, name=run.name)
     if (out / STATE_FILE).exists():
         lifecycle.resume(out)
     else:

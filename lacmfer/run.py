@@ -99,20 +99,24 @@ class Run:
     `hyperparameters` are added to the HParams columns of `lacmfer.tb_logging.run_hparams`.
     `checkpoint_every`: checkpoint at every that many evaluations and at the last one.
     `state_dir`: where the state is kept (rewritten at each checkpoint; the caller removes
-    it once it has recorded the run's result); None hands each checkpoint over in a fresh temporary folder, valid until
-    the next evaluation is asked for (a Tune trial's storage copies it). `save_weights`
-    writes the weights of the selected and of the last evaluation into `out`.
+    it once it has recorded the run's result); None hands each checkpoint over in a fresh
+    temporary folder, valid until the next evaluation is asked for (a Tune trial's storage
+    copies it). `save_weights` writes the weights of the selected and of the last
+    evaluation, with `cfg`, into `out`. `test_every_evaluation` reads the whole target test
+    set at every evaluation (`eval.test_every: 1`), so a report can give the selected
+    evaluation's test accuracy.
     """
 
     def __init__(self, cfg: ExperimentConfig, target: str, out: Path, hyperparameters: Mapping[str, Any], *,
                  placement: Placement | None = None, data: SplitData | None = None, progress: bool = False,
                  checkpoint_every: int = 1, state_dir: Path | None = None, save_weights: bool = False,
-                 name: str | None = None):
+                 test_every_evaluation: bool = False, name: str | None = None):
         self.cfg, self.target, self.out = cfg, target, out
         self.hyperparameters = dict(hyperparameters)
         self.checkpoint_every, self.state_dir, self.save_weights = checkpoint_every, state_dir, save_weights
         self.name, self.progress = name or target, progress
-        self.trainer = Trainer(cfg, target, data=data, progress=progress, placement=placement)
+        trainer_cfg = cfg.with_values({"eval.test_every": 1}) if test_every_evaluation else cfg
+        self.trainer = Trainer(trainer_cfg, target, data=data, progress=progress, placement=placement)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
         self.resumed_at: list[int] = []

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from lacmfer.data import cache
+from lacmfer.data import cache, prebuild
 from lacmfer.errors import UserError
 
 SIZE = 24
@@ -337,7 +337,7 @@ def test_error_list_is_capped(tmp_path: Path) -> None:
 
 def test_cli_bad_config_path_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        cache.main(["--config", str(tmp_path / "nope.yaml")])
+        prebuild.main(["--config", str(tmp_path / "nope.yaml")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.yaml" in err[0] and "not found" in err[0]
@@ -351,7 +351,7 @@ def test_cli_prebuilds_every_list(tmp_path: Path, capsys: pytest.CaptureFixture[
     (root / "JAFFE.txt").write_text("\n".join(f'"faces/{p.name}" 2' for p in paths[3:]) + "\n")
     config = tmp_path / "exp.yaml"
     config.write_text(f"data:\n  root: {root}\n  domains: [CK, JAFFE]\n  targets: [CK]\n")
-    cache.main(["--config", str(config), "--set", "data.cache_size=20", "--workers", "1"])
+    prebuild.main(["--config", str(config), "--set", "data.cache_size=20", "--workers", "1"])
     built = {p.name.split("-")[0]: p for p in _arrow_files(root / ".cache")}
     assert set(built) == {"CK", "JAFFE"}
     ck = cache.DecodedImages(built["CK"])
@@ -360,5 +360,5 @@ def test_cli_prebuilds_every_list(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "CK: 3 images at 20px" in capsys.readouterr().out
 
     calls = _count_decodes(monkeypatch)  # a second prebuild reuses both files
-    cache.main(["--config", str(config), "--set", "data.cache_size=20"])
+    prebuild.main(["--config", str(config), "--set", "data.cache_size=20"])
     assert calls == []
