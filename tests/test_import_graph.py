@@ -8,6 +8,7 @@ modules; no module imports another's underscore-private name.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def imports(tree: ast.Module, modules: set[str]) -> Iterator[tuple[str, str | No
                     yield node.module, alias.name, node.lineno
 
 
+@functools.cache  # the tests below read one graph
 def import_graph() -> tuple[dict[str, set[str]], list[str], list[str]]:
     """Edges among project modules, and the violations of the layers and of privacy."""
     trees = project_modules()
