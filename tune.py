@@ -20,7 +20,7 @@ import yaml
 from lacmfer.config import ExperimentConfig, config_from_dict, load_config, parse_yaml
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.names import is_oracle
-from search.storage import experiment_location, location
+from search.storage import Location, experiment_location, location
 
 if TYPE_CHECKING:
     from search.export import ExportSummary
@@ -116,6 +116,23 @@ def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSu
     return summary
 
 
+def user_error_of_every_trial(exp: Location, targets: list[str]) -> str | None:
+    """The bad input every trial of `targets` found in its Ray worker, or None if any trial ended otherwise.
+
+    Tune keeps a trial's exception as the last line of its `error.txt`
+    (`search.analysis.TrialRecord.error`): `lacmfer.errors.UserError: <message>` for bad
+    input that only a trial could find. The first trial's message stands for all.
+    """
+    from search.analysis import read_split
+
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    records = [r for target in targets for r in read_split(exp, target)]
+    if not records or not all(r.status == "failed" and (r.error or "").startswith(prefix) for r in records):
+        return None
+    message = (records[0].error or "").removeprefix(prefix)
+    return message + (f" (and {len(records) - 1} more trial(s) alike: error.txt under {exp})" if len(records) > 1 else "")
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -159,8 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     exp = experiment_location(cfg)
     print(f"\nresults:     {exp}")
     print(f"tensorboard: tensorboard --logdir {exp}")
-    print(f"final:       python -m lacmfer.train --experiment {exp} --seeds 0 1 2 --baseline source_only"
+    print(f"final:       python train.py --experiment {exp} --seeds 0 1 2 --baseline source_only"
           + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
+    if no_result and len(no_result) == len(summary.splits) and not (unfinished or not_started):
+        # Every trial raised the project's user error: one line and exit 2, as bad input found before Ray.
+        message = user_error_of_every_trial(exp, [split.target for split in no_result])
+        if message is not None:
+            raise UserError(message)
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "

@@ -2,8 +2,8 @@
 
 For the embedded default (`configs/default.yaml`: width 0.25, 500 steps, an evaluation
 every 100) and the paper setting (`configs/cmfer_six.yaml`: width 1, 20,000 steps, every
-100), the trainable's real `save_checkpoint` writes the checkpoint of a real `Trainer` (after
-one step, so the optimiser's momentum exists) once, and the trainable's real
+100), the run's real `save_state` (`lacmfer.run`, the one checkpoint format) writes the state of
+a real run (after one step, so the optimiser's momentum exists) once, and the run's real
 `checkpoint_due` counts the evaluations of a whole schedule that write one:
 
   before  a checkpoint at every evaluation; Tune keeps the last one of every trial
@@ -26,26 +26,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from lacmfer.config import config_from_dict, load_config  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
-from lacmfer.trainer import Trainer  # noqa: E402
-from trainables.lacmfer_trainable import checkpoint_due, save_checkpoint  # noqa: E402
+from lacmfer.run import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def checkpoints_per_trial(trainer: Trainer, every: int | None) -> int:
+def checkpoints_per_trial(run: Run, every: int | None) -> int:
     """How many evaluations of a whole schedule write a checkpoint (every one when `every` is None)."""
-    steps, interval = trainer.cfg.schedule.steps, trainer.cfg.eval.interval
+    steps, interval = run.cfg.schedule.steps, run.cfg.eval.interval
+    run.checkpoint_every = every or 1
     count = 0
     for step in [*range(interval, steps, interval), steps]:
-        trainer.step_count = step
-        count += every is None or checkpoint_due(trainer, every)
+        run.trainer.step_count = step
+        count += run.checkpoint_due()
     return count
 
 
-def checkpoint_bytes(trainer: Trainer, folder: Path) -> int:
+def checkpoint_bytes(run: Run, folder: Path) -> int:
     """The size of one real trial checkpoint (written once: they all have the same size)."""
     folder.mkdir()
-    save_checkpoint(folder, trainer, {"objective": 0.5})
+    run.save_state(folder)
     return sum(f.stat().st_size for f in folder.iterdir())
 
 
@@ -65,10 +65,10 @@ def main() -> None:
             cfg = config_from_dict({**base.to_dict(), "data": {"root": str(root), "image_size": 64, "batch_size": 4,
                                                                 "num_workers": 0}})
             every = args.every or cfg.search.checkpoint_every
-            trainer = Trainer(cfg, "CK")
-            trainer.step()
-            size = checkpoint_bytes(trainer, Path(tmp) / name)
-            n_before, n_now = checkpoints_per_trial(trainer, None), checkpoints_per_trial(trainer, every)
+            run = Run(cfg, "CK", Path(tmp) / f"{name}-run", {})
+            run.trainer.step()
+            size = checkpoint_bytes(run, Path(tmp) / name)
+            n_before, n_now = checkpoints_per_trial(run, None), checkpoints_per_trial(run, every)
             before, now = n_before * size, n_now * size
             rows.append((name, cfg.schedule.steps, n_before, size, n_before, before, n_now, now, every))
 

@@ -4,7 +4,7 @@
         [--seeds 0 1] [--baseline source_only] [--cpus 2] [--work /tmp/bench-final]
 
 Copies the search's exported configs (`config.yaml`, `best/`) into one fresh experiment
-folder per variant under `--work`, then runs `python -m lacmfer.train --experiment COPY
+folder per variant under `--work`, then runs `python train.py --experiment COPY
 --seeds ... --baseline ...` for each, one after another, in child processes of this one:
 
 - `ray`: the default path, a local Ray with `--cpus` CPUs (runs ask `resources.cpu` each,
@@ -30,13 +30,15 @@ import sys
 import time
 from pathlib import Path
 
-# A child that joins its own local Ray with a CPU limit; `lacmfer.train` uses a Ray it finds started.
+REPO = Path(__file__).resolve().parents[1]  # where `train.py` is
+
+# A child that joins its own local Ray with a CPU limit; `train.py` uses a Ray it finds started.
 _RAY_CHILD = """
 import os, sys
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray
 ray.init(address="local", num_cpus=int(sys.argv[1]), include_dashboard=False, logging_level="WARNING")
-from lacmfer.train import main
+from train import main
 code = main(sys.argv[2:])
 ray.shutdown()
 sys.exit(code)
@@ -74,8 +76,8 @@ def main() -> int:
     common = ["--seeds", *args.seeds, "--no-progress"] + (["--baseline", *args.baseline] if args.baseline else [])
     variants = {
         "ray": [sys.executable, "-c", _RAY_CHILD, str(args.cpus)],
-        "sequential": [sys.executable, "-m", "lacmfer.train", "--sequential"],
-        f"sequential, {args.cpus} threads": [sys.executable, "-m", "lacmfer.train", "--sequential",
+        "sequential": [sys.executable, "train.py", "--sequential"],
+        f"sequential, {args.cpus} threads": [sys.executable, "train.py", "--sequential",
                                              "--set", f"resources.threads={args.cpus}"],
     }
     if args.skip_threads_variant:
@@ -84,7 +86,7 @@ def main() -> int:
     for i, (name, command) in enumerate(variants.items()):
         exp = copy_experiment(args.experiment, args.work / f"variant{i}" / args.experiment.name)
         start = time.perf_counter()
-        subprocess.run([*command, "--experiment", str(exp), *common], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*command, "--experiment", str(exp), *common], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
         seconds[name] = time.perf_counter() - start
         runs[name] = histories(exp)
         print(f"{name}: {seconds[name]:.1f} s, {len(runs[name])} runs", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The experiment config: typed pydantic v2 models loaded from YAML.
 
-One schema drives the search (`tune.py`), final training (`python -m lacmfer.train`) and
+One schema drives the search (`tune.py`), final training (`python train.py`) and
 the exported best configs. Unknown keys are rejected, every value is range-checked, and
 `--set dotted.key=value` overrides are applied to the raw YAML and re-validated, so an
 override can never bypass a check. Relative paths are resolved against the working
@@ -157,8 +157,11 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _resnet18_width(self) -> ModelConfig:
-        if self.pretrained == "imagenet" and self.width != 1.0:
-            raise ValueError(f"pretrained: imagenet (torchvision's ResNet-18) needs width 1, got width {self.width}")
+        # ImageNet weights and a local file are torchvision's ResNet-18, whose shapes are width 1's;
+        # a pretext trunk is trained at the model's own width.
+        if self.pretrained not in (None, "synthfer_pretext") and self.width != 1.0:
+            raise ValueError(f"pretrained: {self.pretrained} (torchvision's ResNet-18) needs width 1, "
+                             f"got width {self.width}")
         return self
 
 

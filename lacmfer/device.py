@@ -1,6 +1,6 @@
 """Where a run trains: the torch device and, for a fractional GPU, its memory bound.
 
-Two callers. Final training (`python -m lacmfer.train`) has no scheduler: `device: auto`
+Two callers. Final training (`python train.py`) has no scheduler: `device: auto`
 takes CUDA when torch sees it. A search trial is told by its scheduler which GPUs are its
 own (the trainable reads Ray's assignment and passes it here; this module knows nothing
 of Ray): it trains on exactly that GPU, or on the CPU when it was given none, because a

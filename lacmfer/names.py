@@ -5,13 +5,13 @@ their lists from this module, so a name is spelled once. The lists that users ex
 (adaptation methods, target validators) are registries: `register_method` and
 `register_validator` (in `lacmfer.methods` and `lacmfer.validators`) add to them at run
 time, and config validation reads them when it runs, not when it is imported.
-Domains are the keys of the dataset table `lacmfer.data.domains.DOMAINS`; a config
-defaults to the built-in ones, so a registered domain is used only where it is named.
+Domains are named here and described in the dataset table `lacmfer.data.domains.DOMAINS`
+(whose `register_domain` adds to `DOMAIN_NAMES`); a config defaults to the built-in ones,
+so a registered domain is used only where it is named. This module imports nothing of
+the project: the method, the data and the config all stand on it.
 """
 
 from __future__ import annotations
-
-from lacmfer.data.domains import DOMAIN_NAMES, DOMAINS
 
 #: Shapes of the clustering schedule r(t) (docs/METHOD.md §5).
 CLUSTER_RAMPS: tuple[str, ...] = ("sigmoid", "linear", "step")
@@ -23,8 +23,10 @@ HARDNESS_RELEASES: tuple[str, ...] = ("july2024", "june2024")
 #: Warm-ups of the alignment weight hyper_align (docs/METHOD.md §3.8): none, or MFSAN's ramp.
 ALIGN_WARMUPS: tuple[str, ...] = ("none", "mfsan")
 
-#: The six built-in domains: the default `data.domains` and `data.targets`.
-BUILTIN_DOMAIN_NAMES: tuple[str, ...] = DOMAIN_NAMES
+#: The six built-in domains (SynthFER draws these): the default `data.domains` and `data.targets`.
+BUILTIN_DOMAIN_NAMES: tuple[str, ...] = ("CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff")
+#: Every known domain, the built-in ones first; `lacmfer.data.domains.register_domain` adds to it.
+DOMAIN_NAMES: list[str] = list(BUILTIN_DOMAIN_NAMES)
 
 #: Adaptation methods, by `loss.adaptation` name; `lacmfer.methods.METHODS` holds their classes.
 METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline"]
@@ -53,10 +55,15 @@ ORACLE_OBJECTIVE = "oracle_target_acc"
 #: The metric key that holds the configured objective's value in every report.
 OBJECTIVE_KEY = "objective"
 
+#: How a run ended, a search trial and a final-training run alike: it ran its schedule;
+#: it was stopped before the end (by ASHA, or an interrupted search; a trial only); it
+#: raised on every attempt; its loss or predictions turned NaN or inf (`lacmfer.run.diverged`).
+RUN_STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
+
 
 def domain_names() -> tuple[str, ...]:
     """Every known domain (dataset), in table order."""
-    return tuple(DOMAINS)
+    return tuple(DOMAIN_NAMES)
 
 
 def non_oracle_objectives() -> tuple[str, ...]:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from lacmfer.config import ExperimentConfig, PretextConfig
 from lacmfer.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from lacmfer.data.cache import _build_lock
+from lacmfer.data.cache import build_lock
 from lacmfer.data.synth import GENERATOR_VERSION, pretext_identity, render_pretext_sample
 from lacmfer.model import Trunk
 
@@ -163,7 +163,7 @@ def ensure_pretext_trunk(cfg: ExperimentConfig, progress: bool = True) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(path.parent):
+    with build_lock(path.parent):
         if not path.exists():  # another process may have trained it while we waited
             trunk, accuracy = train_pretext_trunk(cfg.model.width, cfg.data.image_size, cfg.model.pretext, progress)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

@@ -51,14 +51,23 @@ def imagenet_state_dict(progress: bool = True) -> dict[str, torch.Tensor]:
 
 
 def ensure_pretrained(cfg: ExperimentConfig, progress: bool = True) -> None:
-    """Download or train the trunk weights the config names, so trials only read them."""
-    if cfg.model.pretrained == "imagenet":
+    """Download or train the trunk weights the config names, so trials only read them.
+
+    `tune.py` and `train.py` call it before Ray starts: a local file that is missing or is
+    not a ResNet-18 trunk is then one `UserError` naming it, not a failure of every trial.
+    """
+    choice = cfg.model.pretrained
+    if choice == "imagenet":
         if not imagenet_weights_file().exists():
             imagenet_state_dict(progress)
-    elif cfg.model.pretrained == "synthfer_pretext":
+    elif choice == "synthfer_pretext":
         from lacmfer.pretext import ensure_pretext_trunk  # renders and trains only for SynthFER
 
         ensure_pretext_trunk(cfg, progress)
+    elif choice is not None:
+        m = cfg.model
+        model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks)
+        load_trunk_weights(model, Path(choice))  # reads and checks the file as a run will
 
 
 def load_pretrained_trunk(model: LACMFERNet, cfg: ExperimentConfig, progress: bool = False) -> None:

@@ -32,7 +32,7 @@ from lacmfer.hparams import HPARAMS
 from lacmfer.oracle_gap import Pick, pick, rank_average, scores_and_oracle
 from search.storage import Location, location
 
-STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
+STATUSES = names.RUN_STATUSES
 #: Statuses whose trials may be exported as the best config of a split.
 SELECTABLE: tuple[str, ...] = ("completed", "stopped early")
 ORACLE_METRIC = names.ORACLE_METRIC

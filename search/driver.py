@@ -26,13 +26,7 @@ from lacmfer.errors import UserError
 from search.analysis import round_dirs
 from search.cluster import concurrent_slots, connect, preflight, ray_environment
 from search.storage import Location, experiment_location, local_state_dir, optuna_storage, upload_study_copy
-from search.tuner import (
-    TUNE_TRIAL_ID,
-    build_tuner,
-    evaluations_per_trial,
-    restore_tuner,
-    study_name,
-)
+from search.tuner import TUNE_TRIAL_ID, build_tuner, restore_tuner, study_name
 
 
 @dataclass(frozen=True)
@@ -221,7 +215,7 @@ def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
     print(
         f"searching {len(cfg.data.targets)} split(s) × {cfg.search.num_samples} trials, "
         f"{max_concurrent} at a time (cpu {cfg.resources.cpu}, gpu {cfg.resources.gpu} per trial), "
-        f"{evaluations_per_trial(cfg)} evaluations per full trial, objective {cfg.eval.objective}"
+        f"{cfg.evaluations_per_run} evaluations per full trial, objective {cfg.eval.objective}"
     )
     outcomes = []
     for target in cfg.data.targets:

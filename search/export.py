@@ -11,7 +11,7 @@ and writes, each file atomically (a local temp file + rename; one PUT in object
 storage), after everything was computed:
 
     best/<target>.yaml   a complete config: base + the best trial's values, one target,
-                         runnable as is by `python -m lacmfer.train --config ...`
+                         runnable as is by `python train.py --config ...`
     trials.parquet       one row per trial × split (schema: `trials_schema`)
     summary.md           per split: best value, oracle accuracy, chosen values, counts,
                          importance, the validator ranking and each validator's oracle
@@ -253,7 +253,7 @@ def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Loc
     lines = [f"!!! {ORACLE_BANNER} !!!"] if oracle else []
     lines += [
         f"Best config of search '{cfg.output.name}' for target {record.target} (exported by search.export).",
-        f"Run it as is: python -m lacmfer.train --config {path}",
+        f"Run it as is: python train.py --config {path}",
         f"objective: {objective} (eval.objective, unchanged)",
         f"scope: {scope} = {SCOPE_TEXT[scope]}",
         f"value: {evaluation[OBJECTIVE_KEY]:.6g} at evaluation {index} of {record.evaluations}"
@@ -318,7 +318,7 @@ def _split_section(cfg: ExperimentConfig, split: SplitExport, scope: str) -> lis
             lines.append(f"- Oracle target accuracy at that evaluation: {acc} (target test labels; reported "
                          "only, not used for selection)")
         lines.append(f"- Config: `best/{split.target}.yaml` → "
-                     f"`python -m lacmfer.train --config {split.best_config}`")
+                     f"`python train.py --config {split.best_config}`")
         lines += ["", "| hyperparameter | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in split.best.params.items()] or ["| (none searched) | |"]
         lines.append("")

@@ -220,10 +220,6 @@ def split_seed(seed: int, target: str, round_index: int = 1) -> int:
     return (seed * 1_000_003 + zlib.crc32(target.encode()) + round_index - 1) % 2**31
 
 
-def evaluations_per_trial(cfg: ExperimentConfig) -> int:
-    return math.ceil(cfg.schedule.steps / cfg.eval.interval)
-
-
 def study_name(cfg: ExperimentConfig, target: str) -> str:
     return f"{cfg.output.name}/{target}"
 
@@ -288,7 +284,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
         storage=optuna_storage(cfg),
         scope=s.scope,
     )
-    max_t = s.asha.max_t or evaluations_per_trial(cfg)
+    max_t = s.asha.max_t or cfg.evaluations_per_run
     scheduler = ASHAScheduler(
         time_attr="training_iteration",  # one iteration = one evaluation
         max_t=max_t,

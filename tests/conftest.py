@@ -30,7 +30,7 @@ def restore_registries():
     from lacmfer.methods import METHODS
     from lacmfer.validators import TARGET_VALIDATORS
 
-    lists = [names.METHOD_NAMES, names.TARGET_VALIDATOR_NAMES]
+    lists = [names.METHOD_NAMES, names.TARGET_VALIDATOR_NAMES, names.DOMAIN_NAMES]
     saved = [list(items) for items in lists]
     dicts = {id(d): dict(d) for d in (METHODS, TARGET_VALIDATORS, domains.DOMAINS, hparams.HPARAMS)}
     yield

@@ -1,4 +1,4 @@
-"""Bad lists stop `tune.py` before Ray starts, and `python -m lacmfer.train` before training.
+"""Bad lists stop `tune.py` before Ray starts, and `python train.py` before training.
 
 Each case replaces CK's list (SynthFER tiny) with a broken one; both entry points must
 exit 2 with a `file:line` (or `file:`) error and no traceback, and `tune.py` must not start Ray nor
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import ray
+import yaml
 
+import train
 import tune
-from lacmfer import train
 from lacmfer.config import save_config
 from tests.conftest import tiny_config
 
@@ -121,3 +122,44 @@ def test_tune_refuses_cuda_trials_that_reserve_no_gpu(synth_tiny, tmp_path, caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: resources.device: 'cuda' but resources.gpu is 0") and err.count("\n") == 1
+
+
+def _write_not_a_checkpoint(path: Path) -> None:
+    path.write_text("these are not weights\n", encoding="utf-8")
+
+
+#: Bad `model.pretrained` files: (model.width, how the file is made, the expected error).
+BAD_PRETRAINED = {
+    "missing file": (1.0, None, r"^error: .*trunk\.pt: pretrained trunk file not found$"),
+    "not a checkpoint": (1.0, _write_not_a_checkpoint, r"^error: .*trunk\.pt: cannot read as a torch state dict"),
+    "width not 1": (0.25, _write_not_a_checkpoint,
+                    r"^error: .*pretrained\.yaml: model: pretrained: .*trunk\.pt .*needs width 1, got width 0\.25"),
+}
+
+
+@pytest.fixture(params=list(BAD_PRETRAINED))
+def bad_pretrained(request, synth_tiny, tmp_path) -> tuple[Path, str]:
+    """(config file, expected error) for a `model.pretrained` file no run could load."""
+    width, make, pattern = BAD_PRETRAINED[request.param]
+    trunk = tmp_path / "trunk.pt"
+    if make is not None:
+        make(trunk)
+    path = tmp_path / "pretrained.yaml"
+    raw = tiny_config(synth_tiny, output={"results_dir": str(tmp_path / "results"), "name": "pretrained"}).to_dict()
+    raw["model"].update(width=width, pretrained=str(trunk))
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path, pattern
+
+
+def test_a_bad_pretrained_file_stops_both_entry_points_before_ray(bad_pretrained, capsys, monkeypatch):
+    """One line naming the file (or the config and key), exit 2, for the search and final training alike."""
+    path, pattern = bad_pretrained
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started with a bad model.pretrained"))
+    for main, argv in ((tune.main, ["--config", str(path)]),
+                       (train.main, ["--config", str(path), "--target", "CK", "--seeds", "0", "--no-progress"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err  # after the caches' progress bars
+        assert "Traceback" not in err and err.count("error: ") == 1, err
+        assert re.search(pattern, err.splitlines()[-1]), err

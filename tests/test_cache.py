@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from lacmfer.data import cache
+from lacmfer.data import cache, prebuild
 from lacmfer.errors import UserError
 
 SIZE = 24
@@ -208,7 +208,7 @@ def _child_build(paths: list[Path], cache_dir: Path, at_lock: multiprocessing.sy
     cache missing before either takes the build lock (`at_lock`), and, when `decoding` is
     given (no lock), both are decoding before either goes on."""
     calls = []
-    real_decode, real_lock = cache.decode_image, cache._build_lock
+    real_decode, real_lock = cache.decode_image, cache.build_lock
 
     def recording(path: Path, size: int) -> np.ndarray:
         if not calls and decoding is not None:
@@ -222,7 +222,7 @@ def _child_build(paths: list[Path], cache_dir: Path, at_lock: multiprocessing.sy
         with real_lock(cache_dir):
             yield
 
-    cache.decode_image, cache._build_lock = recording, lock_in_step
+    cache.decode_image, cache.build_lock = recording, lock_in_step
     images = cache.load_or_build(paths, [i % 7 for i in range(len(paths))], SIZE, cache_dir, "race",
                                  progress=False, workers=1)
     decoded.put((len(calls), len(images)))
@@ -233,7 +233,7 @@ def test_two_processes_build_the_same_cache(tmp_path: Path, monkeypatch: pytest.
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs fork")
     if not locked:  # a filesystem without locks: both build, the atomic rename must suffice
-        monkeypatch.setattr(cache, "_build_lock", lambda cache_dir: contextlib.nullcontext())
+        monkeypatch.setattr(cache, "build_lock", lambda cache_dir: contextlib.nullcontext())
     paths = _write_images(tmp_path / "img", 15)
     cache_dir = tmp_path / "cache"
     ctx = multiprocessing.get_context("fork")
@@ -337,7 +337,7 @@ def test_error_list_is_capped(tmp_path: Path) -> None:
 
 def test_cli_bad_config_path_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        cache.main(["--config", str(tmp_path / "nope.yaml")])
+        prebuild.main(["--config", str(tmp_path / "nope.yaml")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.yaml" in err[0] and "not found" in err[0]
@@ -351,7 +351,7 @@ def test_cli_prebuilds_every_list(tmp_path: Path, capsys: pytest.CaptureFixture[
     (root / "JAFFE.txt").write_text("\n".join(f'"faces/{p.name}" 2' for p in paths[3:]) + "\n")
     config = tmp_path / "exp.yaml"
     config.write_text(f"data:\n  root: {root}\n  domains: [CK, JAFFE]\n  targets: [CK]\n")
-    cache.main(["--config", str(config), "--set", "data.cache_size=20", "--workers", "1"])
+    prebuild.main(["--config", str(config), "--set", "data.cache_size=20", "--workers", "1"])
     built = {p.name.split("-")[0]: p for p in _arrow_files(root / ".cache")}
     assert set(built) == {"CK", "JAFFE"}
     ck = cache.DecodedImages(built["CK"])
@@ -360,5 +360,5 @@ def test_cli_prebuilds_every_list(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "CK: 3 images at 20px" in capsys.readouterr().out
 
     calls = _count_decodes(monkeypatch)  # a second prebuild reuses both files
-    cache.main(["--config", str(config), "--set", "data.cache_size=20"])
+    prebuild.main(["--config", str(config), "--set", "data.cache_size=20"])
     assert calls == []

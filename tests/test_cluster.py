@@ -217,7 +217,7 @@ def test_an_address_nothing_answers_at_is_refused_before_data_preparation(synth_
 
 
 def test_final_training_refuses_an_address_nothing_answers_at(synth_tiny, tmp_path, capsys, monkeypatch):
-    from lacmfer import train
+    import train
 
     port = free_port()
     cfg = search_config(synth_tiny, tmp_path / "results", "far")

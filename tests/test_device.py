@@ -17,6 +17,7 @@ from lacmfer.errors import UserError
 from lacmfer.trainer import Trainer
 from tests.conftest import tiny_config
 from trainables import lacmfer_trainable as trainable_module
+from trainables import ray_session
 
 
 @pytest.fixture
@@ -94,12 +95,12 @@ def test_the_trainer_trains_where_its_placement_is_claimed(synth_tiny, monkeypat
 
 def test_out_of_memory_fails_the_trial_naming_its_share(synth_tiny, gpu_machine, monkeypatch):
     base = tiny_config(synth_tiny, resources={"threads": 1}).to_dict()
-    monkeypatch.setattr(trainable_module, "ray_gpu_assignment", lambda: (["0"], 0.25))
+    monkeypatch.setattr(ray_session, "ray_gpu_assignment", lambda: (["0"], 0.25))
 
-    def out_of_memory(cfg, target, placement):
+    def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainable_module, "_train", out_of_memory)
+    monkeypatch.setattr(trainable_module, "Run", out_of_memory)
     with pytest.raises(RuntimeError, match=r"out of GPU memory within this trial's share .*resources\.gpu: 0\.25"):
         trainable_module.lacmfer_trainable({}, base_config=base, target="CK")
 
@@ -109,7 +110,7 @@ def test_ray_tells_the_trial_its_gpus_and_share(monkeypatch):
     ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
              object_store_memory=128 * 1024**2)
     try:
-        assignment = ray.remote(trainable_module.ray_gpu_assignment)
+        assignment = ray.remote(ray_session.ray_gpu_assignment)
         assert ray.get(assignment.options(num_cpus=0.5, num_gpus=0.25).remote()) == (["0"], 0.25)
         assert ray.get(assignment.options(num_cpus=0.5, num_gpus=0).remote()) == ([], 0.0)
     finally:

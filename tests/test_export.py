@@ -131,7 +131,7 @@ def test_best_config_is_complete_and_records_its_origin(experiment):
     assert "trial: ck_a (completed)" in header
     assert "0.5500 -- reported only, not used for selection" in header
     assert "ORACLE" not in header
-    assert f"python -m lacmfer.train --config {exp_dir / 'best' / 'CK.yaml'}" in header
+    assert f"python train.py --config {exp_dir / 'best' / 'CK.yaml'}" in header
 
     assert not (exp_dir / "best" / "JAFFE.yaml").exists()  # no exportable trial: the stale file is gone
     ck = summary.splits[0]
@@ -388,3 +388,20 @@ def read_result_trial_id(result_json: Path) -> str:
     import json
 
     return json.loads(result_json.read_text(encoding="utf-8").splitlines()[0])["trial_id"]
+
+
+def test_the_export_takes_its_default_scope_from_the_search(tmp_path, monkeypatch):
+    """Without `scope`, a trial's value is what the search told Optuna: `search.scope`.
+
+    Mutation caught (search/export.py, `export_experiment`): `scope = scope or cfg.search.scope`
+    as `scope = scope or "best"` (the export then ranks trials otherwise than TPE did)."""
+    cfg = make_config(tmp_path, targets=("CK",)).with_values({"search.scope": "last"})
+    exp_dir = cfg.experiment_dir
+    save_config(cfg, exp_dir / "config.yaml")
+    make_study(exp_dir, "exp1/CK")
+    (exp_dir / "CK").mkdir()
+    monkeypatch.setattr("search.export.read_split", lambda exp_dir, target: ck_records())
+    summary = export_experiment(str(exp_dir))
+    assert summary.scope == "last"
+    header = (exp_dir / "best" / "CK.yaml").read_text()
+    assert "scope: last = last evaluation" in header and "trial: ck_b (completed)" in header  # best: ck_a

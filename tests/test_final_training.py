@@ -1,4 +1,4 @@
-"""Final training (`python -m lacmfer.train`) on SynthFER tiny: runs, table, resume, divergence, Ray.
+"""Final training (`python train.py`) on SynthFER tiny: runs, table, resume, divergence, Ray.
 
 The experiment folder is built here the way the search's export writes it (a `config.yaml`
 and complete `best/<target>.yaml` configs) instead of running a search. The module runs
@@ -28,10 +28,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lacmfer.config import load_config, save_config
+from lacmfer.errors import UserError
 from lacmfer.final_run import FinalRun, train_run
-from lacmfer.train import main
 from lacmfer.trainer import Trainer
 from tests.conftest import REPO, tiny_config
+from train import main
 
 TARGETS, SEEDS, METHODS = ("CK", "JAFFE"), (0, 1), ("lacmfer", "source_only")
 STEPS, INTERVAL = 20, 10
@@ -70,7 +71,7 @@ def experiment(synth_tiny, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_importing_the_method_does_not_import_ray():
-    code = "import sys, lacmfer.train, lacmfer.final_run, lacmfer.final_report; print('ray' in sys.modules)"
+    code = "import sys, train, lacmfer.final_run, lacmfer.final_report; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -83,7 +84,7 @@ def test_every_run_writes_its_outputs_and_complete_metrics(experiment):
                 run_dir = exp / "final" / target / method / f"seed{seed}"
                 for name in ("config.yaml", "checkpoint.pt", "checkpoint_selected.pt", "metrics.json", "tb"):
                     assert (run_dir / name).exists(), run_dir / name
-                assert not (run_dir / "resume_state.pt").exists()  # removed when the run ended
+                assert not (run_dir / "run_state.pt").exists()  # removed when the run ended
                 m = metrics(exp, target, method, seed)
                 assert (m["target"], m["method"], m["seed"], m["status"]) == (target, method, seed, "completed")
                 assert m["objective"] == "source_val_acc" and m["oracle"] is False and m["resumed_at"] == []
@@ -175,7 +176,7 @@ def test_bar_chart_is_a_readable_png(experiment):
 _KILLED_AT_FOURTH_EVALUATION = textwrap.dedent("""
     import os, signal, sys
     from lacmfer.trainer import Trainer
-    from lacmfer.train import main
+    from train import main
     evaluate, calls = Trainer.evaluate, []
     def evaluate_then_die(self):
         calls.append(1)
@@ -195,7 +196,7 @@ def test_resume_after_a_kill_keeps_finished_runs_and_continues_exactly(experimen
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     seed0, seed1 = (exp / "final" / "CK" / "lacmfer" / f"seed{s}" for s in SEEDS)
     assert (seed0 / "metrics.json").exists() and not (seed1 / "metrics.json").exists()
-    assert (seed1 / "resume_state.pt").exists()
+    assert (seed1 / "run_state.pt").exists()
     finished = (seed0 / "metrics.json").stat().st_mtime_ns
 
     with pytest.raises(SystemExit) as refused:  # a new final training must not overwrite started runs
@@ -265,7 +266,7 @@ def ray_session():
 
 
 def test_ray_runs_equal_sequential_runs_and_a_crashed_run_resumes(experiment, ray_session, synth_tiny, tmp_path):
-    from trainables.final_training import run_on_ray
+    from search.final_training import run_on_ray
 
     exp = make_experiment(tmp_path, synth_tiny, targets=("CK",))
     code, out = run_main(["--experiment", str(exp), "--seeds", "0", "1", "--no-progress"])
@@ -279,3 +280,31 @@ def test_ray_runs_equal_sequential_runs_and_a_crashed_run_resumes(experiment, ra
     (result,) = run_on_ray([run], retries=1, train=crash_worker_at_second_evaluation_once)
     assert result["status"] == "completed" and result["resumed_at"] == [INTERVAL]
     assert result["history"] == metrics(experiment[0], "CK", "lacmfer", 1)["history"]
+
+
+def refuse_as_bad_input(run: FinalRun, **kwargs) -> dict:
+    """A Ray task body that finds bad input only where it trains."""
+    raise UserError(f"{run.config.data.root / 'CK.txt'}:3: label '9' is not a class id 0..6")
+
+
+def test_bad_input_found_in_a_ray_worker_is_one_line_and_exit_2(ray_session, synth_tiny, tmp_path, monkeypatch,
+                                                                 capsys):
+    """A UserError raised in every run's worker ends final training as bad input found before Ray
+    does (`error: <file>: ...`, exit 2), not as N anonymous FAILED runs (exit 1)."""
+    from search import final_training
+
+    exp = make_experiment(tmp_path, synth_tiny, targets=("CK",))
+    cfg = load_config(exp / "best" / "CK.yaml")
+    run = FinalRun("CK", "lacmfer", 0, cfg, exp / "final" / "CK" / "lacmfer" / "seed0")
+    (result,) = final_training.run_on_ray([run], retries=0, train=refuse_as_bad_input)
+    message = f"{cfg.data.root / 'CK.txt'}:3: label '9' is not a class id 0..6"
+    assert (result["status"], result["user_error"], result["error"]) == ("failed", True, message)
+
+    real = final_training.run_on_ray
+    monkeypatch.setattr(final_training, "run_on_ray",
+                        lambda runs, **kwargs: real(runs, **{**kwargs, "train": refuse_as_bad_input}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(["--experiment", str(exp), "--seeds", "0", "1", "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"  # both runs failed alike: one line

@@ -123,7 +123,7 @@ def test_cli_reports_bad_list_with_exit_2(tmp_path):
     (tmp_path / "CK.txt").write_text("CK/0.png 9\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{root: {tmp_path}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "lacmfer.data.cache", "--config", str(cfg)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "lacmfer.data.prebuild", "--config", str(cfg)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert f"{tmp_path / 'CK.txt'}:1: label '9' is not a class id 0..6" in proc.stderr

@@ -97,3 +97,10 @@ def test_no_file_outside_docs_refers_to_a_document_not_in_the_repository():
                 if not ((REPO / ref).exists() or (path.parent / ref).exists()):
                     missing.append(f"{name}:{number}: {ref}")
     assert missing == []
+
+
+def test_the_dataset_table_describes_the_built_in_domains_in_order():
+    """`lacmfer.names` spells the domain names without importing the data package; the table must agree."""
+    from lacmfer.data.domains import DOMAINS
+
+    assert tuple(DOMAINS)[: len(names.BUILTIN_DOMAIN_NAMES)] == names.BUILTIN_DOMAIN_NAMES

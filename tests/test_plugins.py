@@ -102,8 +102,8 @@ def test_a_plugin_domain_joins_only_the_experiments_that_name_it(plugin):
 def test_a_plugin_method_is_a_final_training_baseline(plugin, synth_tiny, tmp_path):
     """`--baseline` is checked once the configs, and so their plugins, are loaded; the
     command line is parsed before. Mutation caught: `choices=METHOD_NAMES` back on
-    `--baseline` in lacmfer/train.py (argparse refuses the plugin's method, exit 2)."""
-    from lacmfer.train import parse_args, plan_runs
+    `--baseline` in train.py (argparse refuses the plugin's method, exit 2)."""
+    from train import parse_args, plan_runs
 
     _, data = plugin
     raw = lab_experiment(synth_tiny, data, tmp_path)
@@ -121,7 +121,7 @@ def test_a_plugin_that_cannot_be_imported_stops_both_commands_before_ray(tmp_pat
     at all): the error would then be the schema's unknown method, not the missing module."""
     import ray
 
-    from lacmfer.train import main as train_main
+    from train import main as train_main
     from tune import main as tune_main
 
     path = tmp_path / "exp.yaml"
@@ -176,7 +176,7 @@ def test_a_plugin_is_used_by_final_training_and_the_search_in_ray_workers(plugin
     the plugins: the driver refuses `lab_method` (exit 2)."""
     import ray
 
-    from lacmfer.train import main as train_main
+    from train import main as train_main
     from tune import main as tune_main
 
     module, data = plugin

@@ -133,3 +133,28 @@ def test_a_restored_searcher_tells_the_trials_it_resumes(tmp_path):
     (trial,) = optuna.load_study(**study).trials
     assert (trial.state, trial.value, trial.intermediate_values) == (State.COMPLETE, 0.5, {1: 0.3, 2: 0.5})
     assert trial.params == point and trial.user_attrs[TUNE_TRIAL_ID] == "t"
+
+
+def test_the_search_maximises_the_objective(tmp_path, monkeypatch):
+    """Every objective is higher-is-better: Tune (hence ASHA, which takes Tune's mode) and
+    the Optuna study the searcher owns must both maximise it.
+
+    Mutation caught (search/tuner.py): `METRIC, MODE = "objective", "min"` (ASHA would stop
+    the best trials and TPE seek the worst)."""
+    from ray import tune
+
+    from search import tuner
+
+    built = {}
+    monkeypatch.setattr(tuner, "trainable_for", lambda cfg, target: None)  # binding it would start Ray
+    monkeypatch.setattr(tune, "Tuner", lambda trainable, **kwargs: built.update(kwargs))
+    cfg = config_from_dict({"search": {"space": {"hyper_align": {"distribution": "uniform", "low": 0.1, "high": 1}},
+                                       "use_default_space": False, "start_from_defaults": False},
+                            "output": {"results_dir": str(tmp_path), "name": "mode"}})
+    tuner.build_tuner(cfg, "CK", max_concurrent=1)
+    tune_config = built["tune_config"]
+    assert (tune_config.metric, tune_config.mode) == ("objective", "max")
+    searcher = tune_config.search_alg.searcher
+    run_like_tune(searcher, "worse", [0.2], final=True)
+    run_like_tune(searcher, "better", [0.8], final=True)
+    assert searcher.study.best_trial.user_attrs[TUNE_TRIAL_ID] == "better"

@@ -21,9 +21,10 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lacmfer.errors import UserError
+from lacmfer.run import STATE_FILE
 from lacmfer.trainer import Trainer
 from tests.conftest import tiny_config
-from trainables.lacmfer_trainable import TRAINER_STATE_FILE, lacmfer_trainable, trial_config
+from trainables.lacmfer_trainable import lacmfer_trainable, trial_config
 
 STEPS, INTERVAL = 6, 2  # three evaluations per trial
 NORMAL_LR, DIVERGING_LR = 0.01, 1e6  # 1e6 turns the weights NaN within the first two steps
@@ -111,7 +112,7 @@ def test_trial_reports_every_evaluation_with_a_loadable_checkpoint(normal_and_di
     # evaluates to the reported metrics.
     trainer = Trainer(trial_config(base_config, result.config), "CK")
     with result.checkpoint.as_directory() as directory:
-        trainer.load_state_dict(torch.load(Path(directory) / TRAINER_STATE_FILE, map_location="cpu"))
+        trainer.load_state_dict(torch.load(Path(directory) / STATE_FILE, weights_only=False)["trainer"])
     assert trainer.step_count == STEPS
     again = trainer.evaluate()
     for key in ("target_acc", "source_val_acc", "im", "bnm", "snd", "objective"):

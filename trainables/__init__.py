@@ -1,1 +1,1 @@
-"""Ray Tune trainables: the thin adapter from a Tune trial to a lacmfer Trainer."""
+"""Thin Ray adapters of `lacmfer.run`: the Tune trial, the final-training task, and Ray session helpers."""

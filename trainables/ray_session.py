@@ -1,4 +1,4 @@
-"""Starting or joining Ray, for the search and for final training alike.
+"""Starting or joining Ray, and what a Ray worker was given, for the search and final training alike.
 
 A cluster (`--address` or `RAY_ADDRESS`) is joined exactly as the user's environment
 says: a token cluster needs `RAY_AUTH_MODE=token` and its token there, as for any Ray
@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+from lacmfer.device import Placement, scheduled_placement
 from lacmfer.errors import UserError
 
 #: Where Ray 2.60 looks for a token, in this order (the C++ token loader).
@@ -85,3 +86,18 @@ def _close_local_ray() -> None:
     if "RAY_AUTH_MODE" in os.environ or any(os.environ.get(k) for k in TOKEN_SOURCES):
         return
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
+def ray_gpu_assignment() -> tuple[list[str], float]:
+    """The GPUs Ray assigned to this worker (node-wide ids) and the share of a GPU it reserved.
+
+    Read from Ray rather than from what torch can see: Ray 2.60 no longer hides the GPUs
+    of a node from a worker that reserved none.
+    """
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return [str(gpu_id) for gpu_id in ray.get_gpu_ids()], share
+
+
+def ray_placement(device: str) -> Placement:
+    """Where this worker trains: the GPU Ray assigned to it (with its memory share), else the CPU."""
+    return scheduled_placement(device, *ray_gpu_assignment())

@@ -31,7 +31,6 @@ then one `list_file:line: cannot read image 'path': reason` line per image (at m
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import operator
@@ -47,7 +46,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
-from lacmfer.errors import UserError, exit_on_user_error
+from lacmfer.errors import UserError
 
 try:  # advisory locking is POSIX-only; elsewhere builders rely on the atomic rename alone
     import fcntl
@@ -184,7 +183,7 @@ def _open_matching(path: Path, labels: np.ndarray, size: int) -> DecodedImages |
 
 
 @contextlib.contextmanager
-def _build_lock(cache_dir: Path) -> Iterator[None]:
+def build_lock(cache_dir: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on the cache folder, when the filesystem offers one."""
     if fcntl is None:
         yield
@@ -316,7 +315,7 @@ def load_or_build(
     if images is not None:
         return images
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _build_lock(cache_dir):
+    with build_lock(cache_dir):
         # Another process may have finished this very cache while we waited for the lock.
         images = _open_matching(final, labels_array, size)
         if images is None:
@@ -325,30 +324,3 @@ def load_or_build(
                          max_errors=max_errors)
             images = DecodedImages(final)
     return images
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m lacmfer.data.cache --config X.yaml`: prebuild the cache of every list."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lacmfer.data.cache",
-        description="Decode and cache every list of a config (e.g. before a cluster search).",
-    )
-    parser.add_argument("--config", type=Path, required=True, help="experiment YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (repeatable), e.g. --set data.cache_size=112")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="decoding threads (default: cores, at most 8)")
-    args = parser.parse_args(argv)
-
-    # Imported here: the cache itself must not depend on the config layer.
-    from lacmfer.config import load_config
-    from lacmfer.data.loaders import cache_every_list
-
-    cfg = load_config(args.config, args.overrides)
-    for manifest, images in cache_every_list(cfg.data, workers=args.workers):
-        print(f"{manifest.name}: {len(images)} images at {images.size}px in {images.path}")
-
-
-if __name__ == "__main__":
-    main()

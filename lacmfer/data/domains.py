@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lacmfer import names
+
 CLASSES: tuple[str, ...] = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 NUM_CLASSES = len(CLASSES)
 
@@ -49,7 +51,7 @@ DOMAINS: dict[str, DomainInfo] = {
     )
 }
 #: The six built-in domains (SynthFER draws these); `lacmfer.names.domain_names()` is the live list.
-DOMAIN_NAMES: tuple[str, ...] = tuple(DOMAINS)
+DOMAIN_NAMES: tuple[str, ...] = names.BUILTIN_DOMAIN_NAMES
 
 
 def register_domain(info: DomainInfo) -> DomainInfo:
@@ -59,4 +61,5 @@ def register_domain(info: DomainInfo) -> DomainInfo:
     if not len(info.train_counts) == len(info.test_counts) == NUM_CLASSES:
         raise ValueError(f"{info.name}: train_counts and test_counts need one count per class ({NUM_CLASSES})")
     DOMAINS[info.name] = info
+    names.add_name(names.DOMAIN_NAMES, info.name)
     return info

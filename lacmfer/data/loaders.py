@@ -257,7 +257,7 @@ def cache_every_list(data: DataConfig, workers: int = 2, progress: bool = True) 
     `file:line: ...` UserError: list lines that do not parse, labels out of range,
     missing images (the manifest), images that do not decode (the cache). `tune.py` calls
     it before Ray starts, so trials open the caches it built instead of each failing on a
-    bad list; `python -m lacmfer.data.cache` calls it to prebuild caches.
+    bad list; `python -m lacmfer.data.prebuild` calls it to prebuild caches.
     """
     cached = []
     for manifest in unique_manifests(load_domains(data)):

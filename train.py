@@ -1,8 +1,8 @@
 """Final training: the whole protocol, target × seed × method, and its table.
 
-    python -m lacmfer.train --experiment results/<exp> --baseline source_only
-    python -m lacmfer.train --config results/<exp>/best/CK.yaml --seeds 0 1 2
-    python -m lacmfer.train --experiment results/<exp> --resume      # after an interruption
+    python train.py --experiment results/<exp> --baseline source_only
+    python train.py --config results/<exp>/best/CK.yaml --seeds 0 1 2
+    python train.py --experiment results/<exp> --resume      # after an interruption
 
 `--experiment` trains every split's exported best config (`best/<target>.yaml`, written
 by the search's export); `--config` trains one config on its `data.targets`. Each
@@ -30,7 +30,7 @@ from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.final_report import write_report
-from lacmfer.final_run import STATE_FILE, FinalRun, failed_result, read_result, result_line, train_run
+from lacmfer.final_run import FinalRun, failed_result, read_result, result_line, train_run
 from lacmfer.names import METHOD_NAMES, domain_names, is_oracle
 from lacmfer.pretrained import ensure_pretrained
 
@@ -117,7 +117,7 @@ def check_fresh(plan: Plan, resume: bool) -> None:
     """Refuse to mix a new final training into started runs unless --resume says so."""
     if resume:
         return
-    started = [r.name for r in plan.runs if (r.run_dir / STATE_FILE).exists() or read_result(r.run_dir)]
+    started = [r.name for r in plan.runs if r.started]
     if started:
         raise UserError(f"{plan.final_dir}: runs already started ({', '.join(started[:3])}"
                         f"{', …' if len(started) > 3 else ''}): continue with --resume, or remove them")
@@ -146,7 +146,7 @@ def run_sequential(runs: Sequence[FinalRun], retries: int, progress: bool,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lacmfer.train", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python train.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:5]))
     what = p.add_mutually_exclusive_group(required=True)
@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    resume = " ".join(["python -m lacmfer.train", *map(shlex.quote, argv), *([] if args.resume else ["--resume"])])
+    resume = " ".join(["python train.py", *map(shlex.quote, argv), *([] if args.resume else ["--resume"])])
     plan = plan_runs(args)
     check_fresh(plan, args.resume)
     if is_oracle(plan.objective):
@@ -209,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sequential:
             run_sequential(todo, args.retries, not args.no_progress, report)
         elif todo:
-            # Ray only here, in the command-line entry point: `lacmfer` itself never imports
-            # it, so a user of the method or of `--sequential` needs no Ray.
-            from trainables.final_training import run_on_ray
+            # Ray only here: a user of `--sequential` (or of the method itself) needs no Ray.
+            from search.final_training import run_on_ray
 
             run_on_ray(todo, address=args.address, retries=args.retries, on_result=report)
     except KeyboardInterrupt:
@@ -219,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     ordered = [results[r.name] for r in plan.runs]
+    # Bad input that only a run could find (its worker raised a UserError) in every run: one
+    # line and exit 2, as for bad input found before Ray, rather than N failed runs.
+    if ordered and all(r.get("user_error") for r in ordered):
+        others = len({r["error"] for r in ordered}) - 1
+        raise UserError(ordered[0]["error"] + (f" (and {others} other error(s), in the lines above)" if others else ""))
     path = write_report(plan.final_dir, plan.name, ordered, plan.targets, plan.methods, plan.seeds, plan.objective)
     print(path.read_text(encoding="utf-8"))
     print(f"report: {path}   tensorboard --logdir {plan.final_dir}")

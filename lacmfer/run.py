@@ -1,0 +1,229 @@
+"""One run from its placement to its end: the lifecycle a search trial and a final-training run share.
+
+    run = Run(cfg, "CK", out, {"trial_id": ...}, placement=placement)
+    run.resume(folder)                 # when a checkpoint of this run exists
+    for evaluation in run.evaluations():
+        ...                            # report it: `tune.report`, a progress line
+    run.result()                       # status, selected and last evaluation, history
+
+`Run.evaluations` builds nothing the caller must keep in step: it trains the `Trainer`,
+marks a diverged evaluation (its objective NaN, the run flagged and ended), logs every
+evaluation to TensorBoard (`out/tb`), keeps the evaluation the objective selects (with
+its weights when asked) and checkpoints the whole state in one format, `STATE_FILE`:
+
+    trainer      `Trainer.state_dict()`: weights, optimiser, schedule, RNG, samplers
+    history      every evaluation so far
+    best         the best-so-far values behind TensorBoard's `hparam/*` scalars
+    resumed_at   the steps at which the run was continued
+    seconds      training time so far
+
+A run continued from that state ends with exactly the numbers of an uninterrupted one.
+Nothing here imports Ray: the adapters in `trainables/` turn the evaluations into Tune
+reports or a Ray task's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from lacmfer.config import ExperimentConfig
+from lacmfer.data.loaders import SplitData
+from lacmfer.device import Placement, out_of_memory_message
+from lacmfer.tb_logging import BEST_OF, RunLogger
+from lacmfer.trainer import Trainer
+
+STATE_FILE = "run_state.pt"
+LAST_WEIGHTS = "checkpoint.pt"
+SELECTED_WEIGHTS = "checkpoint_selected.pt"
+
+
+def diverged(metrics: Mapping[str, float]) -> bool:
+    """NaN or inf training loss or predictions (docs/METHOD.md §6).
+
+    Weights can turn NaN within an interval whose mean loss is still finite; the
+    predictions' entropy is then NaN already, so it is checked too.
+    """
+    return not (math.isfinite(metrics.get("loss_total", 0.0)) and math.isfinite(metrics.get("entropy", 0.0)))
+
+
+def with_threads(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Torch threads = the run's whole CPUs (`resources.cpu`, what Ray reserves for it) when unset.
+
+    Without this every run would start as many threads as the node has cores, and runs
+    packed with fractional CPUs would oversubscribe the node.
+    """
+    if cfg.resources.threads is not None:
+        return cfg
+    return cfg.with_values({"resources.threads": int(max(1.0, cfg.resources.cpu))}, source="resources.cpu")
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(placement: Placement) -> Iterator[None]:
+    """The run's own failure, saying what to change; a neighbour sharing the GPU is unaffected."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        raise RuntimeError(out_of_memory_message(placement)) from err
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a run, as the run's caller sees it."""
+
+    metrics: dict[str, float]  # `Trainer.evaluate()`, the objective NaN when diverged
+    final: bool  # the last evaluation of the schedule
+    diverged: bool  # NaN/inf loss or predictions: the run ends here, without a checkpoint
+    checkpoint: Path | None  # a folder holding STATE_FILE at this evaluation, when one was due
+
+
+class Run:
+    """One run of `cfg` on `target`, writing its TensorBoard events under `out/tb`.
+
+    `hyperparameters` are added to the HParams columns of `lacmfer.tb_logging.run_hparams`.
+    `checkpoint_every`: checkpoint at every that many evaluations and at the last one.
+    `state_dir`: where the state is kept (rewritten at each checkpoint; the caller removes
+    it once it has recorded the run's result); None hands each checkpoint over in a fresh
+    temporary folder, valid until the next evaluation is asked for (a Tune trial's storage
+    copies it). `save_weights` writes the weights of the selected and of the last
+    evaluation, with `cfg`, into `out`. `test_every_evaluation` reads the whole target test
+    set at every evaluation (`eval.test_every: 1`), so a report can give the selected
+    evaluation's test accuracy.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, target: str, out: Path, hyperparameters: Mapping[str, Any], *,
+                 placement: Placement | None = None, data: SplitData | None = None, progress: bool = False,
+                 checkpoint_every: int = 1, state_dir: Path | None = None, save_weights: bool = False,
+                 test_every_evaluation: bool = False, name: str | None = None):
+        self.cfg, self.target, self.out = cfg, target, out
+        self.hyperparameters = dict(hyperparameters)
+        self.checkpoint_every, self.state_dir, self.save_weights = checkpoint_every, state_dir, save_weights
+        self.name, self.progress = name or target, progress
+        trainer_cfg = cfg.with_values({"eval.test_every": 1}) if test_every_evaluation else cfg
+        self.trainer = Trainer(trainer_cfg, target, data=data, progress=progress, placement=placement)
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] = {}
+        self.resumed_at: list[int] = []
+        self.seconds = 0.0
+        self.status = "completed"  # one of lacmfer.names.RUN_STATUSES
+        self._started: float | None = None  # when `evaluations` started, for the time spent
+
+    def resume(self, directory: Path) -> None:
+        """Continue from the state a checkpoint left in `directory`."""
+        # map_location: a run may resume on a node without the GPU it was saved from;
+        # `Trainer.load_state_dict` moves every tensor to the trainer's own device.
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+        self.trainer.load_state_dict(state["trainer"])
+        self.history, self.best, self.seconds = state["history"], state["best"], state["seconds"]
+        self.resumed_at = [*state["resumed_at"], self.trainer.step_count]
+
+    def checkpoint_due(self) -> bool:
+        """At every `checkpoint_every`-th evaluation and at the last one of the schedule."""
+        return self.trainer.finished or self.trainer.evaluation_index % self.checkpoint_every == 0
+
+    def save_state(self, directory: Path) -> None:
+        """Write the run's state, `STATE_FILE`, into `directory` (through a temporary file)."""
+        seconds = self.seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
+        state = {"trainer": self.trainer.state_dict(), "history": self.history, "best": dict(self.best),
+                 "resumed_at": self.resumed_at, "seconds": seconds}
+        _save_atomic(state, directory / STATE_FILE)
+
+    def _weights(self) -> dict[str, Any]:
+        return {"model": self.trainer.model.state_dict(), "config": self.cfg.to_dict(), "target": self.target,
+                "step": self.trainer.step_count}
+
+    def _selected_objective(self) -> float:
+        return max((m["objective"] for m in self.history if math.isfinite(m["objective"])), default=-math.inf)
+
+    def evaluations(self) -> Iterator[Evaluation]:
+        """Train to the end of the schedule (or the divergence), yielding every evaluation."""
+        trainer = self.trainer
+        # A resumed run hides what the interrupted attempt logged after its state (the
+        # state's own evaluation, at `step_count`, stays) and keeps its first hparams summary.
+        purge_step = trainer.step_count + 1 if self.resumed_at else None
+        logger = RunLogger(self.out / "tb", self.hyperparameters, BEST_OF, purge_step=purge_step)
+        logger.restore_best(self.best)
+        self.best = logger.best  # updated by every `log`
+        selected_objective = self._selected_objective()
+        self._started = time.perf_counter()
+        bar = tqdm(total=self.cfg.schedule.steps, initial=trainer.step_count, desc=self.name, unit="step",
+                   disable=not self.progress, leave=False)
+        try:
+            for metrics in trainer.training_loop():
+                bar.update(trainer.step_count - bar.n)
+                if diverged(metrics):
+                    # NaN weights still give finite accuracies (argmax of NaN is a fixed class),
+                    # so the objective must be replaced, by NaN rather than a very low number:
+                    # nothing downstream ranks NaN as good or crashes on it (ASHA's cutoffs use
+                    # nanpercentile; the searcher tells the trial PRUNED, which TPE ranks last;
+                    # Tune's best-result lookup and the selection below skip it), where a finite
+                    # sentinel would enter TPE's density model as a real, extreme value.
+                    metrics["objective"] = math.nan
+                    self.status = "diverged"
+                    logger.mark("diverged")  # the HParams table must not show it as a good run
+                self.history.append(metrics)
+                logger.log(metrics, trainer.step_count)
+                if self.status == "diverged":
+                    # The weights are NaN from here on: no checkpoint, no more steps.
+                    yield Evaluation(metrics, trainer.finished, True, None)
+                    return
+                if metrics["objective"] > selected_objective:
+                    selected_objective = metrics["objective"]
+                    if self.save_weights:
+                        _save_atomic(self._weights(), self.out / SELECTED_WEIGHTS)
+                bar.set_postfix(objective=f"{metrics['objective']:.3f}", target_acc=f"{metrics['target_acc']:.3f}")
+                if not self.checkpoint_due():
+                    yield Evaluation(metrics, trainer.finished, False, None)
+                elif self.state_dir is not None:
+                    self.save_state(self.state_dir)
+                    yield Evaluation(metrics, trainer.finished, False, self.state_dir)
+                else:
+                    with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
+                        self.save_state(Path(directory))
+                        yield Evaluation(metrics, trainer.finished, False, Path(directory))
+        except Exception:
+            # Shown in the HParams table. Not for Tune's stop of a trial (SystemExit inside
+            # its report, which closes this generator): the mark is written at the failing step.
+            logger.mark("failed")
+            logger.log({}, trainer.step_count)
+            raise
+        finally:
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
+            bar.close()
+            logger.close()
+        if self.save_weights:
+            _save_atomic(self._weights(), self.out / LAST_WEIGHTS)
+
+    def result(self) -> dict[str, Any]:
+        """How the run ended: its status, steps, time, selected and last evaluation, every evaluation.
+
+        The selected evaluation is the one with the highest finite objective, the earliest
+        on ties (None when none was finite).
+        """
+        selected_objective = self._selected_objective()
+        return {
+            "status": self.status,
+            "steps": self.trainer.step_count,
+            "time_s": self.seconds,
+            "resumed_at": self.resumed_at,
+            "selected": next((m for m in self.history if m["objective"] == selected_objective), None),
+            "last": self.history[-1] if self.history else None,
+            "history": self.history,
+        }

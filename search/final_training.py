@@ -1,0 +1,94 @@
+"""Final training on Ray: every run of `python train.py` as one Ray task.
+
+Each task asks for the run config's `resources` (`cpu`, and `gpu`, whose fractions pack
+runs on one GPU as in the search), so Ray runs as many at once as the machine or the
+cluster holds; the task itself is `trainables.final_training.final_task`. Run folders
+must be on storage every node can write (a shared filesystem), like the search's results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import ray
+
+from lacmfer.errors import UserError
+from lacmfer.final_run import FinalRun, failed_result, train_run
+from trainables.final_training import final_task
+from trainables.ray_session import connect_ray
+
+
+@contextlib.contextmanager
+def ray_connection(address: str | None) -> Iterator[None]:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a token-locked local Ray
+    (`trainables.ray_session`); shut down what was started."""
+    if ray.is_initialized():  # the caller (a test, a notebook) owns the session
+        yield
+        return
+    connect_ray(address, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_placeable(runs: Sequence[FinalRun]) -> None:
+    """Fail clearly where Ray would keep a task pending forever (a GPU asked of a cluster without one)."""
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    for run in runs:
+        cpu, gpu = run.config.resources.cpu, run.config.resources.gpu
+        if gpu > gpus or cpu > cpus:
+            raise UserError(f"{run.name}: resources cpu {cpu}, gpu {gpu} per run, but the Ray cluster has "
+                            f"cpu {cpus:g}, gpu {gpus:g} in all (e.g. --set resources.gpu=0 to train on CPUs)")
+    first = runs[0].config.resources
+    at_once = min(cpus // first.cpu, gpus // first.gpu if first.gpu else float("inf"), len(runs))
+    print(f"training {len(runs)} run(s) on Ray, up to {int(at_once)} at a time "
+          f"(cpu {first.cpu:g}, gpu {first.gpu:g} per run)", flush=True)
+
+
+def run_on_ray(runs: Sequence[FinalRun], *, address: str | None = None, retries: int = 1,
+               on_result: Callable[[dict[str, Any]], None] = lambda result: None,
+               train: Callable[..., dict[str, Any]] = train_run) -> list[dict[str, Any]]:
+    """Train every run as a Ray task; `on_result` sees each result as its run ends.
+
+    Results come back in the order of `runs`. A run still failing after `retries`
+    retries gets a `failed` result (nothing written: `--resume` tries it again).
+    `train` is what a task calls, as `train(run, placement=...)` (tests pass one that
+    crashes its worker once).
+    """
+    if not runs:
+        return []
+    with ray_connection(address):
+        _check_placeable(runs)
+        remote = ray.remote(final_task)
+        pending = {}
+        for run in runs:
+            task = remote.options(
+                num_cpus=run.config.resources.cpu,
+                num_gpus=run.config.resources.gpu,
+                max_retries=retries,  # a worker that died (a crash, a lost node)
+                retry_exceptions=True,  # an exception in the run (e.g. out of memory)
+                name=f"final {run.name}",
+            )
+            pending[task.remote(run, train)] = run
+        results: dict[str, dict[str, Any]] = {}
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                run = pending[ref]
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    if isinstance(err.cause, UserError):  # bad input the driver could not check: its own line
+                        result = failed_result(run, str(err.cause), user_error=True)
+                    else:
+                        result = failed_result(run, str(err).strip().splitlines()[-1])
+                except ray.exceptions.RayError as err:  # a worker or node lost beyond the retries
+                    result = failed_result(run, str(err).strip().splitlines()[-1])
+                results[run.name] = result
+                on_result(result)
+    return [results[run.name] for run in runs]
