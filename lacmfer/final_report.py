@@ -8,7 +8,10 @@ field's summary number; the oracle gap is selected minus best (what selecting wi
 target labels cost). Means and standard deviations are over the runs that completed;
 diverged and failed runs are counted and named, never averaged. A second table gives
 every validator's oracle gap: what selecting each run's evaluation by it would have cost
-(`lacmfer.oracle_gap`), so the objective can be compared with the others.
+(`lacmfer.oracle_gap`), so the objective can be compared with the others. A third gives
+the method against each baseline paired by (target, seed): both are trained on the same
+seeds and configs, so the paired difference and its t-interval are the comparison a
+paper can claim, where overlapping ± std columns say little.
 """
 
 from __future__ import annotations
@@ -86,6 +89,58 @@ def validator_gap_markdown(results: Sequence[dict[str, Any]], targets: Sequence[
                          + f" | {_pct(mean, math.nan)} | {worst} |")
         lines.append("")
     return lines
+
+
+#: The coverage of the paired differences' intervals.
+INTERVAL_LEVEL = 0.95
+
+
+def paired_differences(results: Sequence[dict[str, Any]], target: str, method: str, baseline: str,
+                       statistic: str) -> list[float]:
+    """`method` − `baseline` under `statistic`, one value per seed of `target` where both runs completed."""
+    runs = {(r["method"], r["seed"]): run_accuracy(r, statistic) for r in results if r["target"] == target}
+    pairs = [(runs[method, seed], runs[baseline, seed]) for m, seed in sorted(runs) if m == method
+             if (baseline, seed) in runs]
+    return [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+
+
+def mean_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and its two-sided Student-t interval at `level`
+    (n − 1 degrees of freedom); the bounds are NaN below two values, the mean below one."""
+    from scipy import stats  # only when a report is written
+
+    if not values:
+        return math.nan, math.nan, math.nan
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def paired_markdown(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str]) -> list[str]:
+    """Per baseline (every method after the first) and statistic: the first method minus the baseline,
+    per target (mean over seeds) and over all (target, seed) pairs with its interval, in points."""
+    method, baselines = methods[0], methods[1:]
+    if not baselines:
+        return []
+    lines = [f"## {method} against each baseline, paired by target and seed", "",
+             (f"{method} − baseline in points, on the same seeds and configs: per target the mean over its seeds; "
+              f"over all (target, seed) pairs where both runs completed, the mean and its {INTERVAL_LEVEL:.0%} "
+              "Student-t interval (n − 1 degrees of freedom)."), "",
+             "| baseline | accuracy | " + " | ".join(targets) + " | all pairs: mean [interval] | pairs |",
+             "|---|---|" + "---|" * (len(targets) + 2)]
+    for baseline in baselines:
+        for statistic in ("selected", "last"):
+            per_target = {t: paired_differences(results, t, method, baseline, statistic) for t in targets}
+            pooled = [d for t in targets for d in per_target[t]]
+            mean, low, high = (100 * v for v in mean_interval(pooled))
+            cells = [f"{100 * statistics.fmean(d):+.2f}" if d else "n/a" for d in per_target.values()]
+            total = "n/a" if not pooled else f"{mean:+.2f}" + (f" [{low:+.2f}, {high:+.2f}]" if math.isfinite(low)
+                                                               else "")
+            lines.append(f"| {baseline} | {STATISTICS[statistic][0]} | " + " | ".join(cells)
+                         + f" | {total} | {len(pooled)} |")
+    return [*lines, ""]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -186,6 +241,7 @@ def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Seque
     if bad:
         lines += ["Not averaged (n = completed runs where fewer than planned): "
                   + ", ".join(f"{r['target']}/{r['method']}/seed{r['seed']} {r['status']}" for r in bad) + ".", ""]
+    lines += paired_markdown(results, targets, methods)
     lines += validator_gap_markdown(results, targets, methods, objective)
     lines += [f"![target accuracy per target, method against baselines]({BAR_CHART})", ""]
     return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""The final report's paired comparison of the method with each baseline (`lacmfer.final_report`).
+
+Hand-worked case: target A, seeds 0–2, the method at 50/60/70 % and the baseline at
+48/57/69 % (selected = last), so the paired differences are +2, +3, +1 points: mean +2,
+standard deviation 1, t(0.975, 2 df) = 4.3027, half-width 4.3027 / √3 = 2.484 →
+[−0.48, +4.48]. Unpaired, the same numbers would give a half-width of about 25 points.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lacmfer.final_report import mean_interval, paired_differences, report_markdown
+
+
+def run(method: str, seed: int, acc: float, status: str = "completed", target: str = "A") -> dict:
+    evaluation = {"step": 10, "target_acc": acc, "source_val_acc": acc}
+    return {"target": target, "method": method, "seed": seed, "status": status,
+            "selected": evaluation, "last": evaluation, "history": [evaluation]}
+
+
+#: The baseline's runs are listed in the reverse seed order, and a seed only the method has
+#: plus a diverged baseline run must both be left out: pairs are matched by seed, not by position.
+RESULTS = [
+    run("lacmfer", 0, 0.50), run("lacmfer", 1, 0.60), run("lacmfer", 2, 0.70), run("lacmfer", 3, 0.90),
+    run("lacmfer", 4, 0.55),
+    run("source_only", 4, math.nan, status="diverged"),
+    run("source_only", 2, 0.69), run("source_only", 1, 0.57), run("source_only", 0, 0.48),
+]
+
+
+def test_differences_are_paired_by_seed_and_signed_method_minus_baseline():
+    """Mutations that fail it: pairing by list position; baseline − method; keeping the diverged pair."""
+    assert paired_differences(RESULTS, "A", "lacmfer", "source_only", "selected") == pytest.approx([0.02, 0.03, 0.01])
+
+
+def test_interval_is_student_t_with_n_minus_one_degrees_of_freedom():
+    """Mutations that fail it: a normal quantile (1.96) instead of Student's; n degrees of freedom; the
+    population standard deviation."""
+    mean, low, high = mean_interval([0.02, 0.03, 0.01])
+    assert mean == pytest.approx(0.02)
+    assert (low, high) == pytest.approx((0.02 - 0.024841, 0.02 + 0.024841), abs=1e-6)
+    one = mean_interval([0.5])
+    assert one[0] == 0.5 and math.isnan(one[1]) and math.isnan(one[2])  # one value: no interval
+
+
+def test_report_prints_the_paired_row_per_baseline_and_accuracy():
+    text = report_markdown("x", RESULTS, ["A"], ["lacmfer", "source_only"], [0, 1, 2], "source_val_acc")
+    assert "| source_only | selected | +2.00 | +2.00 [-0.48, +4.48] | 3 |" in text
+    assert "| source_only | last step | +2.00 | +2.00 [-0.48, +4.48] | 3 |" in text
+    # Without a baseline there is nothing to pair and no section.
+    alone = report_markdown("x", [r for r in RESULTS if r["method"] == "lacmfer"], ["A"], ["lacmfer"], [0], "source_val_acc")
+    assert "paired by target and seed" not in alone
