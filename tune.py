@@ -153,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
     summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
     unfinished = [o.target for o in outcomes if not o.finished]
-    not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.
     no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
     exp = experiment_location(cfg)
@@ -166,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "
               f"see {summary.summary} and each trial's error.txt under {exp / split.target}",
               file=sys.stderr)
-    if unfinished or not_started:
-        print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"\nSPLIT STOPPED: {outcome.target}: {outcome.error}", file=sys.stderr)
+    if unfinished:
+        print(f"\nNOT FINISHED: split(s) {', '.join(unfinished)} did not complete. "
               f"Continue with: python tune.py --resume --name {cfg.output.name}"
               + (f" --results {cfg.output.results_dir}" if args.results else ""), file=sys.stderr)
-    if unfinished or not_started or no_result:
+    if unfinished or no_result:
         return 1
     print("every split finished.")
     return 0

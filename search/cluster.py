@@ -33,6 +33,10 @@ RAY_ENVIRONMENT = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # see search.tuner.run_config
     # Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # One trial waiting for a slot per Tuner (Tune's default with a ConcurrencyLimiter is
+    # as many as it allows): TPE proposes a trial only when a slot is about to take it,
+    # knowing every result that came in meanwhile.
+    "TUNE_MAX_PENDING_TRIALS_PG": "1",
 }
 
 #: What a trial imports: a node that cannot import these cannot run a trial.
