@@ -248,6 +248,9 @@ def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
     )
     if len(targets) == 1:
         return [run_split(cfg, targets[0], max_concurrent, resume, callbacks)]
+    # Opening the storage here creates its tables once: split drivers creating SQLite's
+    # schema at the same time fail all but one (tests/test_optuna_storage.py).
+    optuna_storage(cfg)
     job = functools.partial(_split_driver, cfg.to_dict(), address=ray.get_runtime_context().gcs_address,
                             state_root=storage.LOCAL_STATE_ROOT, max_concurrent=max_concurrent, resume=resume,
                             callbacks=list(callbacks))
