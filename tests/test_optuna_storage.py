@@ -20,7 +20,7 @@ import pytest
 from lacmfer.config import config_from_dict
 from search.storage import optuna_storage
 
-WRITERS, TRIALS, EVALUATIONS = 3, 20, 4
+WRITERS, TRIALS, EVALUATIONS = 3, 12, 4
 
 
 def _config(results: Path, storage: str | None):
