@@ -33,10 +33,6 @@ RAY_ENVIRONMENT = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # see search.tuner.run_config
     # Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # One trial waiting for a slot per Tuner (Tune's default with a ConcurrencyLimiter is
-    # as many as it allows): TPE proposes a trial only when a slot is about to take it,
-    # knowing every result that came in meanwhile.
-    "TUNE_MAX_PENDING_TRIALS_PG": "1",
 }
 
 #: What a trial imports: a node that cannot import these cannot run a trial.
@@ -46,9 +42,9 @@ PREFLIGHT_TIMEOUT_S = 300.0  # a node that cannot start one worker in this time 
 
 
 @contextlib.contextmanager
-def ray_environment() -> Iterator[None]:
-    """Set RAY_ENVIRONMENT (where the user has not) for the duration of a search."""
-    added = {k: v for k, v in RAY_ENVIRONMENT.items() if k not in os.environ}
+def ray_environment(values: dict[str, str] = RAY_ENVIRONMENT) -> Iterator[None]:
+    """Set `values` (default RAY_ENVIRONMENT) where the user has not, for the duration of a search."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
     os.environ.update(added)
     try:
         yield

@@ -12,7 +12,7 @@ How many trials run at once comes from the cluster: every split may hold as many
 as the cluster has slots (capped by `search.max_concurrent`), and Ray's scheduler gives
 each free slot to a split with a trial waiting, so a split's tail runs beside the other
 splits' trials instead of alone. TPE proposes each trial as late as it can: each Tuner
-keeps one trial waiting for a slot (`search.cluster.RAY_ENVIRONMENT`), and the constant
+keeps its share of the slots waiting at most (`pending_per_split`), and the constant
 liar tells it about the trials still running (`search.tuner.build_tuner`).
 """
 
@@ -246,8 +246,29 @@ def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
         f"each split at most {max_concurrent} at a time (cpu {cfg.resources.cpu}, gpu {cfg.resources.gpu} per "
         f"trial), {evaluations_per_trial(cfg)} evaluations per full trial, objective {cfg.eval.objective}"
     )
-    if len(targets) == 1:
-        return [run_split(cfg, targets[0], max_concurrent, resume, callbacks)]
+    with ray_environment({"TUNE_MAX_PENDING_TRIALS_PG": str(pending_per_split(len(targets), slots))}):
+        if len(targets) == 1:
+            return [run_split(cfg, targets[0], max_concurrent, resume, callbacks)]
+        return _run_in_processes(cfg, resume, max_concurrent, callbacks)
+
+
+def pending_per_split(splits: int, slots: int) -> int:
+    """Trials a split's Tuner keeps waiting for a slot (proposed, not yet running): its
+    share of the slots, ⌈slots ÷ splits⌉.
+
+    A waiting trial was proposed without the results that come in while it waits. Tune's
+    default with a concurrency limit is as many as the limit allows, i.e. a whole split
+    proposed at once; one is too few: a trial waits until its worker process is up
+    (seconds, minutes on a loaded machine), so the splits would fill the cluster one
+    worker at a time. A share each lets the splits together ask for every slot at once,
+    and keeps at most one slot's worth of trials proposed ahead over all splits.
+    """
+    return max(1, -(-slots // splits))
+
+
+def _run_in_processes(cfg: ExperimentConfig, resume: bool, max_concurrent: int,
+                      callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
+    targets = cfg.data.targets
     # Opening the storage here creates its tables once: split drivers creating SQLite's
     # schema at the same time fail all but one (tests/test_optuna_storage.py).
     optuna_storage(cfg)

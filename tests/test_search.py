@@ -75,6 +75,7 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
     assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 0
     exp = tmp_path / "e2e"
     assert (exp / "config.yaml").exists() and (exp / "optuna.db").exists() and (exp / "summary.md").exists()
+    assert "## Slots" in (exp / "summary.md").read_text()  # the run's slot usage, over both splits
 
     table = pq.read_table(exp / "trials.parquet").to_pylist()
     assert len(table) == 8 and {r["target"] for r in table} == {"CK", "RAF"}
