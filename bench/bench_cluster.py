@@ -12,8 +12,8 @@ from git into a temporary folder; "after" is this checkout.
 Measured per mode and search seed, from Tune's own records (each trial's result.json,
 the same for both modes): slot occupancy (busy slot-seconds ÷ available slot-seconds
 between the first trial's start and the last trial's end; a trial is busy from its
-trainable's start to its last report, so worker start-up counts as idle, to the
-second), the search's wall time (first trial start to last trial end) and the command's,
+trainable's start to its last report, so worker start-up counts as idle; Tune's
+timestamps are whole seconds, so the peak can read a trial or two high), the search's wall time (first trial start to last trial end) and the command's,
 and the best objective per split (trials.parquet).
 
     python bench/bench_cluster.py                       # 2 nodes × 4 GPUs = 32 slots, 6 splits × 16 trials, 3 seeds
@@ -166,6 +166,10 @@ def main() -> int:
                                  "search_s": span, "wall_s": wall, "best": best_per_split(exp)})
                     print(f"{mode} seed {seed}: occupancy {occ:.2f}, {mean:.1f} at once (peak {peak}), "
                           f"search {span:.0f} s, command {wall:.0f} s", flush=True)
+                    if (exp / "slots.json").exists():  # the driver's own record (after): worker start-up busy
+                        own = json.loads((exp / "slots.json").read_text())[-1]
+                        print(f"{mode} seed {seed}, the driver's slots.json: occupancy {own['occupancy']:.2f}, "
+                              f"{own['mean']:.1f} at once (peak {own['peak']}), {own['span_s']:.0f} s", flush=True)
         finally:
             cluster.shutdown()
     print_table(args, slots, rows)
