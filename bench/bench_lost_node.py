@@ -2,10 +2,10 @@
 
 Not a test: it needs Ray to notice a dead node (seconds to tens of seconds, by its health
 checks) while a trial still runs there, so its duration depends on the machine. A local
-Ray cluster (`ray.cluster_utils.Cluster`): a head that runs no trial (0 CPUs) and one
-worker node with room for one trial. When the first trial has written its first
-checkpoint, that worker node is killed (its raylet and every worker on it, no grace) and
-a fresh node joins; the search must finish with every trial, and the interrupted trial
+Ray cluster (`ray.cluster_utils.Cluster`): a head that runs no trial (0 CPUs) and two
+worker nodes with room for one trial each; one trial runs at a time. When the first trial
+has written its first checkpoint, the node it runs on is killed (its raylet and every
+worker on it, no grace); the search must finish with every trial, and the interrupted trial
 must have resumed from a checkpoint (a report whose `training_iteration` is ahead of its
 `iterations_since_restore`) in another worker process.
 
@@ -30,14 +30,15 @@ from ray import tune  # noqa: E402
 
 
 class FlagFirstCheckpoint(tune.Callback):
-    """Write the trial id to `flag` at the first checkpoint of the search (a file: Tune pickles callbacks)."""
+    """Write the trial id and its worker's pid to `flag` at the first checkpoint of the search
+    (a file: Tune pickles callbacks)."""
 
     def __init__(self, flag: Path) -> None:
         self.flag = flag
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         if not self.flag.exists():
-            self.flag.write_text(trial.trial_id)
+            self.flag.write_text(f"{trial.trial_id} {trial.last_result['pid']}")
 
 
 def main() -> int:
@@ -68,17 +69,23 @@ def main() -> int:
             "resources": {"cpu": 1, "threads": 1},
             "output": {"results_dir": str(tmp / "results"), "name": "lost-node"},
         })
+        # Two worker nodes with room for one trial each, one trial at a time: the other
+        # node is where the trial can go on (nodes are added from the main thread only).
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        doomed = cluster.add_node(num_cpus=1)
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         flag = tmp / "first-checkpoint"
         killed: dict[str, float] = {}
 
         def kill_the_node_at_the_flag() -> None:
+            import psutil
+
             while not flag.exists():
                 time.sleep(0.05)
+            # A trial's worker process descends from the raylet of its node.
+            ancestors = {p.pid for p in psutil.Process(int(flag.read_text().split()[1])).parents()}
+            [doomed] = [n for n in workers if n.all_processes["raylet"][0].process.pid in ancestors]
             cluster.remove_node(doomed, allow_graceful=False)
             killed["at"] = time.time()
-            cluster.add_node(num_cpus=1)
 
         began = time.monotonic()
         try:
@@ -89,7 +96,7 @@ def main() -> int:
         finally:
             ray.shutdown()
             cluster.shutdown()
-        victim = flag.read_text() if flag.exists() else None
+        victim = flag.read_text().split()[0] if flag.exists() else None
         [result] = list((cfg.experiment_dir / "CK").glob(f"{victim}/result.json")) if victim else [None]
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()] if result else []
         resumed = [r for r in rows if r["training_iteration"] > r["iterations_since_restore"]]
