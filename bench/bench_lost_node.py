@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's lacmfer, not an installed one
 
-from ray import tune  # noqa: E402
+from ray import tune
 
 
 class FlagFirstCheckpoint(tune.Callback):
