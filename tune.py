@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     ensure_pretrained(cfg)  # download or train the trunk weights once, too
     outcomes = run_search(cfg, address=args.address, resume=args.resume)
     summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
+    # A split with no outcome never started (the search was stopped before its driver ran): unfinished too.
     unfinished = [o.target for o in outcomes if not o.finished]
-    not_started = [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
+    unfinished += [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.
     no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
     exp = experiment_location(cfg)
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tensorboard: tensorboard --logdir {exp}")
     print(f"final:       python train.py --experiment {exp} --seeds 0 1 2 --baseline source_only"
           + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
-    if no_result and len(no_result) == len(summary.splits) and not (unfinished or not_started):
+    if no_result and len(no_result) == len(summary.splits) and not unfinished:
         # Every trial raised the project's user error: one line and exit 2, as bad input found before Ray.
         message = user_error_of_every_trial(exp, [split.target for split in no_result])
         if message is not None:
@@ -188,11 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "
               f"see {summary.summary} and each trial's error.txt under {exp / split.target}",
               file=sys.stderr)
-    if unfinished or not_started:
-        print(f"\nNOT FINISHED: split(s) {', '.join(unfinished + not_started)} did not complete. "
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"\nSPLIT STOPPED: {outcome.target}: {outcome.error}", file=sys.stderr)
+    if unfinished:
+        print(f"\nNOT FINISHED: split(s) {', '.join(unfinished)} did not complete. "
               f"Continue with: python tune.py --resume --name {cfg.output.name}"
               + (f" --results {cfg.output.results_dir}" if args.results else ""), file=sys.stderr)
-    if unfinished or not_started or no_result:
+    if unfinished or no_result:
         return 1
     print("every split finished.")
     return 0

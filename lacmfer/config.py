@@ -271,9 +271,10 @@ class AshaConfig(_Section):
 
 class SearchConfig(_Section):
     num_samples: Annotated[int, Field(ge=1)] = 16
-    # Default: ⌊√num_samples⌋ at once (at least 1, at most what fits), so TPE proposes most
-    # trials knowing the results of earlier ones (search.driver.default_max_concurrent).
-    max_concurrent: Annotated[int, Field(ge=1)] | None = Field(None, description="default: ⌊√num_samples⌋, as fit")
+    # The most trials one split runs at once. Default: as many as the cluster has slots
+    # (every split at once shares them; search.driver.trials_at_once). Set it to trade
+    # wall-clock time for proposals that know more results (e.g. ⌊√num_samples⌋).
+    max_concurrent: Annotated[int, Field(ge=1)] | None = Field(None, description="default: the cluster's slots")
     seed: int = 0
     multivariate: bool = True
     startup_trials: Annotated[int, Field(ge=1)] = 10

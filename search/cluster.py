@@ -42,9 +42,9 @@ PREFLIGHT_TIMEOUT_S = 300.0  # a node that cannot start one worker in this time 
 
 
 @contextlib.contextmanager
-def ray_environment() -> Iterator[None]:
-    """Set RAY_ENVIRONMENT (where the user has not) for the duration of a search."""
-    added = {k: v for k, v in RAY_ENVIRONMENT.items() if k not in os.environ}
+def ray_environment(values: dict[str, str] = RAY_ENVIRONMENT) -> Iterator[None]:
+    """Set `values` (default RAY_ENVIRONMENT) where the user has not, for the duration of a search."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
     os.environ.update(added)
     try:
         yield

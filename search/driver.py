@@ -1,30 +1,43 @@
-"""The per-split driver: one Tuner and one Optuna study per target, in turn.
+"""The driver: every split in flight at once, one Tuner and one Optuna study per target.
 
 Holds the experiment's lock (one driver per experiment), connects to Ray (local by
 default, a cluster with an address; `search.cluster`), checks every node (preflight) and
 that a trial can be scheduled at all, runs or resumes each split (a resume may add trials,
 as a new round), and checks that every split finished (Ctrl-C makes `Tuner.fit()` return
 normally with a partial result).
+
+Splits run at once, each in a driver process of its own (`search.driver_processes` says
+why processes, not threads or one shared Tuner); a single split runs in this process.
+How many trials run at once comes from the cluster: every split may hold as many trials
+as the cluster has slots (capped by `search.max_concurrent`), and Ray's scheduler gives
+each free slot to a split with a trial waiting, so a split's tail runs beside the other
+splits' trials instead of alone. TPE proposes each trial as late as it can: each Tuner
+keeps its share of the slots waiting at most (`pending_per_split`), and the constant
+liar tells it about the trials still running (`search.tuner.build_tuner`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import ray
 from ray import tune
 from ray.tune import ExperimentAnalysis
 
-from lacmfer.config import ExperimentConfig, config_text
+from lacmfer.config import ExperimentConfig, config_from_dict, config_text
 from lacmfer.errors import UserError
+from search import storage
 from search.analysis import round_dirs
 from search.cluster import concurrent_slots, connect, preflight, ray_environment
+from search.driver_processes import run_in_processes
+from search.slots import TIMELINE_FILE, TrialTimeline, mark_run, progress_display, record_usage
 from search.storage import Location, experiment_location, local_state_dir, optuna_storage, upload_study_copy
 from search.tuner import TUNE_TRIAL_ID, build_tuner, restore_tuner, study_name
 
@@ -36,18 +49,22 @@ class SplitOutcome:
     trials: int
     terminated: int
     errors: int
+    error: str | None = None  # why the split's driver stopped, when it did not end by itself
 
 
-def default_max_concurrent(num_samples: int, slots: int) -> int:
-    """Trials at once when `search.max_concurrent` is unset: at most ⌊√num_samples⌋, at
-    least 1, and no more than fit on the cluster.
+def trials_at_once(cfg: ExperimentConfig, slots: int) -> int:
+    """The most trials one split runs at once: as many as the cluster has slots, capped
+    by `search.max_concurrent` and by the split's trials.
 
-    TPE proposes each trial from the results it has; a trial started while c others run
-    is proposed without their results. √n at once keeps both the batch width and the
-    number of rounds of feedback (n / c) at √n: 4 trials run 2 at a time, 16 run 4, 100
-    run 10, however big the cluster is.
+    Every split may fill the cluster; together they cannot overfill it, since Ray places a
+    trial only where its resources are free.
     """
-    return max(1, min(slots, math.isqrt(num_samples)))
+    return max(1, min(cfg.search.max_concurrent or slots, slots, cfg.search.num_samples))
+
+
+def timeline_path(cfg: ExperimentConfig) -> Path:
+    """The local file every driver of the search records its trials' starts and ends in."""
+    return local_state_dir(cfg) / TIMELINE_FILE
 
 
 @contextlib.contextmanager
@@ -176,8 +193,9 @@ def run_split(cfg: ExperimentConfig, target: str, max_concurrent: int, resume: b
     trials = sum(len(grid) for grid in grids)
     ended = all(grid.num_terminated + grid.num_errors == len(grid) for grid in grids)
     if ended and trials < cfg.search.num_samples:
+        timeline = TrialTimeline(timeline_path(cfg), target)
         tuner = build_tuner(cfg, target, max_concurrent, round_index=len(grids) + 1,
-                            num_samples=cfg.search.num_samples - trials, callbacks=callbacks)
+                            num_samples=cfg.search.num_samples - trials, callbacks=[timeline, *callbacks])
         grids.append(tuner.fit())
     size = sum(len(grid) for grid in grids)
     terminated, errors = sum(g.num_terminated for g in grids), sum(g.num_errors for g in grids)
@@ -187,9 +205,11 @@ def run_split(cfg: ExperimentConfig, target: str, max_concurrent: int, resume: b
 
 def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool = False,
                callbacks: Sequence[tune.Callback] = ()) -> list[SplitOutcome]:
-    """Search every split of `cfg.data.targets`; stops at the first split that did not finish.
+    """Search every split of `cfg.data.targets`, all at once; a split that fails or is
+    interrupted does not stop the others (each outcome says whether its split finished).
 
-    `callbacks` are added to every new Tuner (tests observe the scheduling through them).
+    `callbacks` are added to every new Tuner (tests observe the scheduling through them);
+    with several splits they run in the splits' driver processes, so they must be picklable.
     """
     # The lock is a local file: beside local results, in the driver's own folder otherwise.
     with ray_environment(), experiment_lock(local_state_dir(cfg)):
@@ -202,25 +222,68 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
         preflight(cfg)
         slots = concurrent_slots(cfg)
         save_resolved_config(cfg)
+        mark_run(timeline_path(cfg), slots, cfg.data.targets)
         try:
-            return _run_splits(cfg, resume, slots, callbacks)
+            with progress_display(timeline_path(cfg)):
+                return _run_splits(cfg, resume, slots, callbacks)
         finally:
+            print(f"slot usage: {record_usage(timeline_path(cfg), experiment_location(cfg)).text()}")
             upload_study_copy(cfg)
 
 
 def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
                 callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
-    max_concurrent = min(cfg.search.max_concurrent or default_max_concurrent(cfg.search.num_samples, slots),
-                         cfg.search.num_samples)
+    max_concurrent = trials_at_once(cfg, slots)
+    targets = cfg.data.targets
     print(
-        f"searching {len(cfg.data.targets)} split(s) × {cfg.search.num_samples} trials, "
-        f"{max_concurrent} at a time (cpu {cfg.resources.cpu}, gpu {cfg.resources.gpu} per trial), "
-        f"{cfg.evaluations_per_run} evaluations per full trial, objective {cfg.eval.objective}"
+        f"searching {len(targets)} split(s) at once × {cfg.search.num_samples} trials on {slots} slot(s), "
+        f"each split at most {max_concurrent} at a time (cpu {cfg.resources.cpu}, gpu {cfg.resources.gpu} per "
+        f"trial), {cfg.evaluations_per_run} evaluations per full trial, objective {cfg.eval.objective}"
     )
+    with ray_environment({"TUNE_MAX_PENDING_TRIALS_PG": str(pending_per_split(len(targets), slots))}):
+        if len(targets) == 1:
+            return [run_split(cfg, targets[0], max_concurrent, resume, callbacks)]
+        return _run_in_processes(cfg, resume, max_concurrent, callbacks)
+
+
+def pending_per_split(splits: int, slots: int) -> int:
+    """Trials a split's Tuner keeps waiting for a slot (proposed, not yet running): its
+    share of the slots, ⌈slots ÷ splits⌉.
+
+    A waiting trial was proposed without the results that come in while it waits. Tune's
+    default with a concurrency limit is as many as the limit allows, i.e. a whole split
+    proposed at once; one is too few: a trial waits until its worker process is up
+    (seconds, minutes on a loaded machine), so the splits would fill the cluster one
+    worker at a time. A share each lets the splits together ask for every slot at once,
+    and keeps at most one slot's worth of trials proposed ahead over all splits.
+    """
+    return max(1, -(-slots // splits))
+
+
+def _run_in_processes(cfg: ExperimentConfig, resume: bool, max_concurrent: int,
+                      callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
+    targets = cfg.data.targets
+    # Opening the storage here creates its tables once: split drivers creating SQLite's
+    # schema at the same time fail all but one (tests/test_optuna_storage.py).
+    optuna_storage(cfg)
+    job = functools.partial(_split_driver, cfg.to_dict(), address=ray.get_runtime_context().gcs_address,
+                            state_root=storage.LOCAL_STATE_ROOT, max_concurrent=max_concurrent, resume=resume,
+                            callbacks=list(callbacks))
+    ends = run_in_processes({target: functools.partial(job, target=target) for target in targets})
     outcomes = []
-    for target in cfg.data.targets:
-        outcome = run_split(cfg, target, max_concurrent, resume, callbacks)
-        outcomes.append(outcome)
-        if not outcome.finished:
-            break  # interrupted: resume continues here
+    for target, end in ends.items():
+        if end.error is not None:
+            print(f"{target}: the split's driver stopped: {end.error}")
+        outcomes.append(end.value or SplitOutcome(target, False, 0, 0, 0, error=end.error))
     return outcomes
+
+
+def _split_driver(config: dict, *, target: str, address: str, state_root: Path, max_concurrent: int,
+                  resume: bool, callbacks: list[tune.Callback]) -> SplitOutcome:
+    """One split's search in a driver process of its own, on the top driver's Ray cluster."""
+    # Where this machine keeps the experiment's local state (the default Optuna database,
+    # the timeline): as the top driver has it, whoever set it.
+    storage.LOCAL_STATE_ROOT = state_root
+    cfg = config_from_dict(config, source=f"the search's config (split {target})")  # imports its plugins
+    connect(address, cfg.cluster.runtime_env)
+    return run_split(cfg, target, max_concurrent, resume, callbacks)

@@ -60,6 +60,7 @@ from search.analysis import (
     validator_ranking,
 )
 from search.plots import PLOTS_DIR, write_search_plots
+from search.slots import slots_section
 from search.storage import Location, experiment_location, location, readable_optuna_storage
 
 SCOPE_TEXT = {
@@ -475,6 +476,7 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     summary_text = summary_markdown(cfg, splits, missing, scope)
+    summary_text += "\n".join(["", *slots_section(exp_dir)])
     summary_text += "\n" + _plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits},
                                   {s.target: s.picks for s in splits})
 

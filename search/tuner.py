@@ -251,7 +251,8 @@ def run_config(cfg: ExperimentConfig, target: str, round_index: int = 1,
         # cluster, and for reused actors, it does not live in the storage folder otherwise.
         sync_config=tune.SyncConfig(sync_artifacts=True),
         failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-        verbose=1,
+        # Silent: the driver shows one progress line for every split (search.slots).
+        verbose=0,
     )
 
 
@@ -271,8 +272,12 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
             seed=split_seed(s.seed, target, round_index),
             multivariate=s.multivariate,
             group=s.multivariate,  # decomposes the conditional space (cluster_gamma)
+            # Per split (one study each), counted in finished trials: Optuna's TPE leaves
+            # random sampling once `startup_trials` are COMPLETE or PRUNED, not merely asked.
             n_startup_trials=s.startup_trials,
-            constant_liar=True,  # concurrent trials do not all propose the same point
+            # Trials still running count as bad points: trials proposed while others run
+            # (every split fills the cluster's slots) do not all propose the same point.
+            constant_liar=True,
         )
     searcher = OptunaStudySearcher(
         space=SearchSpace(s.space),

@@ -75,6 +75,7 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
     assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 0
     exp = tmp_path / "e2e"
     assert (exp / "config.yaml").exists() and (exp / "optuna.db").exists() and (exp / "summary.md").exists()
+    assert "## Slots" in (exp / "summary.md").read_text()  # the run's slot usage, over both splits
 
     table = pq.read_table(exp / "trials.parquet").to_pylist()
     assert len(table) == 8 and {r["target"] for r in table} == {"CK", "RAF"}
@@ -201,6 +202,45 @@ def test_fractional_gpus_pack_two_trials(synth_tiny, tmp_path, local_ray, monkey
     outcomes = run_search(cfg, callbacks=[running])
     assert outcomes[0].finished and outcomes[0].terminated == 4
     assert running.most == 2, "two half-GPU trials must run at once, and never more on one GPU"
+
+
+class MeetATrialOfAnotherSplit(tune.Callback):
+    """A rendezvous between splits: at each trial's start its split's driver waits (at most
+    `patience_s`) until a trial of another split has started, and records whether one did.
+
+    While the driver waits, its trial holds its slot (Tune releases it only once the driver
+    takes the trial's end), so another split's trial starting meanwhile ran at the same time.
+    Splits run in turn never meet: the wait ends in `alone`.
+    """
+
+    def __init__(self, folder: Path, patience_s: float) -> None:
+        self.folder, self.patience_s = folder, patience_s
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        split = str(trial).split("_", 1)[0]  # the Tuner names trials <target>_<trial id>
+        (self.folder / f"{split}.started").touch()
+        deadline = time.monotonic() + self.patience_s
+
+        def others() -> list[Path]:
+            return [p for p in self.folder.glob("*.started") if p.stem != split]
+
+        while not others() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (self.folder / f"{split}.{'met' if others() else 'alone'}").touch()
+
+
+def test_splits_run_at_once(synth_tiny, tmp_path, local_ray, capsys):
+    local_ray(num_cpus=2)
+    cfg = search_config(synth_tiny, tmp_path, "at-once", data={"targets": ["CK", "RAF"]},
+                        search={"num_samples": 1})
+    meetings = tmp_path / "meetings"
+    meetings.mkdir()
+    outcomes = run_search(cfg, callbacks=[MeetATrialOfAnotherSplit(meetings, patience_s=120.0)])
+    assert [(o.target, o.finished) for o in outcomes] == [("CK", True), ("RAF", True)]
+    assert sorted(p.name for p in meetings.glob("*.met")) == ["CK.met", "RAF.met"], "the splits never ran at once"
+    usage = json.loads((cfg.experiment_dir / "slots.json").read_text())[-1]
+    assert usage["slots"] == 2 and usage["trials"] == 2 and usage["peak"] == 2
+    assert "slot usage: 2 trial(s) on 2 slot(s)" in capsys.readouterr().out
 
 
 def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path, local_ray, capsys):

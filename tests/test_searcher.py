@@ -95,11 +95,14 @@ def test_each_split_samples_its_own_start_up_points(tmp_path, monkeypatch):
     assert first_point("CK", "c") != first_point("RAF", "c")
 
 
-def test_default_concurrency_is_the_square_root_of_the_trials_within_what_fits():
-    from search.driver import default_max_concurrent
+def test_default_concurrency_is_the_clusters_slots_capped_by_max_concurrent_and_trials():
+    from search.driver import trials_at_once
 
-    assert [default_max_concurrent(n, slots=64) for n in (1, 3, 4, 16, 100)] == [1, 1, 2, 4, 10]
-    assert default_max_concurrent(100, slots=3) == 3  # never more than the cluster fits
+    def at_once(slots, num_samples=16, cap=None):
+        return trials_at_once(config_from_dict({"search": {"num_samples": num_samples, "max_concurrent": cap}}), slots)
+
+    assert at_once(64) == 16 and at_once(8) == 8  # every split may fill the cluster, not more than its trials
+    assert at_once(64, cap=4) == 4 and at_once(3, cap=4) == 3
 
 
 def test_a_trial_retried_after_an_error_is_told_as_a_new_trial():

@@ -1,0 +1,208 @@
+"""A simulated many-GPU cluster kept busy: splits in turn with √n trials at once (before) against
+every split at once with trials from the cluster's slots (after). One markdown table.
+
+A local Ray cluster of several nodes declares logical GPUs (`ray.cluster_utils.Cluster`,
+its own raylets on loopback); trials ask for a fraction of one (default 0.25 GPU: four
+trials per GPU) and train on the CPU, since torch sees no GPU there (lacmfer/device.py).
+Each mode runs `python tune.py --address <cluster>` on the same config: the real
+trainable, tiny SynthFER trials, ASHA, one Optuna study per split. "before" is the search
+code of commit 79d421d (splits one after another, ⌊√num_samples⌋ trials at once), taken
+from git into a temporary folder; "after" is this checkout.
+
+Measured per mode and search seed, from Tune's own records (each trial's result.json,
+the same for both modes): slot occupancy (busy slot-seconds ÷ available slot-seconds
+between the first trial's start and the last trial's end; a trial is busy from its
+trainable's start to its last report, so worker start-up counts as idle; Tune's
+timestamps are whole seconds, so the peak can read a trial or two high), the search's wall time (first trial start to last trial end) and the command's,
+and the best objective per split (trials.parquet).
+
+    python bench/bench_cluster.py                       # 2 nodes × 4 GPUs = 32 slots, 6 splits × 16 trials, 3 seeds
+    python bench/bench_cluster.py --nodes 2 --gpus-per-node 1 --splits 3 --trials 8 --seeds 0   # a 2-core machine
+
+Trial processes are real: 32 slots need about 13 GiB of memory and, to show the wall-time
+gain, about as many cores; on fewer cores the trials run CPU-bound and both modes are
+limited by the cores, not by the scheduling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's lacmfer, not an installed one
+
+BEFORE_COMMIT = "79d421d"
+DOMAINS = ["CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff"]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=2, help="Ray nodes of the simulated cluster")
+    p.add_argument("--gpus-per-node", type=int, default=4, help="logical GPUs per node")
+    p.add_argument("--gpu-per-trial", type=float, default=0.25)
+    p.add_argument("--splits", type=int, default=6, choices=range(1, 7), metavar="1..6")
+    p.add_argument("--trials", type=int, default=16, help="trials per split")
+    p.add_argument("--steps", type=int, default=40, help="training steps of a full trial")
+    p.add_argument("--evaluations", type=int, default=4, help="evaluations of a full trial (ASHA's rungs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
+    p.add_argument("--modes", nargs="+", default=["before", "after"], choices=["before", "after"])
+    p.add_argument("--workdir", type=Path, help="keep data and experiments here (default: a temporary folder)")
+    args = p.parse_args()
+    if args.nodes < 1 or args.gpus_per_node < 1 or args.trials < 1 or args.steps < args.evaluations:
+        p.error("--nodes, --gpus-per-node, --trials must be ≥ 1 and --steps ≥ --evaluations")
+    return args
+
+
+def bench_config(args: argparse.Namespace, data: Path, seed: int) -> dict:
+    """Tiny trials (the tests' size) of the real search: ASHA cuts at every evaluation."""
+    interval = args.steps // args.evaluations
+    return {
+        "data": {"root": str(data), "synth": {"scale": "tiny", "seed": 0}, "targets": DOMAINS[:args.splits],
+                 "image_size": 48, "batch_size": 16, "eval_batch_size": 64, "num_workers": 0},
+        "model": {"width": 0.125, "global_blocks": [1, 1], "local_blocks": 1},
+        "schedule": {"steps": interval * args.evaluations, "lr_decay_steps": interval * args.evaluations},
+        "eval": {"interval": interval},
+        "search": {"num_samples": args.trials, "seed": seed, "startup_trials": max(2, args.trials // 4),
+                   "asha": {"grace_period": 1, "reduction_factor": 2}},
+        "resources": {"cpu": 1, "gpu": args.gpu_per_trial, "threads": 1},
+    }
+
+
+def before_tree(workdir: Path) -> Path:
+    """The search code of BEFORE_COMMIT, extracted from git (read-only for the repository)."""
+    tree = workdir / f"code-{BEFORE_COMMIT}"
+    if not tree.exists():
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_COMMIT], check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=BytesIO(archive)) as tar:
+            tar.extractall(tree, filter="data")
+    return tree
+
+
+def trial_spans(exp: Path) -> list[tuple[str, float, float]]:
+    """(split, start, end) of every trial: its trainable's start to its last report (result.json)."""
+    spans = []
+    for result in exp.glob("*/**/result.json"):  # <split>/<trial>/ and <split>/round-<k>/<trial>/
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            last = rows[-1]
+            split = result.relative_to(exp).parts[0]
+            spans.append((split, last["timestamp"] - last["time_total_s"], float(last["timestamp"])))
+    return spans
+
+
+def occupancy(spans: list[tuple[str, float, float]], slots: int) -> tuple[float, float, float, int]:
+    """(occupancy, mean trials at once, span seconds, peak trials at once)."""
+    first, last = min(s for _, s, _ in spans), max(e for _, _, e in spans)
+    busy = sum(e - s for _, s, e in spans)
+    edges = sorted([(s, 1) for _, s, _ in spans] + [(e, -1) for _, _, e in spans])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return busy / (slots * (last - first)), busy / (last - first), last - first, peak
+
+
+def best_per_split(exp: Path) -> dict[str, float]:
+    import pyarrow.parquet as pq
+
+    best: dict[str, float] = {}
+    for row in pq.read_table(exp / "trials.parquet").to_pylist():
+        value = row["objective_best"]
+        if row["status"] == "completed" and value is not None:
+            best[row["target"]] = max(best.get(row["target"], float("-inf")), value)
+    return best
+
+
+def run_mode(mode: str, code: Path, config: Path, address: str, results: Path, name: str) -> float:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(code)}
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, str(code / "tune.py"), "--config", str(config), "--address", address,
+                           "--results", str(results), "--name", name],
+                          cwd=code, env=env, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - began
+    (results / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        sys.exit(f"{mode}: tune.py exited {proc.returncode}; see {results / f'{name}.log'}")
+    return wall
+
+
+def main() -> int:
+    import yaml
+    from ray.cluster_utils import Cluster
+
+    args = parse_args()
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback cluster this process starts and stops
+    slots = int(args.nodes * args.gpus_per_node / args.gpu_per_trial + 1e-9)
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        workdir = (args.workdir or Path(tmp)).absolute()
+        data = workdir / "synthfer-tiny"  # generated by the first tune.py (data.synth)
+        codes = {"before": before_tree(workdir) if "before" in args.modes else None, "after": REPO}
+        per_node = int(args.gpus_per_node / args.gpu_per_trial + 1e-9)  # logical CPUs: one per slot
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per_node, "num_gpus": args.gpus_per_node})
+        for _ in range(args.nodes - 1):
+            cluster.add_node(num_cpus=per_node, num_gpus=args.gpus_per_node)
+        rows = []
+        try:
+            for seed in args.seeds:
+                config = workdir / f"bench-seed{seed}.yaml"
+                config.write_text(yaml.safe_dump(bench_config(args, data, seed)))
+                for mode in args.modes:
+                    name = f"{mode}-seed{seed}-{int(time.time())}"
+                    wall = run_mode(mode, codes[mode], config, cluster.address, workdir, name)
+                    exp = workdir / name
+                    occ, mean, span, peak = occupancy(trial_spans(exp), slots)
+                    rows.append({"mode": mode, "seed": seed, "occupancy": occ, "mean": mean, "peak": peak,
+                                 "search_s": span, "wall_s": wall, "best": best_per_split(exp)})
+                    print(f"{mode} seed {seed}: occupancy {occ:.2f}, {mean:.1f} at once (peak {peak}), "
+                          f"search {span:.0f} s, command {wall:.0f} s", flush=True)
+                    if (exp / "slots.json").exists():  # the driver's own record (after): worker start-up busy
+                        own = json.loads((exp / "slots.json").read_text())[-1]
+                        print(f"{mode} seed {seed}, the driver's slots.json: occupancy {own['occupancy']:.2f}, "
+                              f"{own['mean']:.1f} at once (peak {own['peak']}), {own['span_s']:.0f} s", flush=True)
+        finally:
+            cluster.shutdown()
+    print_table(args, slots, rows)
+    return 0
+
+
+def print_table(args: argparse.Namespace, slots: int, rows: list[dict]) -> None:
+    def mean(mode: str, key: str) -> float:
+        return statistics.mean(r[key] for r in rows if r["mode"] == mode)
+
+    print(f"\n{args.nodes} node(s) × {args.gpus_per_node} logical GPUs, {args.gpu_per_trial} GPU per trial = "
+          f"{slots} slots; {args.splits} splits × {args.trials} trials, {args.steps} steps "
+          f"({args.evaluations} evaluations); seeds {' '.join(map(str, args.seeds))}; {os.cpu_count()} cores\n")
+    print("| mode | occupancy | mean at once | peak | search wall (s) | command wall (s) |")
+    print("|---|---|---|---|---|---|")
+    for mode in args.modes:
+        print(f"| {mode} | {mean(mode, 'occupancy'):.2f} | {mean(mode, 'mean'):.1f} | "
+              f"{max(r['peak'] for r in rows if r['mode'] == mode)} | {mean(mode, 'search_s'):.0f} | "
+              f"{mean(mode, 'wall_s'):.0f} |")
+    if {"before", "after"} <= set(args.modes):
+        print(f"\nwall-time ratio before/after: search {mean('before', 'search_s') / mean('after', 'search_s'):.2f}×, "
+              f"command {mean('before', 'wall_s') / mean('after', 'wall_s'):.2f}×")
+    splits = DOMAINS[:args.splits]
+    print("\nbest objective per split (mean over seeds; per seed in brackets)\n")
+    print("| mode | " + " | ".join(splits) + " |")
+    print("|---|" + "---|" * len(splits))
+    for mode in args.modes:
+        cells = []
+        for split in splits:
+            values = [r["best"].get(split, float("nan")) for r in rows if r["mode"] == mode]
+            cells.append(f"{statistics.mean(values):.3f} [{', '.join(f'{v:.3f}' for v in values)}]")
+        print(f"| {mode} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
