@@ -41,8 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's lacmfer, not an installed one
 
+from lacmfer.names import BUILTIN_DOMAIN_NAMES as DOMAINS
+
 BEFORE_COMMIT = "79d421d"
-DOMAINS = ["CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff"]
 
 
 def parse_args() -> argparse.Namespace:
