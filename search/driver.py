@@ -270,12 +270,8 @@ def _run_in_processes(cfg: ExperimentConfig, resume: bool, max_concurrent: int,
                             state_root=storage.LOCAL_STATE_ROOT, max_concurrent=max_concurrent, resume=resume,
                             callbacks=list(callbacks))
     ends = run_in_processes({target: functools.partial(job, target=target) for target in targets})
-    outcomes = []
-    for target, end in ends.items():
-        if end.error is not None:
-            print(f"{target}: the split's driver stopped: {end.error}")
-        outcomes.append(end.value or SplitOutcome(target, False, 0, 0, 0, error=end.error))
-    return outcomes
+    # A split whose driver stopped carries why in its outcome; tune.py prints it once.
+    return [end.value or SplitOutcome(target, False, 0, 0, 0, error=end.error) for target, end in ends.items()]
 
 
 def _split_driver(config: dict, *, target: str, address: str, state_root: Path, max_concurrent: int,
