@@ -130,3 +130,15 @@ def test_bad_input_found_in_every_trial_is_one_line_and_exit_2(saved_experiment,
     err = capsys.readouterr().err
     assert err == ("error: trial values {'threshold': 1.4}: loss.threshold: Input should be less than or equal to 1 "
                    f"(got 1.4) (and 1 more trial(s) alike: error.txt under {results / 'exp'})\n")
+
+
+def test_a_split_whose_driver_stopped_says_why_once_and_exits_1(saved_experiment, monkeypatch, capsys):
+    """Mutation caught (tune.py, `main`): the `SPLIT STOPPED` loop deleted, or printed per
+    split instead of per stopped split (CK finished and must not be named)."""
+    path, results = saved_experiment
+    stopped = SplitOutcome("JAFFE", False, 0, 0, 0, error="its driver process ended with exit code 3")
+    _search_ends_with(monkeypatch, [SplitOutcome("CK", True, 4, 4, 0), stopped])
+    assert tune.main(["--config", str(path), "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("SPLIT STOPPED:") == 1
+    assert "SPLIT STOPPED: JAFFE: its driver process ended with exit code 3" in err
