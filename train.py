@@ -11,8 +11,8 @@ Runs go to Ray as tasks with the config's `resources` (as many at once as the cl
 holds; `--address`/RAY_ADDRESS joins a cluster), or one after another in this process
 with `--sequential`; both give the same numbers for the same seed. A run that raises is
 retried from its last evaluation (`--retries`). Every run writes
-`<experiment>/final/<target>/<method>/seed<k>/` (see `lacmfer.final_run`); the protocol
-table goes to `final/report.md` and `final/report.parquet` (see `lacmfer.final_report`).
+`<experiment>/final/<target>/<method>/seed<k>/` (see `lacmfer.run.final_run`); the protocol
+table goes to `final/report.md` and `final/report.parquet` (see `lacmfer.reports.final_report`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
 from lacmfer.errors import UserError, exit_on_user_error
-from lacmfer.final_report import write_report
-from lacmfer.final_run import FinalRun, failed_result, read_result, result_line, train_run
+from lacmfer.method.pretrained import ensure_pretrained
 from lacmfer.names import METHOD_NAMES, domain_names, is_oracle
-from lacmfer.pretrained import ensure_pretrained
+from lacmfer.reports.final_report import write_report
+from lacmfer.run.final_run import FinalRun, failed_result, read_result, result_line, train_run
 
 
 @dataclass

@@ -20,7 +20,7 @@ import yaml
 from lacmfer.config import ExperimentConfig, config_from_dict, load_config, parse_yaml
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.names import is_oracle
-from search.storage import Location, experiment_location, location
+from search.storage import CONFIG_FILE, ExperimentLocations, location
 
 if TYPE_CHECKING:
     from search.export import ExportSummary
@@ -71,10 +71,9 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
         raise UserError("--set/--cpus-per-trial/--gpus-per-trial: an existing experiment keeps its saved config; "
                         "start another with --name NEW to change it")
     if args.name and args.results:
-        exp_dir = location(args.results) / args.name
+        path = location(args.results) / args.name / CONFIG_FILE
     else:
-        exp_dir = experiment_location(load_config(args.config, cli_overrides(args)))
-    path = exp_dir / "config.yaml"
+        path = ExperimentLocations.of(load_config(args.config, cli_overrides(args))).config_file
     if not path.exists():
         raise UserError(f"{path}: no experiment here (check --name and --results)")
     cfg = config_from_dict(parse_yaml(path.read_text(), str(path)), source=str(path))
@@ -105,18 +104,18 @@ def dry_run(cfg: ExperimentConfig) -> None:
         print(f"  {line}")
     oracle = "   (ORACLE: selects on target test labels)" if is_oracle(cfg.eval.objective) else ""
     print(f"objective: {cfg.eval.objective} (maximised){oracle}")
-    print(f"results: {experiment_location(cfg)}")
+    print(f"results: {ExperimentLocations.of(cfg).folder}")
 
 
 def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSummary:
     from search.export import export_experiment
 
-    summary = export_experiment(str(experiment_location(cfg)), finished=finished or [])
+    summary = export_experiment(str(ExperimentLocations.of(cfg).folder), finished=finished or [])
     print(summary)
     return summary
 
 
-def user_error_of_every_trial(exp: Location, targets: list[str]) -> str | None:
+def user_error_of_every_trial(places: ExperimentLocations, targets: list[str]) -> str | None:
     """The bad input every trial of `targets` found in its Ray worker, or None if any trial ended otherwise.
 
     Tune keeps a trial's exception as the last line of its `error.txt`
@@ -126,11 +125,11 @@ def user_error_of_every_trial(exp: Location, targets: list[str]) -> str | None:
     from search.analysis import read_split
 
     prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
-    records = [r for target in targets for r in read_split(exp, target)]
+    records = [r for target in targets for r in read_split(places, target)]
     if not records or not all(r.status == "failed" and (r.error or "").startswith(prefix) for r in records):
         return None
     message = (records[0].error or "").removeprefix(prefix)
-    return message + (f" (and {len(records) - 1} more trial(s) alike: error.txt under {exp})" if len(records) > 1 else "")
+    return message + (f" (and {len(records) - 1} more trial(s) alike: error.txt under {places.folder})" if len(records) > 1 else "")
 
 
 @exit_on_user_error
@@ -151,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from lacmfer.data.loaders import cache_every_list
-    from lacmfer.pretrained import ensure_pretrained
+    from lacmfer.method.pretrained import ensure_pretrained
     from search.driver import run_search
     from trainables.ray_session import check_reachable
 
     if cfg.resources.device == "cuda" and cfg.resources.gpu == 0:
-        # A trial trains on the GPU Ray assigns it (lacmfer/device.py); with none reserved,
+        # A trial trains on the GPU Ray assigns it (lacmfer/run/device.py); with none reserved,
         # every trial would fail.
         raise UserError("resources.device: 'cuda' but resources.gpu is 0, so no trial reserves a GPU; "
                         "set resources.gpu (e.g. 0.25, or --gpus-per-trial) or resources.device: auto")
@@ -174,20 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     unfinished += [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.
     no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
-    exp = experiment_location(cfg)
+    places = ExperimentLocations.of(cfg)
+    exp = places.folder
     print(f"\nresults:     {exp}")
     print(f"tensorboard: tensorboard --logdir {exp}")
     print(f"final:       python train.py --experiment {exp} --seeds 0 1 2 --baseline source_only"
           + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
     if no_result and len(no_result) == len(summary.splits) and not unfinished:
         # Every trial raised the project's user error: one line and exit 2, as bad input found before Ray.
-        message = user_error_of_every_trial(exp, [split.target for split in no_result])
+        message = user_error_of_every_trial(places, [split.target for split in no_result])
         if message is not None:
             raise UserError(message)
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "
-              f"see {summary.summary} and each trial's error.txt under {exp / split.target}",
+              f"see {summary.summary} and each trial's error.txt under {places.split(split.target)}",
               file=sys.stderr)
     for outcome in outcomes:
         if outcome.error:

@@ -2,7 +2,7 @@
 
 For the embedded default (`configs/default.yaml`: width 0.25, 500 steps, an evaluation
 every 100) and the paper setting (`configs/cmfer_six.yaml`: width 1, 20,000 steps, every
-100), the run's real `save_state` (`lacmfer.run`, the one checkpoint format) writes the state of
+100), the run's real `save_state` (`lacmfer.run.lifecycle`, the one checkpoint format) writes the state of
 a real run (after one step, so the optimiser's momentum exists) once, and the run's real
 `checkpoint_due` counts the evaluations of a whole schedule that write one:
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from lacmfer.config import config_from_dict, load_config  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
-from lacmfer.run import Run  # noqa: E402
+from lacmfer.run.lifecycle import Run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

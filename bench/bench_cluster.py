@@ -3,7 +3,7 @@ every split at once with trials from the cluster's slots (after). One markdown t
 
 A local Ray cluster of several nodes declares logical GPUs (`ray.cluster_utils.Cluster`,
 its own raylets on loopback); trials ask for a fraction of one (default 0.25 GPU: four
-trials per GPU) and train on the CPU, since torch sees no GPU there (lacmfer/device.py).
+trials per GPU) and train on the CPU, since torch sees no GPU there (lacmfer/run/device.py).
 Each mode runs `python tune.py --address <cluster>` on the same config: the real
 trainable, tiny SynthFER trials, ASHA, one Optuna study per split. "before" is the search
 code of commit 79d421d (splits one after another, ⌊√num_samples⌋ trials at once), taken

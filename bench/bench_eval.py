@@ -14,7 +14,7 @@ source hold-out 4,817 (10 % of the pooled sources), batch 128 + 128, an evaluati
           (its cost averaged over them), every validator on (MixVal's probes are an extra
           `eval.mixval_probes` images, scaled like the subsets)
   now, without the evaluation validators
-          the same with `lacmfer.validators.evaluation_validators` (DEV, MixVal, ClassAMI,
+          the same with `lacmfer.method.validators.evaluation_validators` (DEV, MixVal, ClassAMI,
           im_st, entropy_st, ensemble) replaced by NaNs: what they add
 
     python bench/bench_eval.py [--width 0.25] [--size 64] [--batch 32] [--repeats 3]
@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lacmfer, not an installed one
 
-from lacmfer import trainer as trainer_module  # noqa: E402
 from lacmfer.config import config_from_dict  # noqa: E402
 from lacmfer.data.loaders import SampleSet, SplitData, domain_ids, load_split_data, open_caches  # noqa: E402
 from lacmfer.data.splits import Part  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
 from lacmfer.names import EVALUATION_VALIDATOR_NAMES  # noqa: E402
-from lacmfer.trainer import Trainer  # noqa: E402
+from lacmfer.run import trainer as trainer_module  # noqa: E402
+from lacmfer.run.trainer import Trainer  # noqa: E402
 
 PAPER_BATCH = 128
 PAPER_SIZES = {"target stream": 30_304, "target test": 3_488, "source hold-out": 4_817}

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))  # this checkout's lacmfer, not an installed one
 
 from lacmfer.config import config_from_dict  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
-from lacmfer.trainer import Trainer  # noqa: E402
+from lacmfer.run.trainer import Trainer  # noqa: E402
 
 PAPER = {"width": 1.0, "global_blocks": [6, 3], "local_blocks": 2, "size": 224, "batch": 128}
 TINY = {"width": 0.125, "global_blocks": [1, 1], "local_blocks": 1, "size": 48, "batch": 8}

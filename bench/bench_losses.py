@@ -2,7 +2,7 @@
 
 Times forward + backward of everything docs/METHOD.md §3 adds on top of the supervised loss, for
 both views g and l: sample-level + cluster-level alignment, the cross-view MCC and the
-multi-view pseudo-label loss. `lacmfer.losses` (with `inter_domain_alignment`, one
+multi-view pseudo-label loss. `lacmfer.method.losses` (with `inter_domain_alignment`, one
 distance matrix per view for both alignment terms, as the trainer calls it) is compared
 with the loop implementation of `tests/reference_losses.py` (per-sample loops reading
 values with `.item()`, one MMD call per class pair) on the same inputs, side by side in
@@ -31,7 +31,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lacmfer import losses  # noqa: E402
+from lacmfer.method import losses  # noqa: E402
 from tests import reference_losses  # noqa: E402
 
 NUM_CLASSES = 7

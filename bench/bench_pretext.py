@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lacmfer import pretext  # noqa: E402
 from lacmfer.config import load_config  # noqa: E402
+from lacmfer.method import pretext  # noqa: E402
 
 
 def cpu_seconds() -> float:

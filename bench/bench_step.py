@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from lacmfer.config import config_from_dict  # noqa: E402
 from lacmfer.data.synth import generate_synthfer  # noqa: E402
-from lacmfer.trainer import Trainer  # noqa: E402
+from lacmfer.run.trainer import Trainer  # noqa: E402
 
 CLOCKS = {
     # CPU time of this process: on a machine shared with other jobs it leaves out the time

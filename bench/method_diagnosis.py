@@ -37,8 +37,8 @@ from lacmfer.config import load_config
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.data.loaders import load_split_data
 from lacmfer.data.manifest import ensure_data
-from lacmfer.pretrained import ensure_pretrained
-from lacmfer.trainer import Trainer
+from lacmfer.method.pretrained import ensure_pretrained
+from lacmfer.run.trainer import Trainer
 
 SCRATCH = "configs/synthfer_scratch.yaml"  # the previous default: from scratch, batch 32, 64 px
 DEFAULT = "configs/default.yaml"  # the release-faithful regime

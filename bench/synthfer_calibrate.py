@@ -37,7 +37,7 @@ from lacmfer.config import load_config  # noqa: E402
 from lacmfer.data.domains import DOMAIN_NAMES  # noqa: E402
 from lacmfer.data.loaders import load_split_data  # noqa: E402
 from lacmfer.data.manifest import ensure_data  # noqa: E402
-from lacmfer.pretrained import ensure_pretrained  # noqa: E402
+from lacmfer.method.pretrained import ensure_pretrained  # noqa: E402
 
 KINDS = ("source_only", "ceiling")
 MIN_CEILING, MIN_SOURCE_ONLY, MIN_GAP = 60.0, 40.0, 10.0

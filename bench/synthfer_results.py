@@ -47,10 +47,11 @@ from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.data.loaders import SampleSet, SplitData, domain_ids, load_split_data, open_caches
 from lacmfer.data.manifest import ensure_data, load_domains
 from lacmfer.data.splits import Part, make_split, stratified_holdout
+from lacmfer.method.pretrained import ensure_pretrained
 from lacmfer.names import non_oracle_objectives
-from lacmfer.pretrained import ensure_pretrained
-from lacmfer.trainer import Trainer
+from lacmfer.run.trainer import Trainer
 from search.analysis import read_split, validator_ranking
+from search.storage import ExperimentLocations
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCHES = {
@@ -201,7 +202,7 @@ def search_trace(exp_dir: Path, target: str) -> dict | None:
     """Steps trained in all, and until the search's best objective value was first reached."""
     if not (exp_dir / "best" / f"{target}.yaml").exists():
         return None  # this search did not cover the split
-    records = read_split(exp_dir, target)
+    records = read_split(ExperimentLocations.read(exp_dir)[1], target)
     evaluations = []
     for record in records:
         previous = 0.0

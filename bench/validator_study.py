@@ -8,7 +8,7 @@ of every trial of one split's search (an experiment folder of `python tune.py`),
 evaluation of one final-training run (`<experiment>/final/<target>/<method>/seed<k>/`).
 For each validator and the pool-level `rank_average` rule: the weighted Spearman with the
 oracle target accuracy (Musgrave et al. 2022), the oracle gap of its pick (points, ≤ 0)
-and whether the pick falls in the pool's worst decile (`lacmfer.oracle_gap`), per split,
+and whether the pick falls in the pool's worst decile (`lacmfer.reports.oracle_gap`), per split,
 then the mean over split-searches. Positional experiments are the fresh pools that decide
 the default objective; `--seen` ones are reported and used only by the decision's
 "not worse on the seen pool" clause. A missing experiment is skipped with a note (the
@@ -28,8 +28,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lacmfer import names
-from lacmfer.oracle_gap import Pick
+from lacmfer.reports.oracle_gap import Pick
 from search.analysis import RANK_AVERAGE, TrialRecord, mean_oracle_gap, read_split, validator_picks, validator_ranking
+from search.storage import ExperimentLocations
 
 #: The default objective today, which the decision compares every candidate with.
 INCUMBENT = names.SOURCE_VALIDATOR
@@ -40,7 +41,8 @@ MARGIN = 1.0
 def split_pools(experiment: Path) -> dict[str, list[TrialRecord]]:
     """Every split of a search experiment → its trials (the split's checkpoint pool)."""
     targets = sorted(set(pq.read_table(experiment / "trials.parquet", columns=["target"]).column(0).to_pylist()))
-    return {f"{experiment.name}/{target}": read_split(experiment, target) for target in targets}
+    places = ExperimentLocations.read(experiment)[1]
+    return {f"{experiment.name}/{target}": read_split(places, target) for target in targets}
 
 
 def final_run_pools(experiment: Path) -> dict[str, list[TrialRecord]]:

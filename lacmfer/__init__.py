@@ -1,3 +1,16 @@
-"""LA-CMFER: cross-multidomain facial expression recognition (usable without Ray)."""
+"""LA-CMFER: cross-multidomain facial expression recognition (usable without Ray).
+
+Rooms, each importing only those listed before it:
+
+- the foundation (this folder): `errors`, `names` (the registries' names, importing
+  nothing of the project), `plugins`, `hparams` (defaults and search ranges side by
+  side) and `config` (the typed experiment file);
+- `data`: list files, SynthFER, the decoded-image cache, splits and loaders;
+- `method`: the network and its trunk weights, losses, adaptation methods, validators,
+  schedules;
+- `run`: the Trainer, the one run lifecycle (`run.lifecycle`), devices, TensorBoard,
+  final-training runs;
+- `reports`: what is computed from finished runs (the final report, oracle gaps).
+"""
 
 __version__ = "0.1.0"

@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from lacmfer import names
 from lacmfer.errors import UserError
+from lacmfer.files import write_text_atomic
 from lacmfer.hparams import HPARAMS
 from lacmfer.plugins import import_plugins
 
@@ -125,7 +126,7 @@ class DataConfig(_Section):
 
 
 class PretextConfig(_Section):
-    """Face-identification pretraining of the trunk on SynthFER people no domain shows (lacmfer/pretext.py)."""
+    """Face-identification pretraining of the trunk on SynthFER people no domain shows (lacmfer/method/pretext.py)."""
 
     identities: Annotated[int, Field(ge=2)] = 64
     images_per_identity: Annotated[int, Field(ge=1)] = 16
@@ -140,7 +141,7 @@ class ModelConfig(_Section):
     global_blocks: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (6, 3)
     local_blocks: Annotated[int, Field(ge=1)] = 2
     # imagenet: torchvision's ResNet-18 weights (width 1); synthfer_pretext: a trunk trained
-    # on first use (lacmfer/pretext.py); or a local torchvision-format ResNet-18 state dict.
+    # on first use (lacmfer/method/pretext.py); or a local torchvision-format ResNet-18 state dict.
     pretrained: Literal["imagenet", "synthfer_pretext"] | Path | None = None
     pretext: PretextConfig = Field(default_factory=PretextConfig)
     channels_last: bool = False
@@ -334,7 +335,7 @@ class SearchConfig(_Section):
 
 class ResourcesConfig(_Section):
     cpu: Annotated[float, Field(gt=0.0)] = 1.0
-    # GPUs per search trial: 0 (train on the CPU), a share of one GPU, or 1 (see lacmfer/device.py).
+    # GPUs per search trial: 0 (train on the CPU), a share of one GPU, or 1 (see lacmfer/run/device.py).
     gpu: Annotated[float, Field(ge=0.0)] = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -560,7 +561,4 @@ def config_text(cfg: ExperimentConfig, header: str | None = None) -> str:
 
 def save_config(cfg: ExperimentConfig, path: Path, header: str | None = None) -> None:
     """Write a complete, runnable config (atomically: a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_text(cfg, header), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, config_text(cfg, header))

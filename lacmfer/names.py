@@ -3,7 +3,7 @@
 The config schema, the search, the exports, TensorBoard and the command lines draw
 their lists from this module, so a name is spelled once. The lists that users extend
 (adaptation methods, target validators) are registries: `register_method` and
-`register_validator` (in `lacmfer.methods` and `lacmfer.validators`) add to them at run
+`register_validator` (in `lacmfer.method.methods` and `lacmfer.method.validators`) add to them at run
 time, and config validation reads them when it runs, not when it is imported.
 Domains are named here and described in the dataset table `lacmfer.data.domains.DOMAINS`
 (whose `register_domain` adds to `DOMAIN_NAMES`); a config defaults to the built-in ones,
@@ -28,16 +28,16 @@ BUILTIN_DOMAIN_NAMES: tuple[str, ...] = ("CK", "JAFFE", "Oulu", "RAF", "FER2013"
 #: Every known domain, the built-in ones first; `lacmfer.data.domains.register_domain` adds to it.
 DOMAIN_NAMES: list[str] = list(BUILTIN_DOMAIN_NAMES)
 
-#: Adaptation methods, by `loss.adaptation` name; `lacmfer.methods.METHODS` holds their classes.
+#: Adaptation methods, by `loss.adaptation` name; `lacmfer.method.methods.METHODS` holds their classes.
 METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline"]
 
 #: Label-free validators computed on the target stream's predictions (docs/METHOD.md §6);
-#: `lacmfer.validators.TARGET_VALIDATORS` holds their functions. Each is also an objective
+#: `lacmfer.method.validators.TARGET_VALIDATORS` holds their functions. Each is also an objective
 #: and a metric key of the same name.
 TARGET_VALIDATOR_NAMES: list[str] = ["entropy", "im", "bnm", "snd"]
 #: Label-free validators that need more of an evaluation than the target predictions
 #: (features, the source hold-out, forward passes on mixed target images; docs/METHOD.md §6):
-#: `lacmfer.validators.evaluation_validators` computes them. Each is also an objective.
+#: `lacmfer.method.validators.evaluation_validators` computes them. Each is also an objective.
 #: `dev`, `im_st` and `entropy_st` read the source hold-out, so they are NaN without one.
 EVALUATION_VALIDATOR_NAMES: tuple[str, ...] = ("dev", "mixval", "class_ami", "im_st", "entropy_st", "ensemble")
 #: The members of the `ensemble` validator (and of the export's rank-average rule), each a
@@ -57,7 +57,7 @@ OBJECTIVE_KEY = "objective"
 
 #: How a run ended, a search trial and a final-training run alike: it ran its schedule;
 #: it was stopped before the end (by ASHA, or an interrupted search; a trial only); it
-#: raised on every attempt; its loss or predictions turned NaN or inf (`lacmfer.run.diverged`).
+#: raised on every attempt; its loss or predictions turned NaN or inf (`lacmfer.run.lifecycle.diverged`).
 RUN_STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
 
 

@@ -29,8 +29,8 @@ import optuna
 from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
-from lacmfer.oracle_gap import Pick, pick, rank_average, scores_and_oracle
-from search.storage import Location, location
+from lacmfer.reports.oracle_gap import Pick, pick, rank_average, scores_and_oracle
+from search.storage import ExperimentLocations, Location, location
 
 STATUSES = names.RUN_STATUSES
 #: Statuses whose trials may be exported as the best config of a split.
@@ -223,33 +223,12 @@ def read_tune_experiment(path: Path | str | Location, target: str) -> list[Trial
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def round_dir(exp_dir: Path | Location, target: str, round_index: int) -> Path | Location:
-    """The Tune experiment folder of one round of a split's search.
-
-    Round 1 is the split's folder `<exp>/<target>`; a resumed search given a larger
-    `num_samples` runs its extra trials as round k ≥ 2 in `<exp>/<target>/round-<k>`
-    (same Optuna study, a Tune experiment of its own), so every trial of a split stays
-    under its folder. A Location (results in object storage) gives Locations.
-    """
-    split_dir = (exp_dir if isinstance(exp_dir, Location) else Path(exp_dir)) / target
-    return split_dir if round_index == 1 else split_dir / f"round-{round_index}"
-
-
-def round_dirs(exp_dir: Path | Location, target: str) -> list[Path | Location]:
-    """The Tune experiment folders of a split that exist, in round order."""
-    found, index = [], 1
-    while round_dir(exp_dir, target, index).is_dir():
-        found.append(round_dir(exp_dir, target, index))
-        index += 1
-    return found
-
-
-def read_split(exp_dir: Path | Location, target: str) -> list[TrialRecord]:
-    """Every trial of every round of one split (see `round_dir`), round by round."""
-    dirs = round_dirs(exp_dir, target)
-    if not dirs:
-        raise UserError(f"{round_dir(exp_dir, target, 1)}: no Tune experiment folder for split {target}")
-    return [record for path in dirs for record in read_tune_experiment(path, target)]
+def read_split(places: ExperimentLocations, target: str) -> list[TrialRecord]:
+    """Every trial of every round of one split (`ExperimentLocations.round`), round by round."""
+    rounds = places.rounds(target)
+    if not rounds:
+        raise UserError(f"{places.split(target)}: no Tune experiment folder for split {target}")
+    return [record for path in rounds for record in read_tune_experiment(path, target)]
 
 
 # ---------------------------------------------------------------- validator ranking
@@ -371,14 +350,14 @@ def validator_ranking(
 
 #: The export-time selection rule reported beside the validators: each checkpoint of a
 #: split ranked by the mean of its ranks under the ensemble's members
-#: (`lacmfer.oracle_gap.rank_average`), which needs the whole pool, so it is no objective.
+#: (`lacmfer.reports.oracle_gap.rank_average`), which needs the whole pool, so it is no objective.
 RANK_AVERAGE = "rank_average"
 
 
 def validator_picks(records: Iterable[TrialRecord], validators: Sequence[str] | None = None,
                     oracle: str = ORACLE_METRIC) -> dict[str, Pick | None]:
     """The checkpoint each validator (and `RANK_AVERAGE`) would select among ALL evaluations
-    of all given trials that have an oracle value, judged by the oracle (`lacmfer.oracle_gap`).
+    of all given trials that have an oracle value, judged by the oracle (`lacmfer.reports.oracle_gap`).
 
     The pool and its order are those of `evaluation_pairs`, so `Pick.index` points into
     its arrays. None for a validator with no finite value in the pool (or an empty pool).

@@ -36,7 +36,7 @@ RAY_ENVIRONMENT = {
 }
 
 #: What a trial imports: a node that cannot import these cannot run a trial.
-TRIAL_MODULES = ("lacmfer.trainer", "trainables.lacmfer_trainable")
+TRIAL_MODULES = ("lacmfer.run.trainer", "trainables.lacmfer_trainable")
 
 PREFLIGHT_TIMEOUT_S = 300.0  # a node that cannot start one worker in this time is as good as lost
 

@@ -18,13 +18,9 @@ liar tells it about the trials still running (`search.tuner.build_tuner`).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 import ray
@@ -33,13 +29,11 @@ from ray.tune import ExperimentAnalysis
 
 from lacmfer.config import ExperimentConfig, config_from_dict, config_text
 from lacmfer.errors import UserError
-from search import storage
-from search.analysis import round_dirs
 from search.cluster import concurrent_slots, connect, preflight, ray_environment
 from search.driver_processes import run_in_processes
-from search.slots import TIMELINE_FILE, TrialTimeline, mark_run, progress_display, record_usage
-from search.storage import Location, experiment_location, local_state_dir, optuna_storage, upload_study_copy
-from search.tuner import TUNE_TRIAL_ID, build_tuner, restore_tuner, study_name
+from search.slots import TrialTimeline, mark_run, progress_display, record_usage
+from search.storage import OPTUNA_DB, ExperimentLocations, Location
+from search.tuner import TUNE_TRIAL_ID, build_tuner, restore_tuner
 
 
 @dataclass(frozen=True)
@@ -62,52 +56,16 @@ def trials_at_once(cfg: ExperimentConfig, slots: int) -> int:
     return max(1, min(cfg.search.max_concurrent or slots, slots, cfg.search.num_samples))
 
 
-def timeline_path(cfg: ExperimentConfig) -> Path:
-    """The local file every driver of the search records its trials' starts and ends in."""
-    return local_state_dir(cfg) / TIMELINE_FILE
-
-
-@contextlib.contextmanager
-def experiment_lock(exp_dir: Path) -> Iterator[None]:
-    """Refuse a second driver on one experiment folder (an exclusive lock on `.lock` in it).
-
-    The kernel drops the lock when its process ends, however it ends, so a killed
-    driver never leaves the experiment locked. Filesystems without locks (some NFS)
-    are not guarded.
-    """
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    with open(exp_dir / ".lock", "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise UserError(f"{exp_dir}: another tune.py (pid {holder}) is running this experiment; "
-                            "wait for it to end (or stop it) before starting or resuming it") from None
-        except OSError:  # no locking on this filesystem
-            yield
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def refuse_mixing(cfg: ExperimentConfig, resume: bool) -> None:
+def refuse_mixing(places: ExperimentLocations, resume: bool) -> None:
     """Refuse to start a new search in a folder that already holds one."""
-    exp_dir = experiment_location(cfg)
-    if (exp_dir / "config.yaml").exists() and not resume:
+    if places.config_file.exists() and not resume:
         raise UserError(
-            f"{exp_dir} already holds an experiment: continue it with --resume --name {cfg.output.name}, "
+            f"{places.folder} already holds an experiment: continue it with --resume --name {places.name}, "
             "or start another with --name NEW"
         )
 
 
-def refuse_lost_studies(cfg: ExperimentConfig) -> None:
+def refuse_lost_studies(places: ExperimentLocations, targets: Sequence[str]) -> None:
     """Refuse to resume a split whose Tune trials ran but whose Optuna study the storage lacks.
 
     Resuming would start TPE from nothing, beside trials it never heard of: e.g. on another
@@ -116,33 +74,30 @@ def refuse_lost_studies(cfg: ExperimentConfig) -> None:
     Checked before anything is written, so the copy of the database beside the results
     is not replaced by an empty one.
     """
-    storage = optuna_storage(cfg)
-    known = set(optuna.study.get_all_study_names(storage))
-    exp = experiment_location(cfg)
-    for target in cfg.data.targets:
-        if study_name(cfg, target) in known:
+    known = set(optuna.study.get_all_study_names(places.optuna_storage()))
+    for target in targets:
+        if places.study_name(target) in known:
             continue
-        rounds = [path for path in round_dirs(exp, target) if tune.Tuner.can_restore(str(path))]
+        rounds = [path for path in places.rounds(target) if tune.Tuner.can_restore(str(path))]
         ran = len(_tune_trials(rounds))
         if not ran:  # killed before its first trial: nothing to lose
             continue
-        if cfg.search.storage is None and not exp.is_local:
-            where = (f"this machine's database {local_state_dir(cfg) / 'optuna.db'} does not hold it; "
-                     f"resume on the machine that ran the search (a copy of its database: {exp / 'optuna.db'})")
+        if places.storage is None and not places.folder.is_local:
+            where = (f"this machine's database {places.default_database} does not hold it; resume on the "
+                     f"machine that ran the search (a copy of its database: {places.folder / OPTUNA_DB})")
         else:
-            where = f"the storage ({cfg.search.storage or local_state_dir(cfg) / 'optuna.db'}) does not hold it"
+            where = f"the storage ({places.storage_description()}) does not hold it"
         raise UserError(f"--resume: split {target} ran {ran} trial(s) but its Optuna study "
-                        f"{study_name(cfg, target)} is lost: {where}")
+                        f"{places.study_name(target)} is lost: {where}")
 
 
-def save_resolved_config(cfg: ExperimentConfig) -> None:
+def save_resolved_config(cfg: ExperimentConfig, places: ExperimentLocations) -> None:
     """Write the resolved config the search runs with.
 
     On resume it is written again: it may have gained targets or trials
     (`tune.py --resume --targets ... --num-samples ...`), and the export reads it.
     """
-    saved = experiment_location(cfg) / "config.yaml"
-    saved.write_text(config_text(cfg, header="resolved config of this search (python tune.py)"))
+    places.config_file.write_text(config_text(cfg, header="resolved config of this search (python tune.py)"))
 
 
 def close_orphaned_trials(study: optuna.Study, continuing: set[str]) -> int:
@@ -167,9 +122,9 @@ def _tune_trials(rounds: Sequence[Location]) -> list[tune.experiment.Trial]:
     return [trial for path in rounds for trial in ExperimentAnalysis(str(path)).trials]
 
 
-def _close_orphans_of_split(cfg: ExperimentConfig, target: str, rounds: Sequence[Location]) -> None:
+def _close_orphans_of_split(places: ExperimentLocations, target: str, rounds: Sequence[Location]) -> None:
     try:
-        study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage(cfg))
+        study = optuna.load_study(study_name=places.study_name(target), storage=places.optuna_storage())
     except KeyError:  # killed before the study was created
         return
     continuing = {trial.trial_id for trial in _tune_trials(rounds) if trial.status != "TERMINATED"}
@@ -178,23 +133,23 @@ def _close_orphans_of_split(cfg: ExperimentConfig, target: str, rounds: Sequence
         print(f"{target}: closed {closed} Optuna trial(s) that a killed driver left running (told FAIL)")
 
 
-def run_split(cfg: ExperimentConfig, target: str, max_concurrent: int, resume: bool,
-              callbacks: Sequence[tune.Callback] = ()) -> SplitOutcome:
+def run_split(cfg: ExperimentConfig, places: ExperimentLocations, target: str, max_concurrent: int,
+              resume: bool, callbacks: Sequence[tune.Callback] = ()) -> SplitOutcome:
     """Run the split's search, or resume it: every round that exists is restored, then,
     when they all finished with fewer trials than `search.num_samples`, one new round runs
     the rest (the same Optuna study goes on; see `search.tuner.build_tuner`)."""
-    rounds = round_dirs(experiment_location(cfg), target) if resume else []
+    rounds = places.rounds(target) if resume else []
     for path in rounds:
         if not tune.Tuner.can_restore(str(path)):
             raise UserError(f"{path}: no Tune experiment state to resume from")
     if rounds:
-        _close_orphans_of_split(cfg, target, rounds)
+        _close_orphans_of_split(places, target, rounds)
     grids = [restore_tuner(cfg, target, path).fit() for path in rounds]
     trials = sum(len(grid) for grid in grids)
     ended = all(grid.num_terminated + grid.num_errors == len(grid) for grid in grids)
     if ended and trials < cfg.search.num_samples:
-        timeline = TrialTimeline(timeline_path(cfg), target)
-        tuner = build_tuner(cfg, target, max_concurrent, round_index=len(grids) + 1,
+        timeline = TrialTimeline(places.timeline, target)
+        tuner = build_tuner(cfg, places, target, max_concurrent, round_index=len(grids) + 1,
                             num_samples=cfg.search.num_samples - trials, callbacks=[timeline, *callbacks])
         grids.append(tuner.fit())
     size = sum(len(grid) for grid in grids)
@@ -211,27 +166,27 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
     `callbacks` are added to every new Tuner (tests observe the scheduling through them);
     with several splits they run in the splits' driver processes, so they must be picklable.
     """
-    # The lock is a local file: beside local results, in the driver's own folder otherwise.
-    with ray_environment(), experiment_lock(local_state_dir(cfg)):
-        refuse_mixing(cfg, resume)
+    places = ExperimentLocations.of(cfg)
+    with ray_environment(), places.lock():
+        refuse_mixing(places, resume)
         if resume:
-            refuse_lost_studies(cfg)
+            refuse_lost_studies(places, cfg.data.targets)
         connect(address, cfg.cluster.runtime_env)
         # Every check before the config is written: a node that cannot train or a trial
         # that fits nowhere leaves no experiment behind that the same command would refuse.
         preflight(cfg)
         slots = concurrent_slots(cfg)
-        save_resolved_config(cfg)
-        mark_run(timeline_path(cfg), slots, cfg.data.targets)
+        save_resolved_config(cfg, places)
+        mark_run(places.timeline, slots, cfg.data.targets)
         try:
-            with progress_display(timeline_path(cfg)):
-                return _run_splits(cfg, resume, slots, callbacks)
+            with progress_display(places.timeline):
+                return _run_splits(cfg, places, resume, slots, callbacks)
         finally:
-            print(f"slot usage: {record_usage(timeline_path(cfg), experiment_location(cfg)).text()}")
-            upload_study_copy(cfg)
+            print(f"slot usage: {record_usage(places.timeline, places.slots_record).text()}")
+            places.upload_study_copy()
 
 
-def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
+def _run_splits(cfg: ExperimentConfig, places: ExperimentLocations, resume: bool, slots: int,
                 callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
     max_concurrent = trials_at_once(cfg, slots)
     targets = cfg.data.targets
@@ -242,8 +197,8 @@ def _run_splits(cfg: ExperimentConfig, resume: bool, slots: int,
     )
     with ray_environment({"TUNE_MAX_PENDING_TRIALS_PG": str(pending_per_split(len(targets), slots))}):
         if len(targets) == 1:
-            return [run_split(cfg, targets[0], max_concurrent, resume, callbacks)]
-        return _run_in_processes(cfg, resume, max_concurrent, callbacks)
+            return [run_split(cfg, places, targets[0], max_concurrent, resume, callbacks)]
+        return _run_in_processes(cfg, places, resume, max_concurrent, callbacks)
 
 
 def pending_per_split(splits: int, slots: int) -> int:
@@ -260,26 +215,23 @@ def pending_per_split(splits: int, slots: int) -> int:
     return max(1, -(-slots // splits))
 
 
-def _run_in_processes(cfg: ExperimentConfig, resume: bool, max_concurrent: int,
+def _run_in_processes(cfg: ExperimentConfig, places: ExperimentLocations, resume: bool, max_concurrent: int,
                       callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
     targets = cfg.data.targets
     # Opening the storage here creates its tables once: split drivers creating SQLite's
     # schema at the same time fail all but one (tests/test_optuna_storage.py).
-    optuna_storage(cfg)
-    job = functools.partial(_split_driver, cfg.to_dict(), address=ray.get_runtime_context().gcs_address,
-                            state_root=storage.LOCAL_STATE_ROOT, max_concurrent=max_concurrent, resume=resume,
-                            callbacks=list(callbacks))
+    places.optuna_storage()
+    job = functools.partial(_split_driver, cfg.to_dict(), places=places, address=ray.get_runtime_context().gcs_address,
+                            max_concurrent=max_concurrent, resume=resume, callbacks=list(callbacks))
     ends = run_in_processes({target: functools.partial(job, target=target) for target in targets})
     # A split whose driver stopped carries why in its outcome; tune.py prints it once.
     return [end.value or SplitOutcome(target, False, 0, 0, 0, error=end.error) for target, end in ends.items()]
 
 
-def _split_driver(config: dict, *, target: str, address: str, state_root: Path, max_concurrent: int,
+def _split_driver(config: dict, *, target: str, places: ExperimentLocations, address: str, max_concurrent: int,
                   resume: bool, callbacks: list[tune.Callback]) -> SplitOutcome:
-    """One split's search in a driver process of its own, on the top driver's Ray cluster."""
-    # Where this machine keeps the experiment's local state (the default Optuna database,
-    # the timeline): as the top driver has it, whoever set it.
-    storage.LOCAL_STATE_ROOT = state_root
+    """One split's search in a driver process of its own, on the top driver's Ray cluster,
+    with the top driver's locations (whatever set them: its database, its timeline)."""
     cfg = config_from_dict(config, source=f"the search's config (split {target})")  # imports its plugins
     connect(address, cfg.cluster.runtime_env)
-    return run_split(cfg, target, max_concurrent, resume, callbacks)
+    return run_split(cfg, places, target, max_concurrent, resume, callbacks)

@@ -4,7 +4,7 @@
 
     config.yaml       the resolved base config (`load_config` reads it)
     <target>/         one Tune experiment folder per split (listed in data.targets), with
-                      round-<k>/ folders when a resume added trials (`analysis.round_dir`)
+                      round-<k>/ folders when a resume added trials (`ExperimentLocations.round`)
     optuna.db         Optuna storage, one study per split named `<output.name>/<target>`
 
 and writes, each file atomically (a local temp file + rename; one PUT in object
@@ -38,11 +38,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lacmfer.config import ExperimentConfig, ParamSpec, config_from_dict, config_text, parse_yaml
+from lacmfer.config import ExperimentConfig, ParamSpec, config_text
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS, to_config_values
 from lacmfer.names import ENSEMBLE_MEMBERS, ORACLE_OBJECTIVE
-from lacmfer.oracle_gap import DECILES, Pick
+from lacmfer.reports.oracle_gap import DECILES, Pick
 from search.analysis import (
     MIN_COMPLETE_FOR_IMPORTANCE,
     OBJECTIVE_KEY,
@@ -54,14 +54,13 @@ from search.analysis import (
     mean_oracle_gap,
     param_importances,
     read_split,
-    round_dirs,
     select_best,
     validator_picks,
     validator_ranking,
 )
 from search.plots import PLOTS_DIR, write_search_plots
 from search.slots import slots_section
-from search.storage import Location, experiment_location, location, readable_optuna_storage
+from search.storage import OPTUNA_DB, ExperimentLocations, Location
 
 SCOPE_TEXT = {
     "best": "best evaluation (the max of the objective over the trial's evaluations)",
@@ -243,7 +242,8 @@ def best_config(cfg: ExperimentConfig, record: TrialRecord) -> ExperimentConfig:
     return cfg.with_values(values, source=f"trial {record.trial_id} of split {record.target}")
 
 
-def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Location) -> str:
+def best_header(cfg: ExperimentConfig, places: ExperimentLocations, split: SplitExport, scope: str,
+                path: Location) -> str:
     """The YAML comment of an exported config: where it came from and what it means."""
     record, evaluation = split.best, split.best_evaluation
     assert record is not None and evaluation is not None
@@ -259,7 +259,7 @@ def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Loc
         f"scope: {scope} = {SCOPE_TEXT[scope]}",
         f"value: {evaluation[OBJECTIVE_KEY]:.6g} at evaluation {index} of {record.evaluations}"
         + (f" (step {int(step)})" if step is not None and math.isfinite(step) else ""),
-        f"trial: {record.trial_id} ({record.status}) in {experiment_location(cfg) / record.target}",
+        f"trial: {record.trial_id} ({record.status}) in {places.split(record.target)}",
         f"oracle target accuracy (target_acc, test labels) at that evaluation: "
         f"{_fmt(evaluation.get(ORACLE_METRIC, math.nan))}"
         + (" -- USED for selection (oracle objective)" if oracle else " -- reported only, not used for selection"),
@@ -271,11 +271,11 @@ def best_header(cfg: ExperimentConfig, split: SplitExport, scope: str, path: Loc
 # ---------------------------------------------------------------- importance
 
 
-def split_importances(exp_dir: Location, cfg: ExperimentConfig, target: str) -> tuple[dict[str, float], str | None]:
+def split_importances(places: ExperimentLocations, target: str) -> tuple[dict[str, float], str | None]:
     """(importances, note): the note says why there are none, or how many trials were used."""
-    db = cfg.search.storage or exp_dir / "optuna.db"
-    name = f"{cfg.output.name}/{target}"
-    with readable_optuna_storage(cfg, exp_dir) as storage:
+    db = places.storage or places.folder / OPTUNA_DB
+    name = places.study_name(target)
+    with places.readable_optuna_storage() as storage:
         if storage is None:
             return {}, f"not available: {db} not found"
         try:
@@ -416,22 +416,19 @@ def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: 
 # ---------------------------------------------------------------- the export
 
 
-def _plots(exp_dir: Location, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+def _plots(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
            rankings: dict[str, Sequence[tuple[str, float]]], picks: dict[str, dict[str, Pick | None]]) -> str:
-    """The search's pictures in `exp_dir/plots/` (`search.plots`); returns their summary.md section.
+    """The search's pictures in `<experiment>/plots/` (`search.plots`); returns their summary.md section.
 
-    In object storage they are drawn in a local folder, beside a copy of the default Optuna
-    database, and uploaded; the split's earlier pictures there are replaced.
+    In object storage they are drawn in a local folder and uploaded; the split's earlier
+    pictures there are replaced.
     """
-    if exp_dir.is_local:
-        return write_search_plots(exp_dir.local_path(), cfg, records, rankings, picks)
+    if places.folder.is_local:
+        return write_search_plots(places.folder.local_path(), cfg, places, records, rankings, picks)
     with tempfile.TemporaryDirectory(prefix="lacmfer-plots-") as staging:
         staging = Path(staging)
-        with readable_optuna_storage(cfg, exp_dir) as storage:
-            if isinstance(storage, str):  # the default SQLite database
-                shutil.copy(storage.removeprefix("sqlite:///"), staging / "optuna.db")
-        text = write_search_plots(staging, cfg, records, rankings, picks)
-        plots = exp_dir / PLOTS_DIR
+        text = write_search_plots(staging, cfg, places, records, rankings, picks)
+        plots = places.folder / PLOTS_DIR
         for old in plots.fs.get_file_info(pafs.FileSelector(plots.path, allow_not_found=True)):
             if old.base_name.startswith(tuple(f"{target}_" for target in records)):
                 plots.fs.delete_file(old.path)
@@ -440,7 +437,7 @@ def _plots(exp_dir: Location, cfg: ExperimentConfig, records: dict[str, list[Tri
     return text
 
 
-def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
                  scope: str = "best", missing: list[str] | None = None) -> ExportSummary:
     """Write best configs, trials.parquet and summary.md from the records of each split.
 
@@ -449,7 +446,7 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
     best config (a stale one from an earlier export is removed).
     """
     check_scope(scope)
-    exp_dir = exp_dir if isinstance(exp_dir, Location) else location(exp_dir)
+    exp_dir = places.folder
     everything = [r for rs in records.values() for r in rs]
     params = param_columns(cfg, everything)
     splits, configs, rows = [], {}, []
@@ -460,8 +457,8 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
         if split.best is not None:
             split.best_evaluation = split.best.selected(scope)
             split.best_config = exp_dir / "best" / f"{target}.yaml"
-            configs[target] = (best_config(cfg, split.best), best_header(cfg, split, scope, split.best_config))
-        split.importances, split.importance_note = split_importances(exp_dir, cfg, target)
+            configs[target] = (best_config(cfg, split.best), best_header(cfg, places, split, scope, split.best_config))
+        split.importances, split.importance_note = split_importances(places, target)
         split.ranking = validator_ranking(split_records, oracle=ORACLE_METRIC)
         split.ranking_points = sum(
             math.isfinite(report.get(ORACLE_METRIC, math.nan)) for r in split_records for report in r.history
@@ -476,8 +473,8 @@ def write_export(exp_dir: Path | str | Location, cfg: ExperimentConfig, records:
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     summary_text = summary_markdown(cfg, splits, missing, scope)
-    summary_text += "\n".join(["", *slots_section(exp_dir)])
-    summary_text += "\n" + _plots(exp_dir, cfg, records, {s.target: s.ranking for s in splits},
+    summary_text += "\n".join(["", *slots_section(places.slots_record)])
+    summary_text += "\n" + _plots(places, cfg, records, {s.target: s.ranking for s in splits},
                                   {s.target: s.picks for s in splits})
 
     for split in splits:
@@ -522,25 +519,20 @@ def export_experiment(exp_dir: Path | str, scope: str | None = None, finished: S
     In the `finished` splits (whose search will not be resumed), checkpoints of trials
     other than the exported best are removed unless `search.keep_checkpoints` is set.
     """
-    exp_dir = location(exp_dir)
-    if not exp_dir.is_dir():
-        raise UserError(f"{exp_dir}: no such experiment folder (run `python tune.py --name NAME` first)")
-    config_path = exp_dir / "config.yaml"
-    if not config_path.exists():
-        raise UserError(f"{config_path}: not found; {exp_dir} does not look like a search written by tune.py")
-    cfg = config_from_dict(parse_yaml(config_path.read_text(), str(config_path)), source=str(config_path))
+    cfg, places = ExperimentLocations.read(exp_dir)
+    exp_dir = places.folder
     scope = scope or cfg.search.scope
     check_scope(scope)
     present = [t for t in cfg.data.targets if (exp_dir / t).is_dir()]
     if not present:
         raise UserError(f"{exp_dir}: no split folder found (expected one of {', '.join(cfg.data.targets)})")
-    records = {t: read_split(exp_dir, t) for t in present}
+    records = {t: read_split(places, t) for t in present}
     missing = [t for t in cfg.data.targets if t not in present]
-    summary = write_export(exp_dir, cfg, records, scope, missing)
+    summary = write_export(places, cfg, records, scope, missing)
     if not cfg.search.keep_checkpoints and exp_dir.is_local:  # object storage: kept (README)
         for split in summary.splits:
             if split.target in finished:
-                for folder in round_dirs(exp_dir, split.target):
+                for folder in places.rounds(split.target):
                     removed, freed = remove_checkpoints(folder.local_path(), split.best and split.best.trial_id)
                     summary.removed_checkpoints += removed
                     summary.removed_bytes += freed

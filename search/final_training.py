@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from lacmfer.errors import UserError
-from lacmfer.final_run import FinalRun, failed_result, train_run
+from lacmfer.run.final_run import FinalRun, failed_result, train_run
 from trainables.final_training import final_task
 from trainables.ray_session import connect_ray
 

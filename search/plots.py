@@ -26,9 +26,9 @@ from typing import Any
 import optuna
 
 from lacmfer.config import ExperimentConfig
-from lacmfer.final_report import save_png
 from lacmfer.names import non_oracle_objectives
-from lacmfer.oracle_gap import Pick
+from lacmfer.reports.final_report import save_png
+from lacmfer.reports.oracle_gap import Pick
 from search.analysis import (
     OBJECTIVE_KEY,
     ORACLE_METRIC,
@@ -37,7 +37,7 @@ from search.analysis import (
     importance_evaluator,
     param_importances,
 )
-from search.storage import optuna_storage
+from search.storage import ExperimentLocations
 
 PLOTS_DIR = "plots"
 FIGURE_SIZE_IN, DPI = (8.0, 4.5), 100
@@ -67,18 +67,12 @@ def _save(fig: Any, path: Path) -> Path:
     return save_png(fig, path, DPI)
 
 
-def load_split_study(exp_dir: Path, cfg: ExperimentConfig, target: str) -> optuna.Study | None:
-    """The split's Optuna study (named `<output.name>/<target>` in `optuna.db`, or in the
-    configured `search.storage`), or None."""
-    if cfg.search.storage is not None:
-        storage = optuna_storage(cfg)
-    else:
-        db = Path(exp_dir) / "optuna.db"
-        if not db.exists():
-            return None
-        storage = f"sqlite:///{db}"
+def load_split_study(storage: str | optuna.storages.BaseStorage | None, name: str) -> optuna.Study | None:
+    """The study `name` in `storage` (`ExperimentLocations.readable_optuna_storage`), or None."""
+    if storage is None:
+        return None
     try:
-        return optuna.load_study(study_name=f"{cfg.output.name}/{target}", storage=storage)
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
 
@@ -172,16 +166,22 @@ def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str,
         return _save(fig, path)
 
 
-def write_search_plots(exp_dir: Path, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
-                       rankings: dict[str, Sequence[tuple[str, float]]],
+def write_search_plots(out_dir: Path, cfg: ExperimentConfig, places: ExperimentLocations,
+                       records: dict[str, list[TrialRecord]], rankings: dict[str, Sequence[tuple[str, float]]],
                        picks: Mapping[str, Mapping[str, Pick | None]] | None = None) -> str:
-    """Draw every split's pictures into `exp_dir/plots/`; returns the summary.md section linking them."""
-    exp_dir = Path(exp_dir)
-    objective = cfg.eval.objective
+    """Draw every split's pictures into `out_dir/plots/` (the experiment's folder, or a local
+    staging folder for object storage); returns the summary.md section linking them."""
+    with places.readable_optuna_storage() as storage:
+        studies = {target: load_split_study(storage, places.study_name(target)) for target in records}
+        return _draw(Path(out_dir) / PLOTS_DIR, cfg.eval.objective, studies, records, rankings, picks)
+
+
+def _draw(folder: Path, objective: str, studies: Mapping[str, optuna.Study | None],
+          records: dict[str, list[TrialRecord]], rankings: dict[str, Sequence[tuple[str, float]]],
+          picks: Mapping[str, Mapping[str, Pick | None]] | None) -> str:
     lines = ["## Plots", ""]
-    folder = exp_dir / PLOTS_DIR
     for target, split_records in records.items():
-        study = load_split_study(exp_dir, cfg, target)
+        study = studies[target]
         paths = {kind: folder / f"{target}_{kind}.png" for kind in PICTURES}
         drawn = {
             "history": plot_history(study, objective, paths["history"]) if study else None,

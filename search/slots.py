@@ -28,9 +28,6 @@ from ray import tune
 
 from search.storage import Location
 
-TIMELINE_FILE = "timeline.jsonl"
-SLOTS_FILE = "slots.json"
-
 
 def _append(path: Path, record: dict[str, Any]) -> None:
     # One short line per write, opened for appending: the lines of several driver
@@ -182,19 +179,18 @@ def progress_display(path: Path, every_s: float = 5.0) -> Iterator[None]:
         thread.join()
 
 
-def record_usage(timeline: Path, exp: Location) -> SlotUsage:
-    """The latest run's slot usage, appended to `slots.json` in `exp`."""
+def record_usage(timeline: Path, file: Location) -> SlotUsage:
+    """The latest run's slot usage, appended to the experiment's `slots.json` (`file`)."""
     run, events = read_run(timeline)
     usage = slot_usage(run, events, until=time.time())
-    file = exp / SLOTS_FILE
     runs = json.loads(file.read_text()) if file.exists() else []
     file.write_text(json.dumps([*runs, usage.as_dict()], indent=1))
     return usage
 
 
-def slots_section(exp: Location) -> list[str]:
-    """summary.md's table of the slot usage of every run of the search (none before it records any)."""
-    file = exp / SLOTS_FILE
+def slots_section(file: Location) -> list[str]:
+    """summary.md's table of the slot usage of every run of the search (none before it records any),
+    from the experiment's `slots.json` (`file`)."""
     if not file.exists():
         return []
     lines = ["## Slots", "",

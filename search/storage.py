@@ -7,7 +7,8 @@ files, e.g. AWS_ENDPOINT_URL for an S3-compatible server). Ray Tune is given the
 string and resolves it the same way, so Tune's files, our exports and the resolved config
 all end up in one place. `Location` is the little of pathlib the search needs, on top of
 a pyarrow filesystem; a local location behaves exactly like the local folder it names.
-Optuna's storage (config `search.storage`) is chosen here too (`optuna_storage`).
+`ExperimentLocations` resolves, once, every place of one experiment: its folder, this
+machine's state (lock, timeline), its rounds, and Optuna's storage (`search.storage`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from pathlib import Path
 import optuna
 import pyarrow.fs as pafs
 
-from lacmfer.config import ExperimentConfig, is_uri
+from lacmfer.config import ExperimentConfig, config_from_dict, is_uri, parse_yaml
 from lacmfer.errors import UserError
+from lacmfer.files import exclusive_lock, write_bytes_atomic
 
 #: Where a driver keeps what must stay on its own disk when the results are in object
 #: storage: the experiment lock and the default Optuna SQLite database.
@@ -88,20 +90,12 @@ class Location:
         Local: a temp file renamed into place. Object storage: one PUT is atomic already
         (and a rename would be a copy).
         """
-        parent = self.path.rstrip("/").rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if not self.is_local:
-            with self.fs.open_output_stream(self.path) as stream:
-                stream.write(data)
+        if self.is_local:
+            write_bytes_atomic(Path(self.path), data)
             return
-        tmp = f"{parent}/.{self.name}.tmp"
-        try:
-            with self.fs.open_output_stream(tmp) as stream:
-                stream.write(data)
-            self.fs.move(tmp, self.path)
-        finally:
-            if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-                self.fs.delete_file(tmp)
+        self.fs.create_dir(self.path.rstrip("/").rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(self.path) as stream:
+            stream.write(data)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
@@ -133,68 +127,152 @@ def location(where: str | Path) -> Location:
     return Location(fs, path, text.rstrip("/"))
 
 
-def experiment_location(cfg: ExperimentConfig) -> Location:
-    """Where the experiment `cfg.output.name` lives: `<results_dir>/<name>`."""
-    return location(cfg.output.results_dir) / cfg.output.name
+#: File names inside an experiment's folders (the layout is in search/export.py's docstring).
+CONFIG_FILE = "config.yaml"
+OPTUNA_DB = "optuna.db"
+TIMELINE_FILE = "timeline.jsonl"
+SLOTS_FILE = "slots.json"
+LOCK_FILE = ".lock"
 
 
-def local_state_dir(cfg: ExperimentConfig) -> Path:
-    """The driver's own folder for the experiment: the experiment folder itself when the
-    results are local, else a folder under LOCAL_STATE_ROOT named after the URI."""
-    if not is_uri(str(cfg.output.results_dir)):
-        return cfg.experiment_dir
-    uri = str(experiment_location(cfg))
-    return LOCAL_STATE_ROOT / f"{cfg.output.name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+@dataclass(frozen=True)
+class ExperimentLocations:
+    """Every place one experiment's files live, resolved once (`of`) and handed to the driver,
+    the Tuner, export, analysis and plots, so no other module builds a path of its own.
 
-
-# ---------------------------------------------------------------- Optuna's storage
-
-
-def optuna_storage(cfg: ExperimentConfig) -> optuna.storages.BaseStorage:
-    """The storage of the experiment's studies (config `search.storage`).
-
-    An RDB URL as given; a journal file for any other value (a path); by default SQLite
-    `optuna.db` in `local_state_dir(cfg)`: the experiment folder for local results. With
-    results in object storage that file is on the driver's disk (SQLite needs file locks)
-    and `upload_study_copy` puts a copy beside the results after each split.
+    folder        `<results_dir>/<name>`: the splits' Tune experiments, config.yaml, exports
+    local_state   this machine's folder for the experiment: the driver lock, the slot
+                  timeline and the default Optuna SQLite. The folder itself when the results
+                  are local; under LOCAL_STATE_ROOT, named after the URI, when they are in
+                  object storage (SQLite and flock need a local disk)
+    storage       `search.storage` as configured; None for the default SQLite
     """
-    storage = cfg.search.storage
-    if storage is None:
-        folder = local_state_dir(cfg)
-        folder.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(f"sqlite:///{folder / 'optuna.db'}")
-    if is_uri(storage):
-        return optuna.storages.RDBStorage(storage)
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
 
+    name: str
+    folder: Location
+    local_state: Path
+    storage: str | None
 
-def upload_study_copy(cfg: ExperimentConfig) -> None:
-    """Copy the driver's default SQLite database beside object-storage results (else nothing to do)."""
-    local = local_state_dir(cfg) / "optuna.db"
-    if cfg.search.storage is None and is_uri(str(cfg.output.results_dir)) and local.exists():
-        (experiment_location(cfg) / "optuna.db").upload(local)
+    @classmethod
+    def of(cls, cfg: ExperimentConfig, folder: str | Path | Location | None = None) -> ExperimentLocations:
+        """The locations of `cfg`'s experiment; `folder` where a finished one is read from
+        elsewhere (a copy, a download) instead of `<results_dir>/<name>`."""
+        if folder is None:
+            folder = location(cfg.output.results_dir) / cfg.output.name
+        elif not isinstance(folder, Location):
+            folder = location(folder)
+        if folder.is_local:
+            local_state = folder.local_path()
+        else:
+            local_state = LOCAL_STATE_ROOT / f"{cfg.output.name}-{hashlib.sha256(folder.uri.encode()).hexdigest()[:12]}"
+        return cls(cfg.output.name, folder, local_state, cfg.search.storage)
 
+    @classmethod
+    def read(cls, folder: str | Path | Location) -> tuple[ExperimentConfig, ExperimentLocations]:
+        """The saved config of the experiment written by tune.py in `folder`, and its locations there."""
+        folder = folder if isinstance(folder, Location) else location(folder)
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such experiment folder (run `python tune.py --name NAME` first)")
+        path = folder / CONFIG_FILE
+        if not path.exists():
+            raise UserError(f"{path}: not found; {folder} does not look like a search written by tune.py")
+        cfg = config_from_dict(parse_yaml(path.read_text(), str(path)), source=str(path))
+        return cfg, cls.of(cfg, folder)
 
-@contextlib.contextmanager
-def readable_optuna_storage(cfg: ExperimentConfig, exp: Location) -> Iterator[str | optuna.storages.BaseStorage | None]:
-    """The studies of the experiment at `exp`, for reading; None when there are none.
+    @property
+    def config_file(self) -> Location:
+        return self.folder / CONFIG_FILE
 
-    Default storage: `exp/optuna.db`, or for object storage the driver's own copy when
-    this machine ran the search (the newest), else the copy beside the results.
-    """
-    if cfg.search.storage is not None:
-        yield optuna_storage(cfg)
-        return
-    db = exp / "optuna.db"
-    own = local_state_dir(cfg) / "optuna.db" if not exp.is_local else None
-    if exp.is_local or (own is not None and own.exists()):
-        path = db.local_path() if own is None else own
-        yield f"sqlite:///{path}" if path.exists() else None
-        return
-    if not db.exists():
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="lacmfer-optuna-") as folder:
-        db.download(Path(folder) / "optuna.db")
-        yield f"sqlite:///{folder}/optuna.db"
+    @property
+    def timeline(self) -> Path:
+        """The file every split's driver records its trials' starts and ends in."""
+        return self.local_state / TIMELINE_FILE
+
+    @property
+    def slots_record(self) -> Location:
+        """The slot usage of every run of the search (search.slots)."""
+        return self.folder / SLOTS_FILE
+
+    def split(self, target: str) -> Location:
+        return self.folder / target
+
+    def round(self, target: str, index: int) -> Location:
+        """The Tune experiment folder of one round of a split's search.
+
+        Round 1 is the split's folder `<exp>/<target>`; a resumed search given a larger
+        `num_samples` runs its extra trials as round k ≥ 2 in `<exp>/<target>/round-<k>`
+        (same Optuna study, a Tune experiment of its own), so every trial of a split stays
+        under its folder.
+        """
+        return self.split(target) if index == 1 else self.split(target) / f"round-{index}"
+
+    def rounds(self, target: str) -> list[Location]:
+        """The rounds of a split that exist, in order."""
+        found: list[Location] = []
+        while self.round(target, len(found) + 1).is_dir():
+            found.append(self.round(target, len(found) + 1))
+        return found
+
+    def study_name(self, target: str) -> str:
+        """The split's Optuna study."""
+        return f"{self.name}/{target}"
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Refuse a second driver on this experiment (an exclusive lock in `local_state`;
+        a killed driver never leaves it locked)."""
+        def refuse(holder: str) -> None:
+            raise UserError(f"{self.local_state}: another tune.py (pid {holder}) is running this experiment; "
+                            "wait for it to end (or stop it) before starting or resuming it")
+
+        return exclusive_lock(self.local_state / LOCK_FILE, on_busy=refuse)
+
+    # ------------------------------------------------------------ Optuna's storage
+
+    @property
+    def default_database(self) -> Path:
+        return self.local_state / OPTUNA_DB
+
+    def storage_description(self) -> str:
+        """The studies' storage as a user configured it, for messages."""
+        return self.storage or str(self.default_database)
+
+    def optuna_storage(self) -> optuna.storages.BaseStorage:
+        """The storage of the experiment's studies (config `search.storage`).
+
+        An RDB URL as given; a journal file for any other value (a path); by default SQLite
+        `optuna.db` in `local_state`. With results in object storage that file is on the
+        driver's disk and `upload_study_copy` puts a copy beside the results after the search.
+        """
+        if self.storage is None:
+            self.local_state.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.RDBStorage(f"sqlite:///{self.default_database}")
+        if is_uri(self.storage):
+            return optuna.storages.RDBStorage(self.storage)
+        Path(self.storage).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.storage))
+
+    def upload_study_copy(self) -> None:
+        """Copy the driver's default SQLite database beside object-storage results (else nothing to do)."""
+        if self.storage is None and not self.folder.is_local and self.default_database.exists():
+            (self.folder / OPTUNA_DB).upload(self.default_database)
+
+    @contextlib.contextmanager
+    def readable_optuna_storage(self) -> Iterator[str | optuna.storages.BaseStorage | None]:
+        """The experiment's studies, for reading; None when there are none.
+
+        Default storage: `<folder>/optuna.db`, or for object storage this machine's own copy
+        when it ran the search (the newest), else the copy beside the results.
+        """
+        if self.storage is not None:
+            yield self.optuna_storage()
+            return
+        if self.folder.is_local or self.default_database.exists():
+            yield f"sqlite:///{self.default_database}" if self.default_database.exists() else None
+            return
+        copy = self.folder / OPTUNA_DB
+        if not copy.exists():
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="lacmfer-optuna-") as folder:
+            copy.download(Path(folder) / OPTUNA_DB)
+            yield f"sqlite:///{folder}/{OPTUNA_DB}"

@@ -1,7 +1,7 @@
 """The Tuner of one target split: Optuna TPE proposes, ASHA stops, fractional resources.
 
 Every trial reports the metric `objective` (higher is better for every validator, see
-`lacmfer.validators`), so the search always maximises it.
+`lacmfer.method.validators`), so the search always maximises it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from lacmfer.config import ExperimentConfig
-from search.analysis import round_dir
 from search.spaces import SearchSpace, default_point
-from search.storage import Location, experiment_location, optuna_storage
+from search.storage import ExperimentLocations, Location
 from trainables.lacmfer_trainable import lacmfer_trainable
 
 METRIC, MODE = "objective", "max"
@@ -220,24 +219,16 @@ def split_seed(seed: int, target: str, round_index: int = 1) -> int:
     return (seed * 1_000_003 + zlib.crc32(target.encode()) + round_index - 1) % 2**31
 
 
-def study_name(cfg: ExperimentConfig, target: str) -> str:
-    return f"{cfg.output.name}/{target}"
-
-
-def optuna_storage_url(exp_dir: Path) -> str:
-    return f"sqlite:///{exp_dir / 'optuna.db'}"
-
-
 def trainable_for(cfg: ExperimentConfig, target: str) -> Any:
     """The trainable with its config and resources bound (also what `Tuner.restore` needs)."""
     bound = tune.with_parameters(lacmfer_trainable, base_config=cfg.to_dict(), target=target)
     return tune.with_resources(bound, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
 
 
-def run_config(cfg: ExperimentConfig, target: str, round_index: int = 1,
+def run_config(cfg: ExperimentConfig, places: ExperimentLocations, target: str, round_index: int = 1,
                callbacks: Sequence[tune.Callback] = ()) -> tune.RunConfig:
-    """Where and how Tune stores a round of a split (`search.analysis.round_dir`)."""
-    path = round_dir(experiment_location(cfg), target, round_index)
+    """Where and how Tune stores a round of a split (`ExperimentLocations.round`)."""
+    path = places.round(target, round_index)
     return tune.RunConfig(
         name=path.name,
         # An absolute path (a relative one fails inside pyarrow) or a URI such as s3://...,
@@ -256,13 +247,14 @@ def run_config(cfg: ExperimentConfig, target: str, round_index: int = 1,
     )
 
 
-def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, round_index: int = 1,
+def build_tuner(cfg: ExperimentConfig, places: ExperimentLocations, target: str, max_concurrent: int, *,
+                round_index: int = 1,
                 num_samples: int | None = None, callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
     """A fresh Tuner for `num_samples` trials (default: search.num_samples) of `target`.
 
     Round 1 creates the split's Optuna study; a later round (a resumed search given a
     larger num_samples) continues the same study, so TPE learns from every earlier
-    trial, in a Tune experiment of its own (`search.analysis.round_dir`). ASHA's rungs
+    trial, in a Tune experiment of its own (`ExperimentLocations.round`). ASHA's rungs
     start empty in each round: a new round's trials are cut against each other.
     """
     s = cfg.search
@@ -285,8 +277,8 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
         mode=MODE,
         points_to_evaluate=[default_point(cfg)] if s.start_from_defaults and s.space and round_index == 1 else None,
         sampler=sampler,
-        study_name=study_name(cfg, target),
-        storage=optuna_storage(cfg),
+        study_name=places.study_name(target),
+        storage=places.optuna_storage(),
         scope=s.scope,
     )
     max_t = s.asha.max_t or cfg.evaluations_per_run
@@ -310,7 +302,7 @@ def build_tuner(cfg: ExperimentConfig, target: str, max_concurrent: int, *, roun
             trial_name_creator=lambda trial: f"{target}_{trial.trial_id}",
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
-        run_config=run_config(cfg, target, round_index, callbacks),
+        run_config=run_config(cfg, places, target, round_index, callbacks),
     )
 
 

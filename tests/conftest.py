@@ -27,8 +27,8 @@ def restore_registries():
     """Undo every registration a test makes (lists in place: other modules hold them)."""
     from lacmfer import hparams, names
     from lacmfer.data import domains
-    from lacmfer.methods import METHODS
-    from lacmfer.validators import TARGET_VALIDATORS
+    from lacmfer.method.methods import METHODS
+    from lacmfer.method.validators import TARGET_VALIDATORS
 
     lists = [names.METHOD_NAMES, names.TARGET_VALIDATOR_NAMES, names.DOMAIN_NAMES]
     saved = [list(items) for items in lists]

@@ -2,7 +2,7 @@
 
 A direct reading of docs/METHOD.md §3, written for clarity, not speed: per-sample Python loops that
 read values back with `.item()`, and one MMD call per class pair on explicitly selected
-rows. `tests/test_losses.py` checks `lacmfer.losses` against these, and
+rows. `tests/test_losses.py` checks `lacmfer.method.losses` against these, and
 `bench/bench_losses.py` times them as the baseline. Keep them simple and obviously right.
 """
 

@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from lacmfer.errors import UserError
-from lacmfer.oracle_gap import average_ranks, pick, rank_average
+from lacmfer.reports.oracle_gap import average_ranks, pick, rank_average
 from search.analysis import (
     MIN_COMPLETE_FOR_IMPORTANCE,
     RANK_AVERAGE,

@@ -56,8 +56,9 @@ def _arrow_files(folder: Path) -> list[Path]:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    """Anything in the cache folder but finished caches and the lock file."""
-    return sorted(p.name for p in folder.iterdir() if p.suffix != ".arrow" and p.name != ".build.lock")
+    """Anything in the cache folder but finished caches and the lock file (temporaries are hidden files)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if not (p.suffix == ".arrow" and not p.name.startswith(".")) and p.name != ".build.lock")
 
 
 # ---------------------------------------------------------------- round trip
@@ -284,7 +285,7 @@ def test_final_path_never_holds_a_partial_file(tmp_path: Path, monkeypatch: pyte
             assert time.monotonic() < deadline
             time.sleep(0.01)
         [tmp] = [cache_dir / p for p in _leftovers(cache_dir)]
-        assert tmp.name.endswith(".tmp")
+        assert tmp.name.startswith(".") and ".tmp" in tmp.suffixes
         while tmp.stat().st_size < 3 * SIZE * SIZE * 3:  # the temp file really is half written
             assert time.monotonic() < deadline
             time.sleep(0.01)

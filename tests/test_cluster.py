@@ -182,7 +182,7 @@ def test_preflight_names_the_node_and_what_fails(synth_tiny, tmp_path, local_ray
 
 
 def test_node_check_reports_a_missing_module(tmp_path, monkeypatch):
-    monkeypatch.setattr(cluster, "TRIAL_MODULES", ("lacmfer.trainer", "no_such_module_on_this_node"))
+    monkeypatch.setattr(cluster, "TRIAL_MODULES", ("lacmfer.run.trainer", "no_such_module_on_this_node"))
     assert cluster.node_problems([str(tmp_path)], str(tmp_path / "cache")) == [
         "cannot import no_such_module_on_this_node (ModuleNotFoundError: No module named 'no_such_module_on_this_node')"
     ]

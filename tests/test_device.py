@@ -1,7 +1,7 @@
 """Where a trial trains: the GPU Ray assigned (with its memory share) or the CPU.
 
 No GPU here: torch.cuda's availability and its memory-fraction call are replaced through
-monkeypatch, which is the seam `lacmfer.device` calls through; Ray's side is read from a
+monkeypatch, which is the seam `lacmfer.run.device` calls through; Ray's side is read from a
 real Ray worker that reserved a logical GPU.
 """
 
@@ -12,9 +12,9 @@ import ray
 import torch
 
 from lacmfer.data.loaders import load_split_data
-from lacmfer.device import Placement, claim, local_placement, scheduled_placement
 from lacmfer.errors import UserError
-from lacmfer.trainer import Trainer
+from lacmfer.run.device import Placement, claim, local_placement, scheduled_placement
+from lacmfer.run.trainer import Trainer
 from tests.conftest import tiny_config
 from trainables import lacmfer_trainable as trainable_module
 from trainables import ray_session
@@ -85,7 +85,7 @@ def test_device_choices_against_the_assignment(gpu_machine):
 def test_the_trainer_trains_where_its_placement_is_claimed(synth_tiny, monkeypatch):
     claimed = []
     # claim() is where the memory bound is set; here it records the call and hands out the CPU
-    monkeypatch.setattr("lacmfer.trainer.claim", lambda placement: claimed.append(placement) or torch.device("cpu"))
+    monkeypatch.setattr("lacmfer.run.trainer.claim", lambda placement: claimed.append(placement) or torch.device("cpu"))
     cfg = tiny_config(synth_tiny)
     placement = Placement(torch.device("cuda", 0), 0.25)
     trainer = Trainer(cfg, "CK", data=load_split_data(cfg, "CK", progress=False), placement=placement)

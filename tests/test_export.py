@@ -20,6 +20,7 @@ from lacmfer.config import ExperimentConfig, config_from_dict, load_config, save
 from lacmfer.errors import UserError
 from search.analysis import TrialRecord, read_tune_experiment
 from search.export import export_experiment, write_export
+from search.storage import ExperimentLocations
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -112,7 +113,7 @@ def test_best_config_is_complete_and_records_its_origin(experiment):
     cfg, exp_dir = experiment
     (exp_dir / "best").mkdir()
     (exp_dir / "best" / "JAFFE.yaml").write_text("stale: true\n", encoding="utf-8")
-    summary = write_export(exp_dir, cfg, {"CK": ck_records(), "JAFFE": jaffe_records()}, missing=["RAF"])
+    summary = write_export(ExperimentLocations.of(cfg, exp_dir), cfg, {"CK": ck_records(), "JAFFE": jaffe_records()}, missing=["RAF"])
 
     best = load_config(exp_dir / "best" / "CK.yaml")
     assert best.data.targets == ["CK"]
@@ -143,18 +144,18 @@ def test_best_config_is_complete_and_records_its_origin(experiment):
 
 def test_scope_last_selects_on_the_last_evaluation(experiment):
     cfg, exp_dir = experiment
-    summary = write_export(exp_dir, cfg, {"CK": ck_records()}, scope="last")
+    summary = write_export(ExperimentLocations.of(cfg, exp_dir), cfg, {"CK": ck_records()}, scope="last")
     assert summary.splits[0].best.trial_id == "ck_b"
     header = read_header(exp_dir / "best" / "CK.yaml")
     assert "scope: last = last evaluation" in header and "trial: ck_b (completed)" in header
     assert load_config(exp_dir / "best" / "CK.yaml").loss.hyper_align == 0.9
     with pytest.raises(UserError, match="scope"):
-        write_export(exp_dir, cfg, {"CK": ck_records()}, scope="median")
+        write_export(ExperimentLocations.of(cfg, exp_dir), cfg, {"CK": ck_records()}, scope="median")
 
 
 def test_trials_table_columns_rows_and_types(experiment):
     cfg, exp_dir = experiment
-    write_export(exp_dir, cfg, {"CK": ck_records(), "JAFFE": jaffe_records()})
+    write_export(ExperimentLocations.of(cfg, exp_dir), cfg, {"CK": ck_records(), "JAFFE": jaffe_records()})
     table = pq.read_table(exp_dir / "trials.parquet")
     assert table.column_names == COLUMNS
     types = {f.name: f.type for f in table.schema}
@@ -179,7 +180,7 @@ def test_trials_table_columns_rows_and_types(experiment):
 
 def test_summary_reports_counts_oracle_importance_and_ranking(experiment):
     cfg, exp_dir = experiment
-    write_export(exp_dir, cfg, {"CK": ck_records(), "JAFFE": jaffe_records()}, missing=["RAF"])
+    write_export(ExperimentLocations.of(cfg, exp_dir), cfg, {"CK": ck_records(), "JAFFE": jaffe_records()}, missing=["RAF"])
     text = (exp_dir / "summary.md").read_text(encoding="utf-8")
     ck, jaffe = text.split("## CK")[1].split("## JAFFE")
     assert "Trials: 5 — 2 completed, 1 stopped early, 1 failed, 1 diverged." in ck
@@ -213,7 +214,7 @@ def test_summary_reports_counts_oracle_importance_and_ranking(experiment):
 
 def test_oracle_objective_is_marked_everywhere(tmp_path):
     cfg = make_config(tmp_path, objective="oracle_target_acc")
-    summary = write_export(cfg.experiment_dir, cfg, {"CK": ck_records()})
+    summary = write_export(ExperimentLocations.of(cfg), cfg, {"CK": ck_records()})
     header = read_header(cfg.experiment_dir / "best" / "CK.yaml")
     assert header.splitlines()[0].startswith("!!! ORACLE SELECTION")
     assert "USED for selection" in header
@@ -228,7 +229,7 @@ def test_nothing_is_written_when_the_export_fails(experiment):
     bad = ck_records()
     bad[0].params["threshold"] = 7.0  # outside the schema's range: the best config cannot be built
     with pytest.raises(UserError, match="threshold"):
-        write_export(exp_dir, cfg, {"CK": bad})
+        write_export(ExperimentLocations.of(cfg, exp_dir), cfg, {"CK": bad})
     assert not (exp_dir / "best").exists()
     assert not (exp_dir / "trials.parquet").exists() and not (exp_dir / "summary.md").exists()
 

@@ -13,10 +13,10 @@ import torch
 from lacmfer import hparams
 from lacmfer.data import domains
 from lacmfer.data.loaders import load_split_data
-from lacmfer.methods import LACMFER, StepLosses, register_method
-from lacmfer.tb_logging import scalar_tag
-from lacmfer.trainer import Trainer
-from lacmfer.validators import register_validator
+from lacmfer.method.methods import LACMFER, StepLosses, register_method
+from lacmfer.method.validators import register_validator
+from lacmfer.run.tb_logging import scalar_tag
+from lacmfer.run.trainer import Trainer
 from search.analysis import TrialRecord, validator_ranking
 from search.spaces import SearchSpace, default_point
 from tests.conftest import tiny_config

@@ -1,4 +1,4 @@
-"""The final report's paired comparison of the method with each baseline (`lacmfer.final_report`).
+"""The final report's paired comparison of the method with each baseline (`lacmfer.reports.final_report`).
 
 Hand-worked case: target A, seeds 0–2, the method at 50/60/70 % and the baseline at
 48/57/69 % (selected = last), so the paired differences are +2, +3, +1 points: mean +2,
@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from lacmfer.final_report import mean_interval, paired_differences, report_markdown
+from lacmfer.reports.final_report import mean_interval, paired_differences, report_markdown
 
 
 def run(method: str, seed: int, acc: float, status: str = "completed", target: str = "A") -> dict:

@@ -29,8 +29,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lacmfer.config import load_config, save_config
 from lacmfer.errors import UserError
-from lacmfer.final_run import FinalRun, train_run
-from lacmfer.trainer import Trainer
+from lacmfer.run.final_run import FinalRun, train_run
+from lacmfer.run.trainer import Trainer
 from tests.conftest import REPO, tiny_config
 from train import main
 
@@ -71,7 +71,7 @@ def experiment(synth_tiny, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_importing_the_method_does_not_import_ray():
-    code = "import sys, train, lacmfer.final_run, lacmfer.final_report; print('ray' in sys.modules)"
+    code = "import sys, train, lacmfer.run.final_run, lacmfer.reports.final_report; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -175,7 +175,7 @@ def test_bar_chart_is_a_readable_png(experiment):
 
 _KILLED_AT_FOURTH_EVALUATION = textwrap.dedent("""
     import os, signal, sys
-    from lacmfer.trainer import Trainer
+    from lacmfer.run.trainer import Trainer
     from train import main
     evaluate, calls = Trainer.evaluate, []
     def evaluate_then_die(self):

@@ -2,7 +2,8 @@
 
 Layers: `tune.py`, `train.py` → `search` → `trainables` → `lacmfer`, never back, not even
 lazily inside a function; `lacmfer` never imports Ray; no cycle among the project's
-modules; no module imports another's underscore-private name.
+modules; no module imports another's underscore-private name. Inside `lacmfer`, the rooms
+stand in order (`ROOMS`): a room imports only the rooms before it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ FORBIDDEN = {
     "trainables": ("search", "tune", "train"),
     "search": ("tune", "train"),
 }
+
+
+#: lacmfer's rooms, lowest first; "" is the foundation (the modules directly in lacmfer/).
+ROOMS = ("", "data", "method", "run", "reports")
 
 
 def _module_name(path: Path) -> str:
@@ -108,9 +113,9 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_every_package_and_lazy_imports():
     """The checks below would pass vacuously on a parser that missed modules or function bodies."""
     edges, _, _ = import_graph()
-    assert {"lacmfer.run", "lacmfer.names", "search.tuner", "trainables.lacmfer_trainable", "train"} <= set(edges)
+    assert {"lacmfer.run.lifecycle", "lacmfer.names", "search.tuner", "trainables.lacmfer_trainable", "train"} <= set(edges)
     assert "search.final_training" in edges["train"]  # imported inside main(), for the Ray path only
-    assert "lacmfer.run" in edges["trainables.lacmfer_trainable"]
+    assert "lacmfer.run.lifecycle" in edges["trainables.lacmfer_trainable"]
 
 
 def test_layers_point_one_way():
@@ -136,3 +141,32 @@ def test_the_names_registry_stands_below_data_and_method():
 def test_cycle_finder_finds_a_lazy_cycle():
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
     assert cycles({"a": {"a"}}) == [["a"]] and cycles({"a": {"b"}, "b": set()}) == []
+
+
+def room_of(module: str) -> str:
+    """`lacmfer.method.losses` and `lacmfer.method` → "method"; `lacmfer.config` → "" (the foundation)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else ""
+
+
+def room_violations(edges: dict[str, set[str]]) -> list[str]:
+    """Each import by a lacmfer module of a module in a later room (its own room or an earlier one is fine)."""
+    found = []
+    for name, targets in edges.items():
+        if not name.startswith("lacmfer."):
+            continue
+        for target in targets:
+            if target.startswith("lacmfer.") and ROOMS.index(room_of(target)) > ROOMS.index(room_of(name)):
+                found.append(f"{name} imports {target}")
+    return sorted(found)
+
+
+def test_each_room_imports_only_the_rooms_before_it():
+    edges, _, _ = import_graph()
+    assert {room_of(name) for name in edges if name.startswith("lacmfer.")} == set(ROOMS)
+    assert room_violations(edges) == []
+
+
+def test_room_check_flags_an_import_from_a_later_room():
+    edges = {"lacmfer.method.losses": {"lacmfer.run.trainer"}, "lacmfer.config": {"lacmfer.names"}}
+    assert room_violations(edges) == ["lacmfer.method.losses imports lacmfer.run.trainer"]

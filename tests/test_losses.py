@@ -1,4 +1,4 @@
-"""lacmfer.losses against the loop reference of docs/METHOD.md §3, edge cases and gradient flow."""
+"""lacmfer.method.losses against the loop reference of docs/METHOD.md §3, edge cases and gradient flow."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from lacmfer import losses
+from lacmfer.method import losses
 from tests import reference_losses as ref
 
 C = 7

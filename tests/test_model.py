@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from lacmfer.errors import UserError
-from lacmfer.model import (
+from lacmfer.method.model import (
     CBAM,
     CBAMBlock,
     LACMFERNet,

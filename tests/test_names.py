@@ -12,8 +12,8 @@ from lacmfer import names
 from lacmfer.config import ExperimentConfig, config_from_dict
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
-from lacmfer.methods import METHODS
-from lacmfer.validators import TARGET_VALIDATORS
+from lacmfer.method.methods import METHODS
+from lacmfer.method.validators import TARGET_VALIDATORS
 from tests.conftest import REPO
 
 REGISTRIES = {

@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from lacmfer.config import config_from_dict
-from search.storage import optuna_storage
+from search.storage import ExperimentLocations
 
 WRITERS, TRIALS, EVALUATIONS = 3, 12, 4
 
@@ -30,7 +30,7 @@ def _config(results: Path, storage: str | None):
 def _search(results: str, storage: str | None, split: str, start: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True, constant_liar=True)
-    study = optuna.create_study(study_name=f"shared/{split}", storage=optuna_storage(_config(Path(results), storage)),
+    study = optuna.create_study(study_name=f"shared/{split}", storage=ExperimentLocations.of(_config(Path(results), storage)).optuna_storage(),
                                 sampler=sampler, direction="maximize", load_if_exists=True)
     start.wait(timeout=120)  # a writer that failed before it does not hang the others
     for i in range(TRIALS):
@@ -45,7 +45,7 @@ def _search(results: str, storage: str | None, split: str, start: Any) -> None:
 @pytest.mark.parametrize("storage", ["sqlite (default)", "journal"])
 def test_splits_writing_one_storage_at_once_lose_nothing(tmp_path, storage):
     path = None if storage.startswith("sqlite") else str(tmp_path / "optuna.journal")
-    optuna_storage(_config(tmp_path, path))  # its tables, as the top driver creates them
+    ExperimentLocations.of(_config(tmp_path, path)).optuna_storage()  # its tables, as the top driver creates them
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(WRITERS)
     writers = [context.Process(target=_search, args=(str(tmp_path), path, f"S{k}", start)) for k in range(WRITERS)]
@@ -55,7 +55,7 @@ def test_splits_writing_one_storage_at_once_lose_nothing(tmp_path, storage):
         writer.join(timeout=300)
     assert [w.exitcode for w in writers] == [0] * WRITERS, "a writer failed (see its traceback above)"
 
-    read = optuna_storage(_config(tmp_path, path))
+    read = ExperimentLocations.of(_config(tmp_path, path)).optuna_storage()
     assert sorted(optuna.study.get_all_study_names(read)) == [f"shared/S{k}" for k in range(WRITERS)]
     for k in range(WRITERS):
         trials = optuna.load_study(study_name=f"shared/S{k}", storage=read).trials

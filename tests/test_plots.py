@@ -15,6 +15,7 @@ from lacmfer.config import config_from_dict, save_config
 from search.analysis import TrialRecord
 from search.export import write_export
 from search.plots import DPI, FIGURE_SIZE_IN, PICTURES, write_search_plots
+from search.storage import ExperimentLocations
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = {"hyper_align": {"distribution": "loguniform", "low": 0.05, "high": 1.6},
@@ -55,7 +56,7 @@ def search(tmp_path):
 
 def test_each_picture_is_a_readable_png_of_the_fixed_size(search):
     cfg, exp, records = search
-    section = write_search_plots(exp, cfg, records, {"CK": [("source_val_acc", 0.9)]})
+    section = write_search_plots(exp, cfg, ExperimentLocations.of(cfg), records, {"CK": [("source_val_acc", 0.9)]})
     for kind, title in PICTURES.items():
         path = exp / "plots" / f"CK_{kind}.png"
         with Image.open(path) as image:
@@ -68,9 +69,9 @@ def test_each_picture_is_a_readable_png_of_the_fixed_size(search):
 
 def test_a_picture_that_can_no_longer_be_drawn_is_removed(search):
     cfg, exp, records = search
-    write_search_plots(exp, cfg, records, {})
+    write_search_plots(exp, cfg, ExperimentLocations.of(cfg), records, {})
     (exp / "optuna.db").unlink()
-    section = write_search_plots(exp, cfg, records, {})
+    section = write_search_plots(exp, cfg, ExperimentLocations.of(cfg), records, {})
     assert not (exp / "plots" / "CK_history.png").exists() and not (exp / "plots" / "CK_importance.png").exists()
     assert (exp / "plots" / "CK_curves.png").exists()
     assert "- objective per trial, best so far: not enough" in section
@@ -78,7 +79,7 @@ def test_a_picture_that_can_no_longer_be_drawn_is_removed(search):
 
 def test_summary_links_the_pictures_of_each_split(search):
     cfg, exp, records = search
-    write_export(exp, cfg, records)
+    write_export(ExperimentLocations.of(cfg), cfg, records)
     summary = (exp / "summary.md").read_text(encoding="utf-8")
     links = [line for line in summary.splitlines() if line.startswith("![CK: ")]
     assert len(links) == len(PICTURES)

@@ -27,8 +27,8 @@ import torch
 
 from lacmfer.data.domains import DomainInfo, register_domain
 from lacmfer.hparams import register_hparam
-from lacmfer.methods import SourceOnly, StepLosses, register_method
-from lacmfer.validators import register_validator
+from lacmfer.method.methods import SourceOnly, StepLosses, register_method
+from lacmfer.method.validators import register_validator
 
 
 @register_method("lab_method")
@@ -151,7 +151,7 @@ def test_an_entry_point_plugin_is_imported_before_validation(tmp_path, monkeypat
     calling `_load_entry_points`."""
     from lacmfer import plugins
 
-    (tmp_path / "lab_ep.py").write_text("from lacmfer.methods import SourceOnly, register_method\n"
+    (tmp_path / "lab_ep.py").write_text("from lacmfer.method.methods import SourceOnly, register_method\n"
                                         "register_method('lab_ep_method')(type('LabEp', (SourceOnly,), {}))\n")
     info = tmp_path / "lab_ep-1.0.dist-info"
     info.mkdir()

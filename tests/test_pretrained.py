@@ -9,13 +9,13 @@ import pytest
 import torch
 import torchvision
 
-from lacmfer import pretext
 from lacmfer.config import PretextConfig, config_from_dict
 from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.data.synth import STYLES, pretext_identity, subject
 from lacmfer.errors import UserError
-from lacmfer.model import LACMFERNet
-from lacmfer.pretrained import imagenet_weights_file, load_pretrained_trunk
+from lacmfer.method import pretext
+from lacmfer.method.model import LACMFERNet
+from lacmfer.method.pretrained import imagenet_weights_file, load_pretrained_trunk
 
 TINY_PRETEXT = {"identities": 3, "images_per_identity": 2, "steps": 2, "batch_size": 4}
 

@@ -1,4 +1,4 @@
-"""The run lifecycle (`lacmfer.run`) in this process: checkpoint cadence, exact resume, divergence.
+"""The run lifecycle (`lacmfer.run.lifecycle`) in this process: checkpoint cadence, exact resume, divergence.
 
 Ray's adapters of it are tested through real Ray workers in tests/test_trainable.py
 (search trials) and tests/test_final_training.py (final training).
@@ -13,7 +13,7 @@ import pytest
 
 from lacmfer.data.loaders import load_split_data
 from lacmfer.names import RUN_STATUSES
-from lacmfer.run import STATE_FILE, Run
+from lacmfer.run.lifecycle import STATE_FILE, Run
 from tests.conftest import tiny_config
 
 STEPS, INTERVAL = 6, 2  # three evaluations

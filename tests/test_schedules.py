@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lacmfer.schedules import (
+from lacmfer.method.schedules import (
     CLUSTER_RAMPS,
     InverseDecay,
     alignment_warmup,

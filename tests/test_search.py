@@ -21,10 +21,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lacmfer.config import config_from_dict, load_config, save_config
 from lacmfer.errors import UserError
-from lacmfer.trainer import Trainer
+from lacmfer.run.trainer import Trainer
 from search.analysis import read_result_json
 from search.driver import run_search
-from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, optuna_storage_url, study_name
+from search.storage import ExperimentLocations
+from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID
 from tests.conftest import REPO, tiny_config
 
 SPACE = {
@@ -87,7 +88,7 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
 
     for target in ("CK", "RAF"):
         # The paper's defaults are the first point of each study; ASHA-stopped trials are PRUNED.
-        study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(exp))
+        study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name(target), storage=f"sqlite:///{exp / 'optuna.db'}")
         assert study.trials[0].params["hyper_align"] == pytest.approx(0.4)
         states = {t.state for t in study.trials}
         assert len(study.trials) == 4 and states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
@@ -255,7 +256,7 @@ def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path,
     assert "NO RESULT: split CK: every trial failed or diverged (2 diverged)" in err
     assert not (cfg.experiment_dir / "best" / "CK.yaml").exists()
     # Optuna was told so: PRUNED and infeasible, with the NaN evaluation recorded.
-    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage_url(cfg.experiment_dir))
+    study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name("CK"), storage=f"sqlite:///{cfg.experiment_dir / 'optuna.db'}")
     table = pq.read_table(cfg.experiment_dir / "trials.parquet").to_pylist()
     assert_optuna_tells_what_tune_recorded(study, cfg.experiment_dir / "CK", table)
 
@@ -273,7 +274,6 @@ def test_two_node_cluster_shares_storage(synth_tiny, tmp_path, monkeypatch):
     from ray.cluster_utils import Cluster
 
     from search.export import export_experiment
-    from search.storage import optuna_storage
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
@@ -299,7 +299,7 @@ def test_two_node_cluster_shares_storage(synth_tiny, tmp_path, monkeypatch):
         assert list(trial.parent.glob("tb/events.out.tfevents.*")), f"{trial.parent} has no TensorBoard run"
     export_experiment(cfg.experiment_dir)
     assert not (cfg.experiment_dir / "optuna.db").exists()  # the journal, not the default SQLite
-    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage(cfg))
+    study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name("CK"), storage=ExperimentLocations.of(cfg).optuna_storage())
     table = pq.read_table(cfg.experiment_dir / "trials.parquet").to_pylist()
     assert_optuna_tells_what_tune_recorded(study, cfg.experiment_dir / "CK", table)
 
@@ -345,7 +345,7 @@ def test_resume_after_the_driver_is_killed_widens_the_search(synth_tiny, tmp_pat
     assert sorted(r["target"] for r in table) == ["CK"] * 4 + ["RAF"] * 4
     assert (exp / "CK" / "round-2").is_dir() and (exp / "best" / "RAF.yaml").exists()
     for target in ("CK", "RAF"):
-        study = optuna.load_study(study_name=study_name(cfg, target), storage=optuna_storage_url(exp))
+        study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name(target), storage=f"sqlite:///{exp / 'optuna.db'}")
         assert all(t.state.is_finished() for t in study.trials)  # none left RUNNING by the killed driver
         assert_optuna_tells_what_tune_recorded(study, exp / target, [r for r in table if r["target"] == target])
 
@@ -377,7 +377,7 @@ def test_a_trial_retried_on_resume_after_an_error_is_told_to_optuna(synth_tiny, 
     export_experiment(cfg.experiment_dir)
     table = pq.read_table(cfg.experiment_dir / "trials.parquet").to_pylist()
     assert {r["trial_id"]: r["status"] for r in table}[killed] == "completed"
-    study = optuna.load_study(study_name=study_name(cfg, "CK"), storage=optuna_storage_url(cfg.experiment_dir))
+    study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name("CK"), storage=f"sqlite:///{cfg.experiment_dir / 'optuna.db'}")
     assert len(study.trials) == 3  # the errored attempt (FAIL) and its retry
     assert_optuna_tells_what_tune_recorded(study, cfg.experiment_dir / "CK", table)
 
@@ -398,19 +398,18 @@ def test_closing_trials_a_killed_driver_left_running():
 
 
 def test_a_second_driver_on_one_experiment_is_refused(synth_tiny, tmp_path, capsys):
-    from search.driver import experiment_lock
     from tune import main
 
     cfg = search_config(synth_tiny, tmp_path, "busy")
     cfg.experiment_dir.mkdir(parents=True)
     save_config(cfg, cfg.experiment_dir / "config.yaml")
-    with experiment_lock(cfg.experiment_dir):  # the first driver
+    with ExperimentLocations.of(cfg).lock():  # the first driver
         with pytest.raises(SystemExit) as exit_:
             main(["--resume", "--name", "busy", "--results", str(tmp_path)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"another tune.py (pid {os.getpid()}) is running this experiment" in err and "Traceback" not in err
-    with experiment_lock(cfg.experiment_dir):  # free again once the first driver is gone
+    with ExperimentLocations.of(cfg).lock():  # free again once the first driver is gone
         pass
 
 

@@ -5,6 +5,7 @@ from optuna.samplers._tpe.sampler import _split_trials  # TPE's own good/bad spl
 
 from lacmfer.config import config_from_dict
 from search.spaces import SearchSpace
+from search.storage import ExperimentLocations
 from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, OptunaStudySearcher
 
 State = optuna.trial.TrialState
@@ -86,7 +87,7 @@ def test_each_split_samples_its_own_start_up_points(tmp_path, monkeypatch):
         cfg = config_from_dict({"search": {"start_from_defaults": False, "seed": 3},
                                 "output": {"results_dir": str(tmp_path), "name": name}})
         cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
-        searcher = build_tuner(cfg, target, max_concurrent=1)._local_tuner._tune_config.search_alg.searcher
+        searcher = build_tuner(cfg, ExperimentLocations.of(cfg), target, max_concurrent=1)._local_tuner._tune_config.search_alg.searcher
         return searcher.suggest("first")
 
     # Reproducible per split (a fresh study of the same split proposes the same point)...
@@ -154,7 +155,7 @@ def test_the_search_maximises_the_objective(tmp_path, monkeypatch):
     cfg = config_from_dict({"search": {"space": {"hyper_align": {"distribution": "uniform", "low": 0.1, "high": 1}},
                                        "use_default_space": False, "start_from_defaults": False},
                             "output": {"results_dir": str(tmp_path), "name": "mode"}})
-    tuner.build_tuner(cfg, "CK", max_concurrent=1)
+    tuner.build_tuner(cfg, ExperimentLocations.of(cfg), "CK", max_concurrent=1)
     tune_config = built["tune_config"]
     assert (tune_config.metric, tune_config.mode) == ("objective", "max")
     searcher = tune_config.search_alg.searcher

@@ -40,7 +40,7 @@ def test_results_uri_stays_a_uri_and_local_paths_stay_paths(tmp_path):
         cfg.experiment_dir  # noqa: B018 -- final training writes locally: refused clearly
     local = config_from_dict({"output": {"results_dir": str(tmp_path / "r"), "name": "x"}})
     assert local.experiment_dir == tmp_path / "r" / "x"
-    assert str(storage.experiment_location(local)) == str(tmp_path / "r" / "x")
+    assert str(storage.ExperimentLocations.of(local).folder) == str(tmp_path / "r" / "x")
 
 
 def test_location_reads_and_writes_both_kinds(s3, tmp_path):
@@ -84,7 +84,7 @@ def test_search_and_export_on_s3(synth_tiny, tmp_path, monkeypatch, ray_with_s3_
     best = load_config_text(exp / "best" / "CK.yaml")
     row = next(r for r in table if r["exported"])
     assert best.loss.hyper_align == pytest.approx(row["hyper_align"]) and best.data.targets == ["CK"]
-    study = optuna.load_study(study_name="on-s3/CK", storage=storage.optuna_storage(load_config_text(exp / "config.yaml")))
+    study = optuna.load_study(study_name="on-s3/CK", storage=storage.ExperimentLocations.of(load_config_text(exp / "config.yaml")).optuna_storage())
     assert len(study.trials) == 2
 
     # The export from the bucket alone: another machine, without the driver's own database.
@@ -133,5 +133,5 @@ def test_resume_on_s3_widens_the_search(synth_tiny, tmp_path, monkeypatch, capsy
     saved = load_config_text(exp / "config.yaml")
     assert saved.data.targets == ["CK", "RAF"] and saved.search.num_samples == 3
     for target in ("CK", "RAF"):  # the same study continued: Optuna holds every trial Tune ran
-        study = optuna.load_study(study_name=f"wide/{target}", storage=storage.optuna_storage(saved))
+        study = optuna.load_study(study_name=f"wide/{target}", storage=storage.ExperimentLocations.of(saved).optuna_storage())
         assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)

@@ -3,7 +3,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lacmfer.config import config_from_dict
-from lacmfer.tb_logging import BEST_OF, RunLogger, run_hparams, scalar_tag
+from lacmfer.run.tb_logging import BEST_OF, RunLogger, run_hparams, scalar_tag
 
 SPACE = {
     "cluster_ramp": {"distribution": "choice", "choices": ["sigmoid", "linear"]},

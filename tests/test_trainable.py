@@ -21,8 +21,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from lacmfer.errors import UserError
-from lacmfer.run import STATE_FILE
-from lacmfer.trainer import Trainer
+from lacmfer.run.lifecycle import STATE_FILE
+from lacmfer.run.trainer import Trainer
 from tests.conftest import tiny_config
 from trainables.lacmfer_trainable import lacmfer_trainable, trial_config
 

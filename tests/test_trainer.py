@@ -5,8 +5,8 @@ import torch
 
 from lacmfer.data.augment import network_input
 from lacmfer.data.loaders import load_split_data
-from lacmfer.trainer import Trainer
-from lacmfer.validators import accuracy
+from lacmfer.method.validators import accuracy
+from lacmfer.run.trainer import Trainer
 from tests.conftest import NO_AUGMENT, tiny_config
 
 
@@ -267,9 +267,9 @@ def test_model_switches_reach_the_network(synth_tiny, ck_data):
 
 
 def test_hardness_instruments_count_what_the_weights_hold(synth_tiny, ck_data):
-    from lacmfer.losses import sample_level_weights
-    from lacmfer.methods import hardness_diagnostics
-    from lacmfer.model import LACMFEROutput
+    from lacmfer.method.losses import sample_level_weights
+    from lacmfer.method.methods import hardness_diagnostics
+    from lacmfer.method.model import LACMFEROutput
 
     # Two confident source samples of class 0, equally hard (h = 1/3): w_s = (½, ½, 0), ESS 2;
     # the target's confident sample is of class 1, which no source label has: w_t = 0.

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lacmfer import names
 from lacmfer.config import config_from_dict
 from lacmfer.errors import UserError
-from lacmfer.validators import (
+from lacmfer.method.validators import (
     MIXVAL_LAMBDA,
     TARGET_VALIDATORS,
     EvaluationOutputs,

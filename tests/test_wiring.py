@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lacmfer import losses
-from lacmfer.methods import build_method
-from lacmfer.model import LACMFEROutput
-from lacmfer.schedules import inverse_decay_lr
-from lacmfer.trainer import Trainer
+from lacmfer.method import losses
+from lacmfer.method.methods import build_method
+from lacmfer.method.model import LACMFEROutput
+from lacmfer.method.schedules import inverse_decay_lr
+from lacmfer.run.trainer import Trainer
 from tests.conftest import tiny_config
 
 SCHEDULE = {"steps": 20, "lr": 0.05, "trunk_lr_mult": 0.25, "momentum": 0.7, "nesterov": True, "weight_decay": 3e-4,
@@ -29,7 +29,7 @@ def trainer(synth_tiny) -> Trainer:
 
 
 def test_the_optimiser_takes_momentum_weight_decay_and_the_trunk_rate_from_the_schedule(trainer):
-    """Mutations caught (lacmfer/trainer.py, the SGD constructor): `momentum=s.momentum` dropped
+    """Mutations caught (lacmfer/run/trainer.py, the SGD constructor): `momentum=s.momentum` dropped
     or given `s.weight_decay`; `weight_decay=s.weight_decay` dropped; `nesterov` dropped;
     `param_groups(s.lr, s.trunk_lr_mult)` without its second argument (the default 0.1)."""
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
@@ -41,7 +41,7 @@ def test_the_optimiser_takes_momentum_weight_decay_and_the_trunk_rate_from_the_s
 
 
 def test_the_learning_rate_follows_the_inverse_decay_at_every_step(trainer):
-    """Mutations caught (lacmfer/trainer.py): `self.scheduler.step()` deleted from `step()`;
+    """Mutations caught (lacmfer/run/trainer.py): `self.scheduler.step()` deleted from `step()`;
     the schedule's arguments in another order, e.g.
     `inverse_decay_scheduler(self.optimizer, s.lr_power, s.lr_gamma, s.lr_decay_steps)`."""
     for _ in range(3):
@@ -64,10 +64,10 @@ def _outputs(seed: int, n: int = 24, dim: int = 16, classes: int = 7) -> LACMFER
 
 
 def test_each_view_and_domain_feeds_its_own_term_with_its_own_threshold(synth_tiny):
-    """Every term of LA-CMFER's loss, recomputed from `lacmfer.losses` with the views,
+    """Every term of LA-CMFER's loss, recomputed from `lacmfer.method.losses` with the views,
     domains and thresholds docs/METHOD.md §3 gives them.
 
-    Mutations caught (lacmfer/methods.py): `lc.threshold` passed for `lc.ps_threshold` to
+    Mutations caught (lacmfer/method/methods.py): `lc.threshold` passed for `lc.ps_threshold` to
     the pseudo-label loss; `source.feat_l` in the global view's tuple (the views' features
     crossed); `target.feat_g, source.feat_g` (domains crossed); `source.logits_g` for
     `target.logits_g` in the MCC term; `hyper_intra` and `hyper_tgt` exchanged."""

@@ -1,1 +1,1 @@
-"""Thin Ray adapters of `lacmfer.run`: the Tune trial, the final-training task, and Ray session helpers."""
+"""Thin Ray adapters of `lacmfer.run.lifecycle`: the Tune trial, the final-training task, and Ray session helpers."""

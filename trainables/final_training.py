@@ -1,8 +1,8 @@
-"""The final-training Ray task: one `lacmfer.final_run.FinalRun` on the resources Ray gave it.
+"""The final-training Ray task: one `lacmfer.run.final_run.FinalRun` on the resources Ray gave it.
 
 `search.final_training.run_on_ray` sends `final_task` to Ray once per run. The task
 sets the run's torch threads and its device from what Ray assigned, then trains with
-`lacmfer.final_run.train_run`, which continues from the run's last evaluation when it
+`lacmfer.run.final_run.train_run`, which continues from the run's last evaluation when it
 finds one: Ray's retries (a crashed worker or an exception) resume a run instead of
 restarting it.
 """
@@ -13,8 +13,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from lacmfer.final_run import FinalRun, train_run
-from lacmfer.run import out_of_memory_as_error, with_threads
+from lacmfer.run.final_run import FinalRun, train_run
+from lacmfer.run.lifecycle import out_of_memory_as_error, with_threads
 from trainables.ray_session import ray_placement
 
 

@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: one trial is one `lacmfer.run.Run` on one split.
+"""The Ray Tune function trainable: one trial is one `lacmfer.run.lifecycle.Run` on one split.
 
 Used by the Tuner builder as
 
@@ -9,7 +9,7 @@ Used by the Tuner builder as
 
 A trial's `config` holds only the sampled search values, keyed by search-space names
 (`lacmfer.hparams.HPARAMS`); everything else comes from `base_config`. The run trains,
-logs, marks divergence and checkpoints (`lacmfer.run`); this adapter reports each of its
+logs, marks divergence and checkpoints (`lacmfer.run.lifecycle`); this adapter reports each of its
 evaluations with `tune.report`, with the run's checkpoint every `search.checkpoint_every`
 evaluations and at the last one, so a failed trial is retried and an interrupted
 experiment resumed from there (ASHA needs no checkpoint to stop a trial).
@@ -27,8 +27,8 @@ from ray import tune
 
 from lacmfer.config import ExperimentConfig, config_from_dict
 from lacmfer.hparams import to_config_values
-from lacmfer.run import Run, out_of_memory_as_error, with_threads
-from lacmfer.tb_logging import run_hparams
+from lacmfer.run.lifecycle import Run, out_of_memory_as_error, with_threads
+from lacmfer.run.tb_logging import run_hparams
 from trainables.ray_session import ray_placement
 
 

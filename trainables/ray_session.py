@@ -18,8 +18,8 @@ from typing import Any
 
 import ray
 
-from lacmfer.device import Placement, scheduled_placement
 from lacmfer.errors import UserError
+from lacmfer.run.device import Placement, scheduled_placement
 
 #: Where Ray 2.60 looks for a token, in this order (the C++ token loader).
 TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")

@@ -19,7 +19,8 @@ changed list are left in place (several configs may share one cache folder and s
 lists may share a name hint, so deleting by name would be unsafe); delete them by hand.
 
 Atomic build: the file is written to a unique temp file in the same folder, fsynced and
-renamed into place with `os.replace`, so the final path only ever holds a complete file.
+renamed into place (`lacmfer.files.atomic_path`), so the final path only ever holds a
+complete file.
 Builders on one node also take an advisory lock on `<cache_dir>/.build.lock` so that
 trials starting together decode once instead of once each; where locking is unavailable
 (some network filesystems) both build and the last rename wins with identical content.
@@ -35,9 +36,8 @@ import contextlib
 import hashlib
 import operator
 import os
-import secrets
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,11 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lacmfer.errors import UserError
-
-try:  # advisory locking is POSIX-only; elsewhere builders rely on the atomic rename alone
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from lacmfer.files import atomic_path, exclusive_lock
 
 # Bump whenever decode_image or the file layout changes: old caches then stop matching.
 CACHE_FORMAT_VERSION = 1
@@ -182,26 +178,12 @@ def _open_matching(path: Path, labels: np.ndarray, size: int) -> DecodedImages |
     return images
 
 
-@contextlib.contextmanager
-def build_lock(cache_dir: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on the cache folder, when the filesystem offers one."""
-    if fcntl is None:
-        yield
-        return
-    with open(cache_dir / ".build.lock", "a+b") as handle:
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"waiting for another process building a cache in {cache_dir}", file=sys.stderr)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # no locking here (e.g. some NFS): the atomic rename keeps us correct
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def build_lock(cache_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive advisory lock on the cache folder, waited for when another process builds."""
+    def wait(holder: str) -> None:
+        print(f"waiting for process {holder}, which is building a cache in {cache_dir}", file=sys.stderr)
+
+    return exclusive_lock(cache_dir / ".build.lock", on_busy=wait)
 
 
 def _decode_or_reason(path: Path, size: int) -> tuple[np.ndarray | None, str]:
@@ -244,46 +226,41 @@ def _write_cache(
         metadata={_META_VERSION: str(CACHE_FORMAT_VERSION), _META_SIZE: str(size)},
     )
     problems: list[str] = []
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    try:
-        with (
-            open(tmp, "wb") as sink,
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool,  # PIL decodes without the GIL
-            tqdm(total=len(paths), desc=f"caching {name} at {size}px", unit="img",
-                 disable=not progress, file=sys.stderr) as bar,
-        ):
-            writer = pa.ipc.new_file(sink, schema)
-            for start in range(0, len(paths), rows_per_batch):
-                stop = min(len(paths), start + rows_per_batch)
-                pixels = np.empty((stop - start, row_bytes), dtype=np.uint8)
-                decoded = pool.map(_decode_or_reason, paths[start:stop], [size] * (stop - start))
-                for row, (image, reason) in enumerate(decoded):
-                    bar.update()
-                    if image is None:
-                        i = start + row
-                        where = f"{list_file}:{line_numbers[i]}: " if list_file and line_numbers is not None else ""
-                        problems.append(f"{where}cannot read image '{paths[i]}': {reason}")
-                    else:
-                        pixels[row] = image.reshape(-1)
-                if problems:  # keep decoding to report every bad image, but write nothing more
-                    continue
-                column = pa.FixedSizeBinaryArray.from_buffers(
-                    pa.binary(row_bytes), stop - start, [None, pa.py_buffer(pixels)]
-                )
-                writer.write_batch(pa.record_batch([column, pa.array(labels[start:stop])], schema=schema))
-            if problems:
-                shown = problems[:max_errors]
-                more = [f"... and {len(problems) - len(shown)} more"] if len(problems) > len(shown) else []
-                source = f" from {list_file}" if list_file else ""
-                summary = f"cannot build the image cache '{name}': {len(problems)} unreadable image(s){source}"
-                raise UserError("\n".join([summary, *shown, *more]))
-            writer.close()
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(final) as tmp,
+        open(tmp, "wb") as sink,
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,  # PIL decodes without the GIL
+        tqdm(total=len(paths), desc=f"caching {name} at {size}px", unit="img",
+             disable=not progress, file=sys.stderr) as bar,
+    ):
+        writer = pa.ipc.new_file(sink, schema)
+        for start in range(0, len(paths), rows_per_batch):
+            stop = min(len(paths), start + rows_per_batch)
+            pixels = np.empty((stop - start, row_bytes), dtype=np.uint8)
+            decoded = pool.map(_decode_or_reason, paths[start:stop], [size] * (stop - start))
+            for row, (image, reason) in enumerate(decoded):
+                bar.update()
+                if image is None:
+                    i = start + row
+                    where = f"{list_file}:{line_numbers[i]}: " if list_file and line_numbers is not None else ""
+                    problems.append(f"{where}cannot read image '{paths[i]}': {reason}")
+                else:
+                    pixels[row] = image.reshape(-1)
+            if problems:  # keep decoding to report every bad image, but write nothing more
+                continue
+            column = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(row_bytes), stop - start, [None, pa.py_buffer(pixels)]
+            )
+            writer.write_batch(pa.record_batch([column, pa.array(labels[start:stop])], schema=schema))
+        if problems:
+            shown = problems[:max_errors]
+            more = [f"... and {len(problems) - len(shown)} more"] if len(problems) > len(shown) else []
+            source = f" from {list_file}" if list_file else ""
+            summary = f"cannot build the image cache '{name}': {len(problems)} unreadable image(s){source}"
+            raise UserError("\n".join([summary, *shown, *more]))
+        writer.close()
+        sink.flush()
+        os.fsync(sink.fileno())
     _fsync_dir(final.parent)
 
 

@@ -689,7 +689,7 @@ def _render(rng: np.random.Generator, domain: str, style: DomainStyle, idt: Iden
 
 # ----------------------------------------------------------------------------- pretext identities
 
-# Face-identification pretraining (lacmfer/pretext.py) needs people no domain shows, as
+# Face-identification pretraining (lacmfer/method/pretext.py) needs people no domain shows, as
 # MS-Celeb's celebrities are not in the FER sets. They come from their own seed stream
 # (domain number PRETEXT_STREAM, which no domain has), so they are disjoint from every
 # domain's subject pool and from the fresh identities of the wild sets. Their photos are

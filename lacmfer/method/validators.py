@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lacmfer.losses import multiview_agreement
+from lacmfer.method.losses import multiview_agreement
 from lacmfer.names import ENSEMBLE_MEMBERS, TARGET_VALIDATOR_NAMES, add_name
 
 #: Above this many samples SND runs on a fixed subsample (its cost is N×N).

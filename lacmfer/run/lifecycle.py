@@ -38,9 +38,10 @@ from tqdm import tqdm
 
 from lacmfer.config import ExperimentConfig
 from lacmfer.data.loaders import SplitData
-from lacmfer.device import Placement, out_of_memory_message
-from lacmfer.tb_logging import BEST_OF, RunLogger
-from lacmfer.trainer import Trainer
+from lacmfer.files import atomic_path
+from lacmfer.run.device import Placement, out_of_memory_message
+from lacmfer.run.tb_logging import BEST_OF, RunLogger
+from lacmfer.run.trainer import Trainer
 
 STATE_FILE = "run_state.pt"
 LAST_WEIGHTS = "checkpoint.pt"
@@ -78,9 +79,8 @@ def out_of_memory_as_error(placement: Placement) -> Iterator[None]:
 
 def _save_atomic(obj: Any, path: Path) -> None:
     """torch.save through a temporary file: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Evaluation:
 class Run:
     """One run of `cfg` on `target`, writing its TensorBoard events under `out/tb`.
 
-    `hyperparameters` are added to the HParams columns of `lacmfer.tb_logging.run_hparams`.
+    `hyperparameters` are added to the HParams columns of `lacmfer.run.tb_logging.run_hparams`.
     `checkpoint_every`: checkpoint at every that many evaluations and at the last one.
     `state_dir`: where the state is kept (rewritten at each checkpoint; the caller removes
     it once it has recorded the run's result); None hands each checkpoint over in a fresh

@@ -2,7 +2,7 @@
 
 Read top to bottom: build data, model, optimiser and schedules; `step()` draws a source
 and a target batch, runs the network and minimises the loss of the adaptation method
-(`lacmfer.methods`, docs/METHOD.md §3); `evaluate()` computes every validator of
+(`lacmfer.method.methods`, docs/METHOD.md §3); `evaluate()` computes every validator of
 docs/METHOD.md §6. Nothing in `step()` waits for the device: loss values are summed
 on the device and read only by `evaluate()`, so a GPU step is queued without a host sync.
 """
@@ -21,19 +21,19 @@ from torch import Tensor
 from lacmfer.config import ExperimentConfig
 from lacmfer.data.augment import BatchAugment, network_input
 from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, fixed_subset, load_split_data
-from lacmfer.device import Placement, claim, local_placement
-from lacmfer.methods import build_method
-from lacmfer.model import LACMFERNet, LACMFEROutput, mean_view_logits
-from lacmfer.names import OBJECTIVE_KEY, objective_metric
-from lacmfer.pretrained import load_pretrained_trunk
-from lacmfer.schedules import inverse_decay_scheduler
-from lacmfer.validators import (
+from lacmfer.method.methods import build_method
+from lacmfer.method.model import LACMFERNet, LACMFEROutput, mean_view_logits
+from lacmfer.method.pretrained import load_pretrained_trunk
+from lacmfer.method.schedules import inverse_decay_scheduler
+from lacmfer.method.validators import (
     TARGET_VALIDATORS,
     EvaluationOutputs,
     accuracy,
     evaluation_validators,
     pseudo_label_accuracy_and_coverage,
 )
+from lacmfer.names import OBJECTIVE_KEY, objective_metric
+from lacmfer.run.device import Placement, claim, local_placement
 
 HEADLINE_METRICS = ("objective", "target_acc", "source_val_acc", "loss_total", "step")
 _SOURCE_STREAM, _TARGET_STREAM = 0, 1
@@ -46,7 +46,7 @@ class Trainer:
     `Trainer(config, "RAF")` adapts from the other domains to RAF. `data` may be given to
     share decoded sets between trainers (tests, final training over seeds). `placement`
     is where to train (a search trial passes the GPU its scheduler assigned); by default
-    `resources.device` decides (`lacmfer.device.local_placement`).
+    `resources.device` decides (`lacmfer.run.device.local_placement`).
     """
 
     def __init__(self, config: ExperimentConfig, target: str, *, data: SplitData | None = None, progress: bool = False,
@@ -241,7 +241,7 @@ class Trainer:
           from one forward pass, on softmax of the mean logits (the inference prediction);
           `pl_acc` reads the stream's labels for reporting only.
         - `dev`, `mixval`, `class_ami`, `im_st`, `entropy_st`, `ensemble`
-          (`lacmfer.validators.evaluation_validators`): the same pass's features and the
+          (`lacmfer.method.validators.evaluation_validators`): the same pass's features and the
           source hold-out's; `mixval` adds a pass over `eval.mixval_probes` mixed images.
         - `source_val_acc`: the fixed subset of `eval.source_val_subset` images of the
           source hold-out.

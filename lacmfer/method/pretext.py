@@ -23,7 +23,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,8 @@ from lacmfer.config import ExperimentConfig, PretextConfig
 from lacmfer.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from lacmfer.data.cache import build_lock
 from lacmfer.data.synth import GENERATOR_VERSION, pretext_identity, render_pretext_sample
-from lacmfer.model import Trunk
+from lacmfer.files import atomic_path
+from lacmfer.method.model import Trunk
 
 # Bump when the pretext network, its training or the file layout changes.
 PRETEXT_FORMAT_VERSION = 1
@@ -166,10 +166,9 @@ def ensure_pretext_trunk(cfg: ExperimentConfig, progress: bool = True) -> Path:
     with build_lock(path.parent):
         if not path.exists():  # another process may have trained it while we waited
             trunk, accuracy = train_pretext_trunk(cfg.model.width, cfg.data.image_size, cfg.model.pretext, progress)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            torch.save({"trunk": trunk, "identification_acc": accuracy,
-                        "pretext": cfg.model.pretext.model_dump(mode="json")}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save({"trunk": trunk, "identification_acc": accuracy,
+                            "pretext": cfg.model.pretext.model_dump(mode="json")}, tmp)
             if progress:
                 print(f"pretext trunk: identification accuracy {accuracy:.3f} on held-out photos "
                       f"of {cfg.model.pretext.identities} people; saved to {path}")

@@ -8,7 +8,7 @@ field's summary number; the oracle gap is selected minus best (what selecting wi
 target labels cost). Means and standard deviations are over the runs that completed;
 diverged and failed runs are counted and named, never averaged. A second table gives
 every validator's oracle gap: what selecting each run's evaluation by it would have cost
-(`lacmfer.oracle_gap`), so the objective can be compared with the others. A third gives
+(`lacmfer.reports.oracle_gap`), so the objective can be compared with the others. A third gives
 the method against each baseline paired by (target, seed): both are trained on the same
 seeds and configs, so the paired difference and its t-interval are the comparison a
 paper can claim, where overlapping ± std columns say little.
@@ -26,8 +26,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lacmfer.files import atomic_path, write_text_atomic
 from lacmfer.names import ORACLE_METRIC, is_oracle, non_oracle_objectives
-from lacmfer.oracle_gap import Pick, pick
+from lacmfer.reports.oracle_gap import Pick, pick
 
 MEAN_ROW = "mean"
 #: The accuracies of a run, each a function of its metrics.json: name → (column title, oracle?)
@@ -274,11 +275,9 @@ def save_png(fig: Any, path: Path, dpi: int) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -318,11 +317,8 @@ def write_report(final_dir: Path, name: str, results: Sequence[dict[str, Any]], 
     final_dir.mkdir(parents=True, exist_ok=True)
     bar_chart(final_dir / BAR_CHART, results, targets, methods, objective)
     table = report_table(results, targets, methods, seeds, objective)
-    tmp = final_dir / f".{REPORT_PARQUET}.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(final_dir / REPORT_PARQUET)
+    with atomic_path(final_dir / REPORT_PARQUET) as tmp:
+        pq.write_table(table, tmp)
     path = final_dir / REPORT_MD
-    tmp = final_dir / f".{REPORT_MD}.tmp"
-    tmp.write_text(report_markdown(name, results, targets, methods, seeds, objective), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, report_markdown(name, results, targets, methods, seeds, objective))
     return path

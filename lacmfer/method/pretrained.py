@@ -3,7 +3,7 @@
 - `imagenet`: torchvision's ResNet-18 ImageNet weights through its weights API, as the
   released code starts; downloaded once into the torch cache (`$TORCH_HOME/hub/checkpoints`);
   without internet the file must be placed there by hand, and the error says which.
-- `synthfer_pretext`: the face-identification trunk of `lacmfer.pretext`, trained on
+- `synthfer_pretext`: the face-identification trunk of `lacmfer.method.pretext`, trained on
   first use for the configured width and cached.
 - a path: a local torchvision-format ResNet-18 state dict.
 
@@ -23,7 +23,7 @@ from torchvision.models import ResNet18_Weights
 
 from lacmfer.config import ExperimentConfig
 from lacmfer.errors import UserError
-from lacmfer.model import LACMFERNet, load_trunk_state, load_trunk_weights
+from lacmfer.method.model import LACMFERNet, load_trunk_state, load_trunk_weights
 
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 
@@ -61,7 +61,7 @@ def ensure_pretrained(cfg: ExperimentConfig, progress: bool = True) -> None:
         if not imagenet_weights_file().exists():
             imagenet_state_dict(progress)
     elif choice == "synthfer_pretext":
-        from lacmfer.pretext import ensure_pretext_trunk  # renders and trains only for SynthFER
+        from lacmfer.method.pretext import ensure_pretext_trunk  # renders and trains only for SynthFER
 
         ensure_pretext_trunk(cfg, progress)
     elif choice is not None:
@@ -79,7 +79,7 @@ def load_pretrained_trunk(model: LACMFERNet, cfg: ExperimentConfig, progress: bo
         load_trunk_state(model, imagenet_state_dict(progress), f"model.pretrained: imagenet ({imagenet_weights_file()})",
                          resnet18=True)
     elif choice == "synthfer_pretext":
-        from lacmfer.pretext import ensure_pretext_trunk, read_pretext_trunk
+        from lacmfer.method.pretext import ensure_pretext_trunk, read_pretext_trunk
 
         path = ensure_pretext_trunk(cfg, progress)
         load_trunk_state(model, read_pretext_trunk(path), str(path))

@@ -4,7 +4,7 @@ A run writes into its folder (`<results>/<experiment>/final/<target>/<method>/se
 
     config.yaml              the config it trains, complete and runnable
     tb/                      TensorBoard scalars and hyperparameters
-    run_state.pt             the run's state at the last evaluation (`lacmfer.run`; while
+    run_state.pt             the run's state at the last evaluation (`lacmfer.run.lifecycle`; while
                              running, removed when the run ends)
     checkpoint_selected.pt   the weights at the evaluation the objective selects
     checkpoint.pt            the weights at the last step (not for a diverged run)
@@ -27,10 +27,10 @@ from typing import Any
 
 from lacmfer.config import ExperimentConfig, save_config
 from lacmfer.data.loaders import SplitData
-from lacmfer.device import Placement
 from lacmfer.names import is_oracle
-from lacmfer.run import LAST_WEIGHTS, SELECTED_WEIGHTS, STATE_FILE, Run
-from lacmfer.tb_logging import run_hparams
+from lacmfer.run.device import Placement
+from lacmfer.run.lifecycle import LAST_WEIGHTS, SELECTED_WEIGHTS, STATE_FILE, Run
+from lacmfer.run.tb_logging import run_hparams
 
 METRICS_FILE = "metrics.json"
 
@@ -69,7 +69,7 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
 
     Returns what `metrics.json` holds. The selected evaluation's weights are saved when it
     is reached, so they are there however the run ends. `placement`: where to train
-    (default: `resources.device`, see `lacmfer.device`).
+    (default: `resources.device`, see `lacmfer.run.device`).
     """
     cfg, out = run.config, run.run_dir
     # The report reads target_acc at the selected evaluation: the test set at every evaluation.

@@ -8,7 +8,7 @@ interval and saved by name in checkpoints) and batch metrics that are not optimi
 
 One name runs from switch to term to function (docs/METHOD.md §3):
 
-| term (`loss_<name>`) | switch `loss.<name>` | weight        | function in lacmfer.losses      |
+| term (`loss_<name>`) | switch `loss.<name>` | weight        | function in lacmfer.method.losses      |
 |----------------------|----------------------|---------------|---------------------------------|
 | sup                  | (always on)          | 1             | cross-entropy (torch)           |
 | sample_level         | sample_level         | hyper_align   | sample_level_alignment          |
@@ -17,7 +17,7 @@ One name runs from switch to term to function (docs/METHOD.md §3):
 | mcc                  | mcc                  | hyper_intra   | cross_view_mcc                  |
 | pseudo_label         | pseudo_label         | hyper_tgt     | multiview_pseudo_label_loss     |
 
-λ = hyper_inter · r(t), r the clustering schedule (`lacmfer.schedules.clustering_schedule`).
+λ = hyper_inter · r(t), r the clustering schedule (`lacmfer.method.schedules.clustering_schedule`).
 Methods add a new one with `@register_method("name")`; nothing else needs to know it.
 """
 
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lacmfer import losses
 from lacmfer.config import ExperimentConfig
-from lacmfer.model import LACMFEROutput
+from lacmfer.method import losses
+from lacmfer.method.model import LACMFEROutput
+from lacmfer.method.schedules import alignment_warmup, clustering_schedule
 from lacmfer.names import METHOD_NAMES, add_name
-from lacmfer.schedules import alignment_warmup, clustering_schedule
 
 
 @dataclass

@@ -11,7 +11,7 @@ and MixVal (Hu et al., NeurIPS 2023) report selection quality the same way: the 
 of the selected model against the best one.
 
 No torch here: the search's export (`search.analysis`) and final training's report
-(`lacmfer.final_report`) both use it.
+(`lacmfer.reports.final_report`) both use it.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def rank_average(columns: Sequence[Sequence[float]]) -> np.ndarray:
     non-finite score ranks below every finite one of its validator (it would never be
     picked). This is the rank-average ensemble, a rule over a pool: the export applies
     it over all checkpoints of a split, where a single evaluation could not (see
-    `lacmfer.validators.ensemble`). A validator with no finite score is left out.
+    `lacmfer.method.validators.ensemble`). A validator with no finite score is left out.
     """
     ranks = []
     for column in columns:

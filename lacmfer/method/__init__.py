@@ -1,0 +1,1 @@
+"""The method: network and trunk weights, losses, adaptation methods, validators, schedules."""

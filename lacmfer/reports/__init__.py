@@ -1,0 +1,1 @@
+"""Reports computed from finished runs: the final-training report, oracle gaps of validators."""

@@ -1,0 +1,1 @@
+"""A run: the Trainer, the one run lifecycle, devices, TensorBoard logging, final-training runs."""
