@@ -81,12 +81,7 @@ def run_on_ray(runs: Sequence[FinalRun], *, address: str | None = None, retries:
             for ref in done:
                 run = pending[ref]
                 try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    if isinstance(err.cause, UserError):  # bad input the driver could not check: its own line
-                        result = failed_result(run, str(err.cause), user_error=True)
-                    else:
-                        result = failed_result(run, str(err).strip().splitlines()[-1])
+                    result = ray.get(ref)  # bad input found in the task is a failed result, not retried
                 except ray.exceptions.RayError as err:  # a worker or node lost beyond the retries
                     result = failed_result(run, str(err).strip().splitlines()[-1])
                 results[run.name] = result

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -211,7 +212,9 @@ def test_resume_after_a_kill_keeps_finished_runs_and_continues_exactly(experimen
     assert resumed["history"] == metrics(experiment[0], "CK", "lacmfer", 1)["history"]
     tb = EventAccumulator(str(seed1 / "tb"))
     tb.Reload()
-    assert [e.step for e in tb.Scalars("loss/total")] == [INTERVAL, STEPS]  # nothing drawn twice
+    # Nothing drawn twice. Sorted: the two event files (killed run, resumed run) can share their
+    # name's whole-second timestamp, and then the reader takes them in pid order.
+    assert sorted(e.step for e in tb.Scalars("loss/total")) == [INTERVAL, STEPS]
 
 
 def test_diverging_run_is_reported_as_such(synth_tiny, tmp_path, capsys):
@@ -283,22 +286,27 @@ def test_ray_runs_equal_sequential_runs_and_a_crashed_run_resumes(experiment, ra
 
 
 def refuse_as_bad_input(run: FinalRun, **kwargs) -> dict:
-    """A Ray task body that finds bad input only where it trains."""
+    """A Ray task body that finds bad input only where it trains (each attempt leaves a file in the run's folder)."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / f"attempt-{os.getpid()}-{time.monotonic_ns()}").touch()
     raise UserError(f"{run.config.data.root / 'CK.txt'}:3: label '9' is not a class id 0..6")
 
 
 def test_bad_input_found_in_a_ray_worker_is_one_line_and_exit_2(ray_session, synth_tiny, tmp_path, monkeypatch,
                                                                  capsys):
     """A UserError raised in every run's worker ends final training as bad input found before Ray
-    does (`error: <file>: ...`, exit 2), not as N anonymous FAILED runs (exit 1)."""
+    does (`error: <file>: ...`, exit 2), not as N anonymous FAILED runs (exit 1), and is not
+    retried (it would fail alike). Mutations: the task raising it again (two attempts under
+    retries=1); the driver reporting it as an anonymous failure (`user_error` False)."""
     from search import final_training
 
     exp = make_experiment(tmp_path, synth_tiny, targets=("CK",))
     cfg = load_config(exp / "best" / "CK.yaml")
     run = FinalRun("CK", "lacmfer", 0, cfg, exp / "final" / "CK" / "lacmfer" / "seed0")
-    (result,) = final_training.run_on_ray([run], retries=0, train=refuse_as_bad_input)
+    (result,) = final_training.run_on_ray([run], retries=1, train=refuse_as_bad_input)
     message = f"{cfg.data.root / 'CK.txt'}:3: label '9' is not a class id 0..6"
     assert (result["status"], result["user_error"], result["error"]) == ("failed", True, message)
+    assert len(list(run.run_dir.glob("attempt-*"))) == 1
 
     real = final_training.run_on_ray
     monkeypatch.setattr(final_training, "run_on_ray",

@@ -4,7 +4,7 @@
 sets the run's torch threads and its device from what Ray assigned, then trains with
 `lacmfer.run.final_run.train_run`, which continues from the run's last evaluation when it
 finds one: Ray's retries (a crashed worker or an exception) resume a run instead of
-restarting it.
+restarting it. Bad input (a `UserError`) is not retried: it is the task's result.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from lacmfer.run.final_run import FinalRun, train_run
+from lacmfer.errors import UserError
+from lacmfer.run.final_run import FinalRun, failed_result, train_run
 from lacmfer.run.lifecycle import out_of_memory_as_error, with_threads
 from trainables.ray_session import ray_placement
 
@@ -27,5 +28,8 @@ def final_task(run: FinalRun, train: Callable[..., dict[str, Any]] = train_run) 
     config = with_threads(run.config)
     run = dataclasses.replace(run, config=config)
     placement = ray_placement(config.resources.device)
-    with out_of_memory_as_error(placement):
-        return train(run, placement=placement)
+    try:
+        with out_of_memory_as_error(placement):
+            return train(run, placement=placement)
+    except UserError as err:  # bad input fails again on a retry: returned, since Ray retries what is raised
+        return failed_result(run, str(err), user_error=True)
