@@ -139,7 +139,7 @@ def test_best_config_is_complete_and_records_its_origin(experiment):
     assert ck.best.trial_id == "ck_a" and ck.best_value == 0.8
     assert ck.counts == {"completed": 2, "stopped early": 1, "failed": 1, "diverged": 1}
     assert summary.splits[1].best is None and summary.missing_targets == ["RAF"]
-    assert not list(exp_dir.rglob(".*.tmp"))
+    assert not list(exp_dir.rglob(".*.tmp*"))  # every file written whole (lacmfer.files.atomic_path)
 
 
 def test_scope_last_selects_on_the_last_evaluation(experiment):

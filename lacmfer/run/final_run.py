@@ -27,6 +27,7 @@ from typing import Any
 
 from lacmfer.config import ExperimentConfig, save_config
 from lacmfer.data.loaders import SplitData
+from lacmfer.files import write_text_atomic
 from lacmfer.names import is_oracle
 from lacmfer.run.device import Placement
 from lacmfer.run.lifecycle import LAST_WEIGHTS, SELECTED_WEIGHTS, STATE_FILE, Run
@@ -101,9 +102,7 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
         "last": ended["last"],
         "history": ended["history"],
     }
-    tmp = out / f".{METRICS_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=1, allow_nan=True), encoding="utf-8")
-    tmp.replace(out / METRICS_FILE)
+    write_text_atomic(out / METRICS_FILE, json.dumps(result, indent=1, allow_nan=True))
     (out / STATE_FILE).unlink(missing_ok=True)  # after metrics.json: a crash in between keeps the state to resume
     return result
 
