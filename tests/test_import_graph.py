@@ -162,6 +162,7 @@ def room_violations(edges: dict[str, set[str]]) -> list[str]:
 
 
 def test_each_room_imports_only_the_rooms_before_it():
+    """Planted `from lacmfer.run import device` in lacmfer/method/schedules.py: fails, naming the edge."""
     edges, _, _ = import_graph()
     assert {room_of(name) for name in edges if name.startswith("lacmfer.")} == set(ROOMS)
     assert room_violations(edges) == []
