@@ -13,12 +13,13 @@ Measured per mode and search seed, from Tune's own records (each trial's result.
 the same for both modes): slot occupancy (busy slot-seconds ÷ available slot-seconds
 between the first trial's start and the last trial's end; a trial is busy from its
 trainable's start to its last report, so worker start-up counts as idle; Tune's
-timestamps are whole seconds, so the peak can read a trial or two high), the search's wall time (first trial start to last trial end) and the command's,
-and the best objective per split (trials.parquet).
+timestamps are whole seconds, so the peak can read a trial or two high), the search's wall
+time (first trial start to last trial end), the command's, and the time from the command's
+start to the first trial's, and the best objective per split (trials.parquet).
 
     python bench/bench_cluster.py                       # 2 nodes × 4 GPUs = 32 slots, 6 splits × 16 trials, 3 seeds
     python bench/bench_cluster.py --nodes 2 --gpus-per-node 1 --splits 3 --trials 8 --seeds 0   # a 2-core machine
-    python bench/bench_cluster.py --device-step-s 2 --steps 16    # 32 slots on a 2-core machine, emulated accelerator
+    python bench/bench_cluster.py --device-step-s 1 --steps 20    # 32 slots on a 2-core machine, emulated accelerator
 
 Trial processes are real: 32 slots need about 13 GiB of memory and, to show the wall-time
 gain, about as many cores; on fewer cores the trials run CPU-bound and both modes are
@@ -201,16 +202,20 @@ def main() -> int:
                 config = workdir / f"bench-seed{seed}.yaml"
                 config.write_text(yaml.safe_dump(bench_config(args, data, seed)))
                 for mode in args.modes:
-                    name = f"{mode}-seed{seed}-{int(time.time())}"
+                    launched = time.time()
+                    name = f"{mode}-seed{seed}-{int(launched)}"
                     wall = run_mode(mode, codes[mode], config, cluster.address, workdir, name)
                     exp = workdir / name
                     spans = trial_spans(exp)
                     occ, mean, span, peak = occupancy(spans, slots)
                     idle = idle_breakdown(spans, slots)
+                    # Before the search's span: tune.py's start-up, its driver processes, the first workers.
+                    to_first = min(s for _, s, _ in spans) - launched
                     rows.append({"mode": mode, "seed": seed, "occupancy": occ, "mean": mean, "peak": peak,
-                                 "search_s": span, "wall_s": wall, "idle": idle, "best": best_per_split(exp)})
+                                 "search_s": span, "wall_s": wall, "to_first_s": to_first, "idle": idle,
+                                 "best": best_per_split(exp)})
                     print(f"{mode} seed {seed}: occupancy {occ:.2f}, {mean:.1f} at once (peak {peak}), "
-                          f"search {span:.0f} s, command {wall:.0f} s; idle: "
+                          f"search {span:.0f} s, command {wall:.0f} s ({to_first:.0f} s to the first trial); idle: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in idle.items()), flush=True)
                     if (exp / "slots.json").exists():  # the driver's own record (after): worker start-up busy
                         own = json.loads((exp / "slots.json").read_text())[-1]
@@ -232,14 +237,14 @@ def print_table(args: argparse.Namespace, slots: int, rows: list[dict]) -> None:
           f"{slots} slots; {args.splits} splits × {args.trials} trials, {args.steps} steps "
           f"({args.evaluations} evaluations); {device}; seeds {' '.join(map(str, args.seeds))}; "
           f"{os.cpu_count()} cores\n")
-    print("| mode | occupancy | mean at once | peak | search wall (s) | command wall (s) "
+    print("| mode | occupancy | mean at once | peak | search wall (s) | command wall (s) | to the first trial (s) "
           "| idle: ramp-up | idle: between | idle: tail |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         idle = [statistics.mean(r["idle"][k] for r in rows if r["mode"] == mode) for k in ("ramp-up", "between", "tail")]
         print(f"| {mode} | {mean(mode, 'occupancy'):.2f} | {mean(mode, 'mean'):.1f} | "
               f"{max(r['peak'] for r in rows if r['mode'] == mode)} | {mean(mode, 'search_s'):.0f} | "
-              f"{mean(mode, 'wall_s'):.0f} | " + " | ".join(f"{v:.2f}" for v in idle) + " |")
+              f"{mean(mode, 'wall_s'):.0f} | {mean(mode, 'to_first_s'):.0f} | " + " | ".join(f"{v:.2f}" for v in idle) + " |")
     if {"before", "after"} <= set(args.modes):
         print(f"\nwall-time ratio before/after: search {mean('before', 'search_s') / mean('after', 'search_s'):.2f}×, "
               f"command {mean('before', 'wall_s') / mean('after', 'wall_s'):.2f}×")
