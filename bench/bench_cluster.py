@@ -13,15 +13,26 @@ Measured per mode and search seed, from Tune's own records (each trial's result.
 the same for both modes): slot occupancy (busy slot-seconds ÷ available slot-seconds
 between the first trial's start and the last trial's end; a trial is busy from its
 trainable's start to its last report, so worker start-up counts as idle; Tune's
-timestamps are whole seconds, so the peak can read a trial or two high), the search's wall time (first trial start to last trial end) and the command's,
-and the best objective per split (trials.parquet).
+timestamps are whole seconds, so the peak can read a trial or two high), the search's wall
+time (first trial start to last trial end), the command's, and the time from the command's
+start to the first trial's, and the best objective per split (trials.parquet).
 
     python bench/bench_cluster.py                       # 2 nodes × 4 GPUs = 32 slots, 6 splits × 16 trials, 3 seeds
     python bench/bench_cluster.py --nodes 2 --gpus-per-node 1 --splits 3 --trials 8 --seeds 0   # a 2-core machine
+    python bench/bench_cluster.py --device-step-s 1 --steps 20    # 32 slots on a 2-core machine, emulated accelerator
 
 Trial processes are real: 32 slots need about 13 GiB of memory and, to show the wall-time
 gain, about as many cores; on fewer cores the trials run CPU-bound and both modes are
-limited by the cores, not by the scheduling.
+limited by the cores, not by the scheduling. `--device-step-s S` emulates an accelerator
+instead (bench/emulated_accelerator.py, a plugin both modes load through the config's
+`plugins:` key): every training step of the real method also sleeps S seconds, its CPU idle
+as on a GPU, on a smaller image (32 px) so the CPU part of a step is small.
+
+Where idle slot-seconds go, from the same records: "ramp-up" before the first `slots`
+trials have all started (worker start-up of the first wave), "tail" after the last trial
+started (no trial left to start), "between" the rest (a slot waiting for its next trial:
+the driver's latency, proposing, a worker starting or being reused; in "before" mostly the
+slots its √n limit leaves empty).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +56,8 @@ sys.path.insert(0, str(REPO))  # this checkout's lacmfer, not an installed one
 from lacmfer.names import BUILTIN_DOMAIN_NAMES as DOMAINS
 
 BEFORE_COMMIT = "79d421d"
+EMULATOR = REPO / "bench" / "emulated_accelerator.py"
+DEVICE_STEP_ENV = "LACMFER_EMULATED_DEVICE_STEP_S"  # read by EMULATOR in every process
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,6 +72,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
     p.add_argument("--modes", nargs="+", default=["before", "after"], choices=["before", "after"])
     p.add_argument("--workdir", type=Path, help="keep data and experiments here (default: a temporary folder)")
+    p.add_argument("--device-step-s", type=float, help="emulate an accelerator: each training step also sleeps "
+                   "this long (bench/emulated_accelerator.py); default: trials CPU-bound")
     args = p.parse_args()
     if args.nodes < 1 or args.gpus_per_node < 1 or args.trials < 1 or args.steps < args.evaluations:
         p.error("--nodes, --gpus-per-node, --trials must be ≥ 1 and --steps ≥ --evaluations")
@@ -65,11 +81,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def bench_config(args: argparse.Namespace, data: Path, seed: int) -> dict:
-    """Tiny trials (the tests' size) of the real search: ASHA cuts at every evaluation."""
+    """Tiny trials (the tests' size) of the real search: ASHA cuts at every evaluation.
+
+    With an emulated accelerator: its method (the same LA-CMFER, plus the device's time per
+    step) and 32-px images, so a step's CPU part is small beside the device's time."""
     interval = args.steps // args.evaluations
-    return {
+    emulated = args.device_step_s is not None
+    config = {
         "data": {"root": str(data), "synth": {"scale": "tiny", "seed": 0}, "targets": DOMAINS[:args.splits],
-                 "image_size": 48, "batch_size": 16, "eval_batch_size": 64, "num_workers": 0},
+                 "image_size": 32 if emulated else 48, "batch_size": 16, "eval_batch_size": 64, "num_workers": 0},
         "model": {"width": 0.125, "global_blocks": [1, 1], "local_blocks": 1},
         "schedule": {"steps": interval * args.evaluations, "lr_decay_steps": interval * args.evaluations},
         "eval": {"interval": interval},
@@ -77,16 +97,22 @@ def bench_config(args: argparse.Namespace, data: Path, seed: int) -> dict:
                    "asha": {"grace_period": 1, "reduction_factor": 2}},
         "resources": {"cpu": 1, "gpu": args.gpu_per_trial, "threads": 1},
     }
+    if emulated:
+        config["plugins"] = ["bench.emulated_accelerator"]
+        config["loss"] = {"adaptation": "lacmfer_emulated_accelerator"}
+    return config
 
 
 def before_tree(workdir: Path) -> Path:
-    """The search code of BEFORE_COMMIT, extracted from git (read-only for the repository)."""
+    """The search code of BEFORE_COMMIT, extracted from git (read-only for the repository),
+    with this checkout's accelerator emulator beside its benchmarks: both modes load the same plugin."""
     tree = workdir / f"code-{BEFORE_COMMIT}"
     if not tree.exists():
         archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_COMMIT], check=True,
                                  capture_output=True).stdout
         with tarfile.open(fileobj=BytesIO(archive)) as tar:
             tar.extractall(tree, filter="data")
+    shutil.copyfile(EMULATOR, tree / "bench" / EMULATOR.name)
     return tree
 
 
@@ -112,6 +138,21 @@ def occupancy(spans: list[tuple[str, float, float]], slots: int) -> tuple[float,
         running += step
         peak = max(peak, running)
     return busy / (slots * (last - first)), busy / (last - first), last - first, peak
+
+
+def idle_breakdown(spans: list[tuple[str, float, float]], slots: int) -> dict[str, float]:
+    """Idle slot-seconds as fractions of the available ones (first start to last end), by phase:
+    ramp-up (until the first `slots` trials have started), tail (after the last start), between."""
+    starts = sorted(s for _, s, _ in spans)
+    first, last = starts[0], max(e for _, _, e in spans)
+    bounds = {"ramp-up": (first, starts[min(slots, len(starts)) - 1]),
+              "between": (starts[min(slots, len(starts)) - 1], starts[-1]), "tail": (starts[-1], last)}
+
+    def idle(a: float, b: float) -> float:
+        busy = sum(max(0.0, min(e, b) - max(s, a)) for _, s, e in spans)
+        return slots * (b - a) - busy
+
+    return {phase: idle(a, b) / (slots * (last - first)) for phase, (a, b) in bounds.items()}
 
 
 def best_per_split(exp: Path) -> dict[str, float]:
@@ -144,6 +185,8 @@ def main() -> int:
 
     args = parse_args()
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a loopback cluster this process starts and stops
+    if args.device_step_s is not None:  # before the nodes start: their workers inherit it
+        os.environ[DEVICE_STEP_ENV] = str(args.device_step_s)
     slots = int(args.nodes * args.gpus_per_node / args.gpu_per_trial + 1e-9)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         workdir = (args.workdir or Path(tmp)).absolute()
@@ -159,14 +202,21 @@ def main() -> int:
                 config = workdir / f"bench-seed{seed}.yaml"
                 config.write_text(yaml.safe_dump(bench_config(args, data, seed)))
                 for mode in args.modes:
-                    name = f"{mode}-seed{seed}-{int(time.time())}"
+                    launched = time.time()
+                    name = f"{mode}-seed{seed}-{int(launched)}"
                     wall = run_mode(mode, codes[mode], config, cluster.address, workdir, name)
                     exp = workdir / name
-                    occ, mean, span, peak = occupancy(trial_spans(exp), slots)
+                    spans = trial_spans(exp)
+                    occ, mean, span, peak = occupancy(spans, slots)
+                    idle = idle_breakdown(spans, slots)
+                    # Before the search's span: tune.py's start-up, its driver processes, the first workers.
+                    to_first = min(s for _, s, _ in spans) - launched
                     rows.append({"mode": mode, "seed": seed, "occupancy": occ, "mean": mean, "peak": peak,
-                                 "search_s": span, "wall_s": wall, "best": best_per_split(exp)})
+                                 "search_s": span, "wall_s": wall, "to_first_s": to_first, "idle": idle,
+                                 "best": best_per_split(exp)})
                     print(f"{mode} seed {seed}: occupancy {occ:.2f}, {mean:.1f} at once (peak {peak}), "
-                          f"search {span:.0f} s, command {wall:.0f} s", flush=True)
+                          f"search {span:.0f} s, command {wall:.0f} s ({to_first:.0f} s to the first trial); idle: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in idle.items()), flush=True)
                     if (exp / "slots.json").exists():  # the driver's own record (after): worker start-up busy
                         own = json.loads((exp / "slots.json").read_text())[-1]
                         print(f"{mode} seed {seed}, the driver's slots.json: occupancy {own['occupancy']:.2f}, "
@@ -181,27 +231,33 @@ def print_table(args: argparse.Namespace, slots: int, rows: list[dict]) -> None:
     def mean(mode: str, key: str) -> float:
         return statistics.mean(r[key] for r in rows if r["mode"] == mode)
 
+    device = (f"emulated accelerator, {args.device_step_s} s a step" if args.device_step_s is not None
+              else "CPU-bound trials")
     print(f"\n{args.nodes} node(s) × {args.gpus_per_node} logical GPUs, {args.gpu_per_trial} GPU per trial = "
           f"{slots} slots; {args.splits} splits × {args.trials} trials, {args.steps} steps "
-          f"({args.evaluations} evaluations); seeds {' '.join(map(str, args.seeds))}; {os.cpu_count()} cores\n")
-    print("| mode | occupancy | mean at once | peak | search wall (s) | command wall (s) |")
-    print("|---|---|---|---|---|---|")
+          f"({args.evaluations} evaluations); {device}; seeds {' '.join(map(str, args.seeds))}; "
+          f"{os.cpu_count()} cores\n")
+    print("| mode | occupancy | mean at once | peak | search wall (s) | command wall (s) | to the first trial (s) "
+          "| idle: ramp-up | idle: between | idle: tail |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
+        idle = [statistics.mean(r["idle"][k] for r in rows if r["mode"] == mode) for k in ("ramp-up", "between", "tail")]
         print(f"| {mode} | {mean(mode, 'occupancy'):.2f} | {mean(mode, 'mean'):.1f} | "
               f"{max(r['peak'] for r in rows if r['mode'] == mode)} | {mean(mode, 'search_s'):.0f} | "
-              f"{mean(mode, 'wall_s'):.0f} |")
+              f"{mean(mode, 'wall_s'):.0f} | {mean(mode, 'to_first_s'):.0f} | " + " | ".join(f"{v:.2f}" for v in idle) + " |")
     if {"before", "after"} <= set(args.modes):
         print(f"\nwall-time ratio before/after: search {mean('before', 'search_s') / mean('after', 'search_s'):.2f}×, "
               f"command {mean('before', 'wall_s') / mean('after', 'wall_s'):.2f}×")
     splits = DOMAINS[:args.splits]
-    print("\nbest objective per split (mean over seeds; per seed in brackets)\n")
+    print("\nbest objective per split (mean ± sd over seeds; per seed in brackets)\n")
     print("| mode | " + " | ".join(splits) + " |")
     print("|---|" + "---|" * len(splits))
     for mode in args.modes:
         cells = []
         for split in splits:
             values = [r["best"].get(split, float("nan")) for r in rows if r["mode"] == mode]
-            cells.append(f"{statistics.mean(values):.3f} [{', '.join(f'{v:.3f}' for v in values)}]")
+            sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.3f}{sd} [{', '.join(f'{v:.3f}' for v in values)}]")
         print(f"| {mode} | " + " | ".join(cells) + " |")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import select
 import shutil
@@ -10,12 +12,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
 import pytest
 import ray
+from ray import tune
 
 from lacmfer.errors import UserError
 from search import cluster
@@ -85,17 +90,19 @@ def free_port() -> int:
 
 
 def stop_process_group(process: subprocess.Popen) -> None:
-    """End the `ray start --block` the test started and every process it started (not `ray stop`)."""
+    """Kill the `ray start --block` the test started and every process it started (not `ray stop`).
+
+    No grace: the head holds nothing the test needs, and Ray's own shutdown on SIGTERM
+    takes about 30 s here.
+    """
     group = [process.pid] + [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    _, alive = psutil.wait_procs([p for p in map(_process, group) if p], timeout=30)
-    for p in alive:
-        p.kill()
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    survivors = [p for p in map(_process, group) if p]  # any that left the group
+    for p in survivors:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(survivors, timeout=30)
 
 
 def _process(pid: int) -> psutil.Process | None:
@@ -230,3 +237,86 @@ def test_final_training_refuses_an_address_nothing_answers_at(synth_tiny, tmp_pa
     assert err == (f"error: --address 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port} (Connection refused); "
                    "is the head running (ray start --head)? Check the address, and that its port is open to "
                    "this machine\n")
+
+
+class KillTheNodeAtTheFirstCheckpoint(tune.Callback):
+    """At the search's first checkpoint, asks the test (a file in `folder`: Tune pickles its
+    callbacks) to kill the node that trial runs on, and returns once the node is dead.
+
+    Tune calls `on_checkpoint` before it sends the trial its next `train` call, and a
+    function trial waits inside `tune.report` until that call comes: the trial cannot train
+    past its first checkpoint before its node dies, however fast or slow the machine.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        asked = self.folder / "asked"
+        if asked.exists():
+            return
+        asked.write_text(f"{trial.trial_id} {trial.last_result['pid']}")
+        deadline = time.monotonic() + 60
+        while not (self.folder / "killed").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_another_node(synth_tiny, tmp_path):
+    """A worker node killed (raylet and workers, no grace) while its trial runs: the search
+    finishes, and that trial goes on from its checkpoint in a worker on the other node.
+
+    Fails if a trial retried after a failure starts over instead of restoring its
+    checkpoint: e.g. `Run.resume` (lacmfer/run/lifecycle.py) not loading the trainer's state, or the
+    trainable not calling it; also if Tune gives up on the trial (search.max_failures).
+    """
+    from ray.cluster_utils import Cluster
+
+    from search.driver import run_search
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # The GCS declares a node dead after 3 missed health checks 100 ms apart (Ray's
+    # defaults take about 15 s); only then does Tune learn that the trial's actor died.
+    fast_death = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 100,
+                  "health_check_timeout_ms": 100, "health_check_failure_threshold": 3}
+    # A head that runs no trial and two worker nodes with room for one trial each: the
+    # survivor is where the trial can go on.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_death})
+    folder = tmp_path / "kill"
+    folder.mkdir()
+    killed, search_over = [], threading.Event()
+
+    def kill_the_node_when_asked() -> None:
+        while not (folder / "asked").exists():
+            if search_over.wait(0.02):
+                return
+        # A trial's worker process descends from the raylet of its node.
+        ancestors = {p.pid for p in psutil.Process(int((folder / "asked").read_text().split()[1])).parents()}
+        [doomed] = [n for n in workers if n.all_processes["raylet"][0].process.pid in ancestors]
+        cluster.remove_node(doomed, allow_graceful=False)
+        killed.append(doomed)
+        (folder / "killed").touch()
+
+    cfg = search_config(synth_tiny, tmp_path, "lost-node", data={"targets": ["CK"]},
+                        search={"num_samples": 1, "checkpoint_every": 1, "max_failures": 1,
+                                "asha": {"grace_period": 4}})
+    killer = threading.Thread(target=kill_the_node_when_asked, daemon=True)
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        killer.start()
+        ray.init(address=cluster.address, log_to_driver=False)
+        [outcome] = run_search(cfg, callbacks=[KillTheNodeAtTheFirstCheckpoint(folder)])
+    finally:
+        search_over.set()
+        if killer.is_alive():
+            killer.join()
+        ray.shutdown()
+        cluster.shutdown()
+    assert killed, "no node was killed"
+    assert outcome.finished and outcome.terminated == 1 and outcome.errors == 0
+    trial_id, first_pid = (folder / "asked").read_text().split()
+    rows = [json.loads(line) for line in (cfg.experiment_dir / "CK" / trial_id / "result.json").read_text().splitlines()]
+    # Every evaluation once, its steps in order: the trial did not start over after the kill.
+    assert [(r["training_iteration"], r["step"]) for r in rows] == [(1, 2), (2, 4), (3, 6), (4, 8)]
+    assert [r["iterations_since_restore"] for r in rows] == [1, 1, 2, 3]  # restored after the first
+    resumed_in = {r["pid"] for r in rows[1:]}
+    assert rows[0]["pid"] == int(first_pid) and len(resumed_in) == 1 and int(first_pid) not in resumed_in
