@@ -241,7 +241,8 @@ def test_final_training_refuses_an_address_nothing_answers_at(synth_tiny, tmp_pa
 
 class KillTheNodeAtTheFirstCheckpoint(tune.Callback):
     """At the search's first checkpoint, asks the test (a file in `folder`: Tune pickles its
-    callbacks) to kill the node that trial runs on, and returns once the node is dead.
+    callbacks) to kill the node that trial runs on, and returns once the node is dead (its
+    raylet and every process on it).
 
     Tune calls `on_checkpoint` before it sends the trial its next `train` call, and a
     function trial waits inside `tune.report` until that call comes: the trial cannot train
@@ -292,7 +293,14 @@ def test_a_lost_node_s_trial_resumes_from_its_checkpoint_on_another_node(synth_t
         # A trial's worker process descends from the raylet of its node.
         ancestors = {p.pid for p in psutil.Process(int((folder / "asked").read_text().split()[1])).parents()}
         [doomed] = [n for n in workers if n.all_processes["raylet"][0].process.pid in ancestors]
+        on_the_node = psutil.Process(doomed.all_processes["raylet"][0].process.pid).children(recursive=True)
         cluster.remove_node(doomed, allow_graceful=False)
+        # Its workers too, at once: a worker outlives its raylet by up to a second, long
+        # enough to take the trial's next `train` call from the driver.
+        for process in on_the_node:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(on_the_node, timeout=30)
         killed.append(doomed)
         (folder / "killed").touch()
 
