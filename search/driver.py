@@ -203,16 +203,19 @@ def _run_splits(cfg: ExperimentConfig, places: ExperimentLocations, resume: bool
 
 def pending_per_split(splits: int, slots: int) -> int:
     """Trials a split's Tuner keeps waiting for a slot (proposed, not yet running): its
-    share of the slots, ⌈slots ÷ splits⌉.
+    share of the slots, ⌊slots ÷ splits⌋ (at least 1).
 
     A waiting trial was proposed without the results that come in while it waits. Tune's
     default with a concurrency limit is as many as the limit allows, i.e. a whole split
     proposed at once; one is too few: a trial waits until its worker process is up
     (seconds, minutes on a loaded machine), so the splits would fill the cluster one
-    worker at a time. A share each lets the splits together ask for every slot at once,
-    and keeps at most one slot's worth of trials proposed ahead over all splits.
+    worker at a time. Rounded down, not up: the first wave then fits the cluster, so every
+    split starts with its share, and the few slots left over go to whichever splits ask
+    next. Rounded up, the splits placed first took a slot more each and the last got the
+    remainder (2 of 32 slots with 6 splits), and kept it: a finished trial's worker is
+    reused for its own split's next trial (docs/BENCHMARKS.md, 32 slots).
     """
-    return max(1, -(-slots // splits))
+    return max(1, slots // splits)
 
 
 def _run_in_processes(cfg: ExperimentConfig, places: ExperimentLocations, resume: bool, max_concurrent: int,

@@ -106,6 +106,17 @@ def test_default_concurrency_is_the_clusters_slots_capped_by_max_concurrent_and_
     assert at_once(64, cap=4) == 4 and at_once(3, cap=4) == 3
 
 
+def test_the_splits_first_wave_of_waiting_trials_fits_the_cluster():
+    """Each split keeps ⌊slots ÷ splits⌋ trials waiting, so the first wave of every split fits
+    together and no split starts with the remainder. Mutation: rounding up (6 × 6 = 36 > 32:
+    the last split placed got 2 slots and kept them, docs/BENCHMARKS.md)."""
+    from search.driver import pending_per_split
+
+    assert pending_per_split(6, 32) == 5 and 6 * pending_per_split(6, 32) <= 32
+    assert pending_per_split(2, 2) == 1 and pending_per_split(6, 2) == 1  # at least one each: every split starts
+    assert pending_per_split(1, 32) == 32
+
+
 def test_a_trial_retried_after_an_error_is_told_as_a_new_trial():
     searcher = searcher_for()
     searcher.suggest("t")
