@@ -33,12 +33,20 @@ trials have all started (worker start-up of the first wave), "tail" after the la
 started (no trial left to start), "between" the rest (a slot waiting for its next trial:
 the driver's latency, proposing, a worker starting or being reused; in "before" mostly the
 slots its √n limit leaves empty).
+
+Two references from the same trials' lengths say what the scheduling could reach at all:
+"without overheads" replays the trials in the order they started, each on the first free
+slot, with nothing between them (the tail stays: it is what a fixed number of trials
+costs); "at best" is the least time any schedule of these trials could take, knowing every
+length in advance (`makespan_bound`). Occupancy cannot exceed "at best".
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import math
 import os
 import shutil
 import statistics
@@ -155,6 +163,26 @@ def idle_breakdown(spans: list[tuple[str, float, float]], slots: int) -> dict[st
     return {phase: idle(a, b) / (slots * (last - first)) for phase, (a, b) in bounds.items()}
 
 
+def makespan_bound(durations: list[float], slots: int) -> float:
+    """The least time any schedule of these trials on `slots` slots can take, each trial on one
+    slot from start to end, with nothing between them and every length known in advance:
+    the work spread evenly (sum ÷ slots), or, with the lengths sorted longest first
+    (d_1 ≥ d_2 ≥ ...), (k + 1)·d_{k·slots+1} for every k, since some slot runs k + 1 of
+    the k·slots + 1 longest trials."""
+    d = sorted(durations, reverse=True)
+    return max(sum(d) / slots, *((k + 1) * d[k * slots] for k in range(math.ceil(len(d) / slots))))
+
+
+def replay_makespan(spans: list[tuple[str, float, float]], slots: int) -> float:
+    """The same trials in the order they started, each on the first slot to free up, with
+    nothing between them: what the run would take without start-up, hand-offs or any other
+    overhead, its tail included."""
+    free = [0.0] * slots
+    for _, start, end in sorted(spans, key=lambda span: span[1]):
+        heapq.heappush(free, heapq.heappop(free) + end - start)
+    return max(free)
+
+
 def best_per_split(exp: Path) -> dict[str, float]:
     import pyarrow.parquet as pq
 
@@ -210,14 +238,20 @@ def main() -> int:
                     spans = trial_spans(exp)
                     occ, mean, span, peak = occupancy(spans, slots)
                     idle = idle_breakdown(spans, slots)
+                    busy = sum(end - start for _, start, end in spans)
+                    # What the same trials would reach: in their own order without overheads, and at best.
+                    replay = busy / (slots * replay_makespan(spans, slots))
+                    bound = busy / (slots * makespan_bound([end - start for _, start, end in spans], slots))
                     # Before the search's span: tune.py's start-up, its driver processes, the first workers.
                     to_first = min(s for _, s, _ in spans) - launched
                     rows.append({"mode": mode, "seed": seed, "occupancy": occ, "mean": mean, "peak": peak,
                                  "search_s": span, "wall_s": wall, "to_first_s": to_first, "idle": idle,
+                                 "replay": replay, "bound": bound,
                                  "best": best_per_split(exp)})
                     print(f"{mode} seed {seed}: occupancy {occ:.2f}, {mean:.1f} at once (peak {peak}), "
                           f"search {span:.0f} s, command {wall:.0f} s ({to_first:.0f} s to the first trial); idle: "
-                          + ", ".join(f"{k} {v:.2f}" for k, v in idle.items()), flush=True)
+                          + ", ".join(f"{k} {v:.2f}" for k, v in idle.items())
+                          + f"; occupancy without overheads {replay:.2f}, at best {bound:.2f}", flush=True)
                     if (exp / "slots.json").exists():  # the driver's own record (after): worker start-up busy
                         own = json.loads((exp / "slots.json").read_text())[-1]
                         print(f"{mode} seed {seed}, the driver's slots.json: occupancy {own['occupancy']:.2f}, "
@@ -239,13 +273,14 @@ def print_table(args: argparse.Namespace, slots: int, rows: list[dict]) -> None:
           f"({args.evaluations} evaluations); {device}; seeds {' '.join(map(str, args.seeds))}; "
           f"{os.cpu_count()} cores\n")
     print("| mode | occupancy | mean at once | peak | search wall (s) | command wall (s) | to the first trial (s) "
-          "| idle: ramp-up | idle: between | idle: tail |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| idle: ramp-up | idle: between | idle: tail | without overheads | at best |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         idle = [statistics.mean(r["idle"][k] for r in rows if r["mode"] == mode) for k in ("ramp-up", "between", "tail")]
         print(f"| {mode} | {mean(mode, 'occupancy'):.2f} | {mean(mode, 'mean'):.1f} | "
               f"{max(r['peak'] for r in rows if r['mode'] == mode)} | {mean(mode, 'search_s'):.0f} | "
-              f"{mean(mode, 'wall_s'):.0f} | {mean(mode, 'to_first_s'):.0f} | " + " | ".join(f"{v:.2f}" for v in idle) + " |")
+              f"{mean(mode, 'wall_s'):.0f} | {mean(mode, 'to_first_s'):.0f} | " + " | ".join(f"{v:.2f}" for v in idle)
+              + f" | {mean(mode, 'replay'):.2f} | {mean(mode, 'bound'):.2f} |")
     if {"before", "after"} <= set(args.modes):
         print(f"\nwall-time ratio before/after: search {mean('before', 'search_s') / mean('after', 'search_s'):.2f}×, "
               f"command {mean('before', 'wall_s') / mean('after', 'wall_s'):.2f}×")
