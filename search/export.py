@@ -58,7 +58,7 @@ from search.analysis import (
     validator_picks,
     validator_ranking,
 )
-from search.plots import PLOTS_DIR, write_search_plots
+from search.plots import PLOTS_DIR, load_split_study, write_search_plots
 from search.slots import slots_section
 from search.storage import OPTUNA_DB, ExperimentLocations, Location
 
@@ -271,17 +271,11 @@ def best_header(cfg: ExperimentConfig, places: ExperimentLocations, split: Split
 # ---------------------------------------------------------------- importance
 
 
-def split_importances(places: ExperimentLocations, target: str) -> tuple[dict[str, float], str | None]:
-    """(importances, note): the note says why there are none, or how many trials were used."""
-    db = places.storage or places.folder / OPTUNA_DB
-    name = places.study_name(target)
-    with places.readable_optuna_storage() as storage:
-        if storage is None:
-            return {}, f"not available: {db} not found"
-        try:
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
-            return {}, f"not available: no study '{name}' in {db}"
+def split_importances(study: optuna.Study | None, absent: str) -> tuple[dict[str, float], str | None]:
+    """(importances, note): the note says why there are none (`absent` when there is no
+    study), or how many trials were used."""
+    if study is None:
+        return {}, f"not available: {absent}"
     states = [t.state for t in study.get_trials(deepcopy=False)]
     complete = states.count(optuna.trial.TrialState.COMPLETE)
     counts = f"{complete} complete of {len(states)} Optuna trials"
@@ -416,18 +410,19 @@ def summary_markdown(cfg: ExperimentConfig, splits: list[SplitExport], missing: 
 # ---------------------------------------------------------------- the export
 
 
-def _plots(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
-           rankings: dict[str, Sequence[tuple[str, float]]], picks: dict[str, dict[str, Pick | None]]) -> str:
+def _plots(places: ExperimentLocations, cfg: ExperimentConfig, studies: dict[str, optuna.Study | None],
+           records: dict[str, list[TrialRecord]], rankings: dict[str, Sequence[tuple[str, float]]],
+           picks: dict[str, dict[str, Pick | None]]) -> str:
     """The search's pictures in `<experiment>/plots/` (`search.plots`); returns their summary.md section.
 
     In object storage they are drawn in a local folder and uploaded; the split's earlier
     pictures there are replaced.
     """
     if places.folder.is_local:
-        return write_search_plots(places.folder.local_path(), cfg, places, records, rankings, picks)
+        return write_search_plots(places.folder.local_path(), cfg, studies, records, rankings, picks)
     with tempfile.TemporaryDirectory(prefix="lacmfer-plots-") as staging:
         staging = Path(staging)
-        text = write_search_plots(staging, cfg, places, records, rankings, picks)
+        text = write_search_plots(staging, cfg, studies, records, rankings, picks)
         plots = places.folder / PLOTS_DIR
         for old in plots.fs.get_file_info(pafs.FileSelector(plots.path, allow_not_found=True)):
             if old.base_name.startswith(tuple(f"{target}_" for target in records)):
@@ -435,6 +430,33 @@ def _plots(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str
         for picture in sorted((staging / PLOTS_DIR).glob("*.png")):
             (plots / picture.name).upload(picture)
     return text
+
+
+def _split_exports(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
+                   scope: str, params: dict[str, pa.DataType], studies: dict[str, optuna.Study | None],
+                   database_found: bool) -> tuple[list[SplitExport], dict[str, tuple[ExperimentConfig, str]], list[dict[str, Any]]]:
+    """Each split's export (best trial, importances, validators), its best config with its
+    header, and the trials' parquet rows."""
+    db = places.storage or places.folder / OPTUNA_DB
+    splits, configs, rows = [], {}, []
+    for target, split_records in records.items():
+        counts = {s: sum(r.status == s for r in split_records) for s in STATUSES}
+        split = SplitExport(target, counts)
+        split.best = select_best(split_records, scope)
+        if split.best is not None:
+            split.best_evaluation = split.best.selected(scope)
+            split.best_config = places.folder / "best" / f"{target}.yaml"
+            configs[target] = (best_config(cfg, split.best), best_header(cfg, places, split, scope, split.best_config))
+        absent = f"no study '{places.study_name(target)}' in {db}" if database_found else f"{db} not found"
+        split.importances, split.importance_note = split_importances(studies[target], absent)
+        split.ranking = validator_ranking(split_records, oracle=ORACLE_METRIC)
+        split.ranking_points = sum(
+            math.isfinite(report.get(ORACLE_METRIC, math.nan)) for r in split_records for report in r.history
+        )
+        split.picks = validator_picks(split_records, oracle=ORACLE_METRIC)
+        splits.append(split)
+        rows += [trial_row(r, scope, params, exported=r is split.best) for r in split_records]
+    return splits, configs, rows
 
 
 def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
@@ -446,37 +468,24 @@ def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: di
     best config (a stale one from an earlier export is removed).
     """
     check_scope(scope)
-    exp_dir = places.folder
-    everything = [r for rs in records.values() for r in rs]
-    params = param_columns(cfg, everything)
-    splits, configs, rows = [], {}, []
-    for target, split_records in records.items():
-        counts = {s: sum(r.status == s for r in split_records) for s in STATUSES}
-        split = SplitExport(target, counts)
-        split.best = select_best(split_records, scope)
-        if split.best is not None:
-            split.best_evaluation = split.best.selected(scope)
-            split.best_config = exp_dir / "best" / f"{target}.yaml"
-            configs[target] = (best_config(cfg, split.best), best_header(cfg, places, split, scope, split.best_config))
-        split.importances, split.importance_note = split_importances(places, target)
-        split.ranking = validator_ranking(split_records, oracle=ORACLE_METRIC)
-        split.ranking_points = sum(
-            math.isfinite(report.get(ORACLE_METRIC, math.nan)) for r in split_records for report in r.history
-        )
-        split.picks = validator_picks(split_records, oracle=ORACLE_METRIC)
-        splits.append(split)
-        rows += [trial_row(r, scope, params, exported=r is split.best) for r in split_records]
     missing = list(missing or [])
+    params = param_columns(cfg, [r for rs in records.values() for r in rs])
+    # The studies are read once, for the importances and the plots: with results in object
+    # storage, that is one download of the database.
+    with places.readable_optuna_storage() as storage:
+        studies = {target: load_split_study(storage, places.study_name(target)) for target in records}
+        splits, configs, rows = _split_exports(places, cfg, records, scope, params, studies, storage is not None)
+        summary_text = summary_markdown(cfg, splits, missing, scope)
+        summary_text += "\n".join(["", *slots_section(places.slots_record)])
+        summary_text += "\n" + _plots(places, cfg, studies, records, {s.target: s.ranking for s in splits},
+                                      {s.target: s.picks for s in splits})
     schema = trials_schema(params).with_metadata(
         {"experiment": cfg.output.name, "objective": cfg.eval.objective, "scope": scope,
          "oracle": str(cfg.eval.objective == ORACLE_OBJECTIVE).lower()}
     )
     table = pa.Table.from_pylist(rows, schema=schema)
-    summary_text = summary_markdown(cfg, splits, missing, scope)
-    summary_text += "\n".join(["", *slots_section(places.slots_record)])
-    summary_text += "\n" + _plots(places, cfg, records, {s.target: s.ranking for s in splits},
-                                  {s.target: s.picks for s in splits})
 
+    exp_dir = places.folder
     for split in splits:
         path = exp_dir / "best" / f"{split.target}.yaml"
         if split.target in configs:

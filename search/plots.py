@@ -37,7 +37,6 @@ from search.analysis import (
     importance_evaluator,
     param_importances,
 )
-from search.storage import ExperimentLocations
 
 PLOTS_DIR = "plots"
 FIGURE_SIZE_IN, DPI = (8.0, 4.5), 100
@@ -166,22 +165,17 @@ def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str,
         return _save(fig, path)
 
 
-def write_search_plots(out_dir: Path, cfg: ExperimentConfig, places: ExperimentLocations,
+def write_search_plots(out_dir: Path, cfg: ExperimentConfig, studies: Mapping[str, optuna.Study | None],
                        records: dict[str, list[TrialRecord]], rankings: dict[str, Sequence[tuple[str, float]]],
                        picks: Mapping[str, Mapping[str, Pick | None]] | None = None) -> str:
     """Draw every split's pictures into `out_dir/plots/` (the experiment's folder, or a local
-    staging folder for object storage); returns the summary.md section linking them."""
-    with places.readable_optuna_storage() as storage:
-        studies = {target: load_split_study(storage, places.study_name(target)) for target in records}
-        return _draw(Path(out_dir) / PLOTS_DIR, cfg.eval.objective, studies, records, rankings, picks)
+    staging folder for object storage); returns the summary.md section linking them.
 
-
-def _draw(folder: Path, objective: str, studies: Mapping[str, optuna.Study | None],
-          records: dict[str, list[TrialRecord]], rankings: dict[str, Sequence[tuple[str, float]]],
-          picks: Mapping[str, Mapping[str, Pick | None]] | None) -> str:
+    `studies`: each split's Optuna study (`load_split_study`), None where there is none."""
+    folder, objective = Path(out_dir) / PLOTS_DIR, cfg.eval.objective
     lines = ["## Plots", ""]
     for target, split_records in records.items():
-        study = studies[target]
+        study = studies.get(target)
         paths = {kind: folder / f"{target}_{kind}.png" for kind in PICTURES}
         drawn = {
             "history": plot_history(study, objective, paths["history"]) if study else None,

@@ -14,7 +14,7 @@ from PIL import Image
 from lacmfer.config import config_from_dict, save_config
 from search.analysis import TrialRecord
 from search.export import write_export
-from search.plots import DPI, FIGURE_SIZE_IN, PICTURES, write_search_plots
+from search.plots import DPI, FIGURE_SIZE_IN, PICTURES, load_split_study, write_search_plots
 from search.storage import ExperimentLocations
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -54,9 +54,13 @@ def search(tmp_path):
     return cfg, exp, records
 
 
+def studies(exp: Path) -> dict[str, optuna.Study | None]:
+    return {target: load_split_study(f"sqlite:///{exp / 'optuna.db'}", f"exp/{target}") for target in ("CK", "JAFFE")}
+
+
 def test_each_picture_is_a_readable_png_of_the_fixed_size(search):
     cfg, exp, records = search
-    section = write_search_plots(exp, cfg, ExperimentLocations.of(cfg), records, {"CK": [("source_val_acc", 0.9)]})
+    section = write_search_plots(exp, cfg, studies(exp), records, {"CK": [("source_val_acc", 0.9)]})
     for kind, title in PICTURES.items():
         path = exp / "plots" / f"CK_{kind}.png"
         with Image.open(path) as image:
@@ -69,9 +73,8 @@ def test_each_picture_is_a_readable_png_of_the_fixed_size(search):
 
 def test_a_picture_that_can_no_longer_be_drawn_is_removed(search):
     cfg, exp, records = search
-    write_search_plots(exp, cfg, ExperimentLocations.of(cfg), records, {})
-    (exp / "optuna.db").unlink()
-    section = write_search_plots(exp, cfg, ExperimentLocations.of(cfg), records, {})
+    write_search_plots(exp, cfg, studies(exp), records, {})
+    section = write_search_plots(exp, cfg, {"CK": None, "JAFFE": None}, records, {})  # the database is gone
     assert not (exp / "plots" / "CK_history.png").exists() and not (exp / "plots" / "CK_importance.png").exists()
     assert (exp / "plots" / "CK_curves.png").exists()
     assert "- objective per trial, best so far: not enough" in section
@@ -85,3 +88,25 @@ def test_summary_links_the_pictures_of_each_split(search):
     assert len(links) == len(PICTURES)
     for line in links:
         assert (exp / Path(line.split("](")[1].rstrip(")"))).is_file()
+
+
+def test_the_export_reads_the_studies_once(search, monkeypatch):
+    """One read of the Optuna storage serves every split's importances and plots: with results
+    in object storage each read downloads the database. Fails if the importances or the
+    plots open it again (as each split's importances did)."""
+    cfg, exp, records = search
+    places = ExperimentLocations.of(cfg)
+    reads = []
+    opened = ExperimentLocations.readable_optuna_storage
+
+    def counted(self):
+        reads.append(1)
+        return opened(self)
+
+    monkeypatch.setattr(ExperimentLocations, "readable_optuna_storage", counted)
+    summary = write_export(places, cfg, records)
+    assert len(reads) == 1
+    ck = next(split for split in summary.splits if split.target == "CK")
+    assert ck.importances and (exp / "plots" / "CK_importance.png").is_file()
+    jaffe = next(split for split in summary.splits if split.target == "JAFFE")
+    assert jaffe.importance_note == f"not available: no study 'exp/JAFFE' in {exp / 'optuna.db'}"
