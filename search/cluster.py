@@ -33,6 +33,9 @@ RAY_ENVIRONMENT = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # see search.tuner.run_config
     # Every evaluation checkpoints (ASHA, failures and resume need it); Ray would warn each time.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Tune's newer console output prints a table and a path for every Tuner even at verbose 0
+    # (Ray 2.60), one per split; the older one is silent there, leaving the driver's progress line.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 #: What a trial imports: a node that cannot import these cannot run a trial.

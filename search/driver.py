@@ -56,6 +56,12 @@ def trials_at_once(cfg: ExperimentConfig, slots: int) -> int:
     return max(1, min(cfg.search.max_concurrent or slots, slots, cfg.search.num_samples))
 
 
+def quiet_optuna() -> None:
+    """Optuna logs every study it creates and every trial it is told at INFO; the driver's
+    progress line and summary.md say what matters, so only its warnings are shown."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def refuse_mixing(places: ExperimentLocations, resume: bool) -> None:
     """Refuse to start a new search in a folder that already holds one."""
     if places.config_file.exists() and not resume:
@@ -167,6 +173,7 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
     with several splits they run in the splits' driver processes, so they must be picklable.
     """
     places = ExperimentLocations.of(cfg)
+    quiet_optuna()
     with ray_environment(), places.lock():
         refuse_mixing(places, resume)
         if resume:
@@ -236,5 +243,6 @@ def _split_driver(config: dict, *, target: str, places: ExperimentLocations, add
     """One split's search in a driver process of its own, on the top driver's Ray cluster,
     with the top driver's locations (whatever set them: its database, its timeline)."""
     cfg = config_from_dict(config, source=f"the search's config (split {target})")  # imports its plugins
+    quiet_optuna()  # a spawned process: the top driver's logging settings are not inherited
     connect(address, cfg.cluster.runtime_env)
     return run_split(cfg, places, target, max_concurrent, resume, callbacks)

@@ -336,6 +336,11 @@ def test_resume_after_the_driver_is_killed_widens_the_search(synth_tiny, tmp_pat
                               "--num-samples", "4", "--targets", "RAF"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # One progress display for both splits: no table per split from Tune, no line per
+    # checkpoint from the trials' processes, no line per study from Optuna.
+    console = resumed.stdout + resumed.stderr
+    noise = ["Configuration for experiment", "Checkpoint successfully created", "A new study created"]
+    assert [line for line in noise if line in console] == [] and "slot usage:" in console
     after = finished_trials("CK")
     for trial, reports in before.items():
         assert after[trial] == reports  # a finished trial was not run again

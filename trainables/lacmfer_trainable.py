@@ -18,6 +18,7 @@ experiment resumed from there (ASHA needs no checkpoint to stop a trial).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,6 +64,9 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
     early or diverged) and `diverged` (1.0 when `loss_total` or the predictions are NaN or
     inf). A diverged trial reports once with its objective set to NaN and ends itself.
     """
+    # Ray logs every checkpoint it persists at INFO in the trial's process and forwards it to
+    # the driver's console: a line per evaluation of every trial, burying the progress line.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cfg = with_threads(trial_config(base_config, config))
     placement = ray_placement(cfg.resources.device)
     with out_of_memory_as_error(placement):
