@@ -432,9 +432,10 @@ def _plots(places: ExperimentLocations, cfg: ExperimentConfig, studies: dict[str
     return text
 
 
-def _split_exports(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
-                   scope: str, params: dict[str, pa.DataType], studies: dict[str, optuna.Study | None],
-                   database_found: bool) -> tuple[list[SplitExport], dict[str, tuple[ExperimentConfig, str]], list[dict[str, Any]]]:
+def _split_exports(
+    places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]], scope: str,
+    params: dict[str, pa.DataType], studies: dict[str, optuna.Study | None], database_found: bool,
+) -> tuple[list[SplitExport], dict[str, tuple[ExperimentConfig, str]], list[dict[str, Any]]]:
     """Each split's export (best trial, importances, validators), its best config with its
     header, and the trials' parquet rows."""
     db = places.storage or places.folder / OPTUNA_DB

@@ -175,7 +175,7 @@ def write_search_plots(out_dir: Path, cfg: ExperimentConfig, studies: Mapping[st
     folder, objective = Path(out_dir) / PLOTS_DIR, cfg.eval.objective
     lines = ["## Plots", ""]
     for target, split_records in records.items():
-        study = studies.get(target)
+        study = studies[target]
         paths = {kind: folder / f"{target}_{kind}.png" for kind in PICTURES}
         drawn = {
             "history": plot_history(study, objective, paths["history"]) if study else None,
