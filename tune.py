@@ -93,6 +93,7 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def dry_run(cfg: ExperimentConfig) -> None:
+    from search.algorithms import describe
     from search.spaces import SearchSpace
 
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -102,6 +103,8 @@ def dry_run(cfg: ExperimentConfig) -> None:
     print("search space:")
     for line in SearchSpace(cfg.search.space).describe():
         print(f"  {line}")
+    for line in describe(cfg.search, cfg.evaluations_per_run):
+        print(line)
     oracle = "   (ORACLE: selects on target test labels)" if is_oracle(cfg.eval.objective) else ""
     print(f"objective: {cfg.eval.objective} (maximised){oracle}")
     print(f"results: {ExperimentLocations.of(cfg).folder}")

@@ -260,6 +260,9 @@ class ParamSpec(_Section):
 class AshaConfig(_Section):
     """ASHA on evaluation counts: `max_t` evaluations per trial at most.
 
+    The rungs of both early-stopping schedulers: `asha`, and `hyperband` (asynchronous
+    Hyperband: ASHA's brackets, the k-th starting at grace_period × reduction_factor^k).
+
     `max_t` below the evaluations of a run is refused (ExperimentConfig): ASHA would stop
     every trial there, so no trial would finish its schedule. Above it is harmless: the
     rungs past the last evaluation are never reached.
@@ -277,7 +280,13 @@ class SearchConfig(_Section):
     # wall-clock time for proposals that know more results (e.g. ⌊√num_samples⌋).
     max_concurrent: Annotated[int, Field(ge=1)] | None = Field(None, description="default: the cluster's slots")
     seed: int = 0
+    # Which Optuna sampler proposes and which Ray Tune scheduler stops (search/algorithms.py);
+    # random + fifo is the baseline a search is measured against (docs/BENCHMARKS.md).
+    sampler: Literal[names.SAMPLERS] = "tpe"
+    scheduler: Literal[names.SCHEDULERS] = "asha"
+    # TPE only: the joint density over every parameter (and the conditional ones' groups).
     multivariate: bool = True
+    # TPE and GP: random proposals until this many trials of the split have ended.
     startup_trials: Annotated[int, Field(ge=1)] = 10
     start_from_defaults: bool = True
     scope: Literal["best", "last"] = Field("best", description="a trial's value: its best or its last evaluation")

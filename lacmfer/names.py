@@ -23,6 +23,13 @@ HARDNESS_RELEASES: tuple[str, ...] = ("july2024", "june2024")
 #: Warm-ups of the alignment weight hyper_align (docs/METHOD.md §3.8): none, or MFSAN's ramp.
 ALIGN_WARMUPS: tuple[str, ...] = ("none", "mfsan")
 
+#: Optuna samplers by `search.sampler` name (`search.algorithms`): TPE (the default), random
+#: search, a scrambled Sobol sequence (quasi-Monte Carlo) and Gaussian-process BO.
+SAMPLERS: tuple[str, ...] = ("tpe", "random", "qmc", "gp")
+#: Ray Tune schedulers by `search.scheduler` name (`search.algorithms`): ASHA (the default),
+#: FIFO (every trial runs its whole schedule) and asynchronous Hyperband (ASHA's brackets).
+SCHEDULERS: tuple[str, ...] = ("asha", "fifo", "hyperband")
+
 #: The six built-in domains (SynthFER draws these): the default `data.domains` and `data.targets`.
 BUILTIN_DOMAIN_NAMES: tuple[str, ...] = ("CK", "JAFFE", "Oulu", "RAF", "FER2013", "Aff")
 #: Every known domain, the built-in ones first; `lacmfer.data.domains.register_domain` adds to it.

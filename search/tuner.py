@@ -1,4 +1,5 @@
-"""The Tuner of one target split: Optuna TPE proposes, ASHA stops, fractional resources.
+"""The Tuner of one target split: an Optuna sampler proposes (TPE by default), a Tune
+scheduler stops (ASHA by default; `search.algorithms`), fractional resources.
 
 Every trial reports the metric `objective` (higher is better for every validator, see
 `lacmfer.method.validators`), so the search always maximises it.
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import warnings
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from lacmfer.config import ExperimentConfig
+from search.algorithms import make_sampler, make_scheduler, split_seed
 from search.spaces import SearchSpace, default_point
 from search.storage import ExperimentLocations, Location
 from trainables.lacmfer_trainable import lacmfer_trainable
@@ -212,13 +211,6 @@ class RetriedTrialsConcurrencyLimiter(ConcurrencyLimiter):
         return self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
 
-def split_seed(seed: int, target: str, round_index: int = 1) -> int:
-    """The sampler seed of one split: reproducible, and different per split, so the splits'
-    random start-up trials do not all try the same points (and per round of a widened
-    search, so a new round does not repeat the first round's random points)."""
-    return (seed * 1_000_003 + zlib.crc32(target.encode()) + round_index - 1) % 2**31
-
-
 def trainable_for(cfg: ExperimentConfig, target: str) -> Any:
     """The trainable with its config and resources bound (also what `Tuner.restore` needs)."""
     bound = tune.with_parameters(lacmfer_trainable, base_config=cfg.to_dict(), target=target)
@@ -258,19 +250,7 @@ def build_tuner(cfg: ExperimentConfig, places: ExperimentLocations, target: str,
     start empty in each round: a new round's trials are cut against each other.
     """
     s = cfg.search
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is stable in use
-        sampler = optuna.samplers.TPESampler(
-            seed=split_seed(s.seed, target, round_index),
-            multivariate=s.multivariate,
-            group=s.multivariate,  # decomposes the conditional space (cluster_gamma)
-            # Per split (one study each), counted in finished trials: Optuna's TPE leaves
-            # random sampling once `startup_trials` are COMPLETE or PRUNED, not merely asked.
-            n_startup_trials=s.startup_trials,
-            # Trials still running count as bad points: trials proposed while others run
-            # (every split fills the cluster's slots) do not all propose the same point.
-            constant_liar=True,
-        )
+    sampler = make_sampler(s, split_seed(s.seed, target, round_index))
     searcher = OptunaStudySearcher(
         space=SearchSpace(s.space),
         metric=METRIC,
@@ -281,13 +261,7 @@ def build_tuner(cfg: ExperimentConfig, places: ExperimentLocations, target: str,
         storage=places.optuna_storage(),
         scope=s.scope,
     )
-    max_t = s.asha.max_t or cfg.evaluations_per_run
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",  # one iteration = one evaluation
-        max_t=max_t,
-        grace_period=min(s.asha.grace_period, max_t),
-        reduction_factor=s.asha.reduction_factor,
-    )
+    scheduler = make_scheduler(s, cfg.evaluations_per_run)
     return tune.Tuner(
         trainable_for(cfg, target),
         tune_config=tune.TuneConfig(

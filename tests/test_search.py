@@ -114,6 +114,40 @@ OPTUNA_STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": 
                 "diverged": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
 
 
+def test_random_search_without_early_stopping(synth_tiny, tmp_path, local_ray):
+    """The baseline pair, `search.sampler: random` and `search.scheduler: fifo`, is what runs, and
+    Optuna is told the truth under it.
+
+    Catches: `build_tuner` keeping TPE or ASHA whatever the config says (the proposals after
+    TPE's random start-up would differ from RandomSampler's, and ASHA would stop trials).
+    """
+    local_ray(num_cpus=2)
+    space = {**SPACE, "lr": {"distribution": "loguniform", "low": 0.003, "high": 0.3}}
+    cfg = search_config(synth_tiny, tmp_path, "baseline", data={"targets": ["CK"]}, eval={"objective": "entropy"},
+                        search={"max_concurrent": 1, "space": space, "num_samples": 4, "startup_trials": 1,
+                                "sampler": "random", "scheduler": "fifo"})
+    from search.algorithms import make_sampler, split_seed
+    from search.spaces import SearchSpace, default_point
+    from tune import main
+
+    assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 0
+    table = pq.read_table(tmp_path / "baseline" / "trials.parquet").to_pylist()
+    assert [r["status"] for r in table] == ["completed"] * 4  # FIFO stops nothing
+    study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name("CK"),
+                              storage=f"sqlite:///{tmp_path / 'baseline' / 'optuna.db'}")
+    # One trial at a time, so the proposals are those of the same sampler asked alone.
+    alone = optuna.create_study(sampler=make_sampler(cfg.search, split_seed(cfg.search.seed, "CK")))
+    alone.enqueue_trial(default_point(cfg))
+    expected = []
+    for _ in range(4):
+        trial = alone.ask()
+        SearchSpace(cfg.search.space)(trial)
+        expected.append(trial.params)
+        alone.tell(trial, 0.0)
+    assert [t.params for t in study.trials] == expected
+    assert_optuna_tells_what_tune_recorded(study, tmp_path / "baseline" / "CK", table)
+
+
 def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path, rows: list[dict]) -> None:
     """Trial by trial, the study holds what Tune's result.json and trials.parquet hold (scope best):
     every evaluation as an intermediate value at its training_iteration, the state, and the value.
@@ -434,7 +468,22 @@ def test_dry_run_prints_splits_and_space(synth_tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "CK       <- JAFFE, Oulu, RAF, FER2013, Aff" in proc.stdout
     assert "cluster_gamma" in proc.stdout and "only if cluster_ramp = sigmoid" in proc.stdout
+    assert "sampler:   tpe (Optuna TPE" in proc.stdout and "scheduler: asha (Ray Tune ASHAScheduler" in proc.stdout
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
+
+
+def test_dry_run_shows_the_chosen_algorithms(synth_tiny, tmp_path, capsys):
+    from tune import main
+
+    config = str(save_yaml(search_config(synth_tiny, tmp_path, "dry"), tmp_path))
+    assert main(["--config", config, "--dry-run", "--set", "search.sampler=qmc",
+                 "--set", "search.scheduler=hyperband"]) == 0
+    out = capsys.readouterr().out
+    assert "sampler:   qmc (Optuna QMCSampler" in out and "scheduler: hyperband (Ray Tune AsyncHyperBandScheduler" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", config, "--dry-run", "--set", "search.scheduler=pbt"])
+    assert exit_info.value.code == 2
+    assert "search.scheduler: Input should be 'asha', 'fifo' or 'hyperband' (got 'pbt')" in capsys.readouterr().err
 
 
 def test_oracle_objective_is_marked(synth_tiny, tmp_path):
