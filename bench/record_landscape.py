@@ -46,13 +46,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import qmc
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lacmfer.config import ExperimentConfig, ParamSpec, load_config
+from lacmfer.files import write_text_atomic
+from lacmfer.hparams import to_config_values
+from search.spaces import SearchSpace
 
-from lacmfer.config import ExperimentConfig, ParamSpec, load_config  # noqa: E402
-from lacmfer.files import write_text_atomic  # noqa: E402
-from lacmfer.hparams import to_config_values  # noqa: E402
-from search.spaces import SearchSpace  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 #: Raised when what a recording holds changes meaning (columns, the mapping of Sobol points).
 GENERATOR_VERSION = 1
