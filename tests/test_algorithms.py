@@ -87,3 +87,27 @@ def test_each_scheduler_name_builds_its_tune_scheduler():
     hyperband = make_scheduler(SearchConfig(scheduler="hyperband", asha=rungs), 4)
     # Ray keeps the brackets privately; their first rungs are grace × rf^k.
     assert [b._rungs[-1][0] for b in hyperband._brackets] == [1, 2, 4]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_the_tuner_searches_with_the_configured_algorithms(sampler, tmp_path, monkeypatch):
+    """Catches: `build_tuner` building TPE or ASHA whatever `search.sampler`/`search.scheduler` say."""
+    from lacmfer.config import config_from_dict
+    from search.storage import ExperimentLocations
+    from search.tuner import build_tuner
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                "qmc": optuna.samplers.QMCSampler, "gp": optuna.samplers.GPSampler}
+    for scheduler, cls, brackets in (("asha", AsyncHyperBandScheduler, 1), ("fifo", FIFOScheduler, None),
+                                     ("hyperband", AsyncHyperBandScheduler, 3)):
+        cfg = config_from_dict({"schedule": {"steps": 400}, "eval": {"interval": 100},
+                                "search": {"sampler": sampler, "scheduler": scheduler,
+                                           "asha": {"grace_period": 1, "reduction_factor": 2}},
+                                "output": {"results_dir": str(tmp_path), "name": scheduler}})
+        cfg.experiment_dir.mkdir(parents=True)
+        tune_config = build_tuner(cfg, ExperimentLocations.of(cfg), "CK", max_concurrent=1)._local_tuner._tune_config
+        assert type(tune_config.search_alg.searcher.study.sampler) is samplers[sampler]
+        assert type(tune_config.scheduler) is cls
+        if brackets:
+            assert len(tune_config.scheduler._brackets) == brackets

@@ -22,8 +22,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lacmfer.config import config_from_dict, load_config, save_config
 from lacmfer.errors import UserError
 from lacmfer.run.trainer import Trainer
+from search.algorithms import make_sampler, split_seed
 from search.analysis import read_result_json
 from search.driver import run_search
+from search.spaces import SearchSpace, default_point
 from search.storage import ExperimentLocations
 from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID
 from tests.conftest import REPO, tiny_config
@@ -112,40 +114,6 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
 
 OPTUNA_STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED,
                 "diverged": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
-
-
-def test_random_search_without_early_stopping(synth_tiny, tmp_path, local_ray):
-    """The baseline pair, `search.sampler: random` and `search.scheduler: fifo`, is what runs, and
-    Optuna is told the truth under it.
-
-    Catches: `build_tuner` keeping TPE or ASHA whatever the config says (the proposals after
-    TPE's random start-up would differ from RandomSampler's, and ASHA would stop trials).
-    """
-    local_ray(num_cpus=2)
-    space = {**SPACE, "lr": {"distribution": "loguniform", "low": 0.003, "high": 0.3}}
-    cfg = search_config(synth_tiny, tmp_path, "baseline", data={"targets": ["CK"]}, eval={"objective": "entropy"},
-                        search={"max_concurrent": 1, "space": space, "num_samples": 4, "startup_trials": 1,
-                                "sampler": "random", "scheduler": "fifo"})
-    from search.algorithms import make_sampler, split_seed
-    from search.spaces import SearchSpace, default_point
-    from tune import main
-
-    assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 0
-    table = pq.read_table(tmp_path / "baseline" / "trials.parquet").to_pylist()
-    assert [r["status"] for r in table] == ["completed"] * 4  # FIFO stops nothing
-    study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name("CK"),
-                              storage=f"sqlite:///{tmp_path / 'baseline' / 'optuna.db'}")
-    # One trial at a time, so the proposals are those of the same sampler asked alone.
-    alone = optuna.create_study(sampler=make_sampler(cfg.search, split_seed(cfg.search.seed, "CK")))
-    alone.enqueue_trial(default_point(cfg))
-    expected = []
-    for _ in range(4):
-        trial = alone.ask()
-        SearchSpace(cfg.search.space)(trial)
-        expected.append(trial.params)
-        alone.tell(trial, 0.0)
-    assert [t.params for t in study.trials] == expected
-    assert_optuna_tells_what_tune_recorded(study, tmp_path / "baseline" / "CK", table)
 
 
 def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path, rows: list[dict]) -> None:
@@ -281,8 +249,10 @@ def test_splits_run_at_once(synth_tiny, tmp_path, local_ray, capsys):
 def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path, local_ray, capsys):
     local_ray(num_cpus=2)
     # lr 1e6 turns the weights NaN at once: every trial diverges at its first evaluation.
+    # Quasi-random proposals and Hyperband's brackets: Optuna is told the truth under them too.
     cfg = search_config(synth_tiny, tmp_path, "bad", data={"targets": ["CK"]}, schedule={"lr": 1e6},
-                        search={"num_samples": 2, "space": {"hyper_align": SPACE["hyper_align"]}})
+                        search={"num_samples": 2, "space": {"hyper_align": SPACE["hyper_align"]},
+                                "sampler": "qmc", "scheduler": "hyperband"})
     from tune import main
 
     assert main(["--config", str(save_yaml(cfg, tmp_path)), "--results", str(tmp_path)]) == 1
@@ -406,9 +376,10 @@ def test_a_trial_retried_on_resume_after_an_error_is_told_to_optuna(synth_tiny, 
     from search.export import export_experiment
 
     local_ray(num_cpus=2)
+    # The baseline pair, random search without early stopping: every trial runs its schedule.
     cfg = search_config(synth_tiny, tmp_path, "retry", data={"targets": ["CK"]},
-                        search={"num_samples": 2, "max_concurrent": 1, "max_failures": 0,
-                                "asha": {"grace_period": 4}})
+                        search={"num_samples": 2, "max_concurrent": 1, "max_failures": 0, "startup_trials": 1,
+                                "sampler": "random", "scheduler": "fifo"})
     flag = tmp_path / "killed"
     run_search(cfg, callbacks=[KillOneWorkerOnce(flag)])
     killed = flag.read_text()
@@ -419,6 +390,18 @@ def test_a_trial_retried_on_resume_after_an_error_is_told_to_optuna(synth_tiny, 
     study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name("CK"), storage=f"sqlite:///{cfg.experiment_dir / 'optuna.db'}")
     assert len(study.trials) == 3  # the errored attempt (FAIL) and its retry
     assert_optuna_tells_what_tune_recorded(study, cfg.experiment_dir / "CK", table)
+    assert [r["status"] for r in table] == ["completed", "completed"]
+    # One trial at a time: the proposals are the configured sampler's asked alone (TPE, after
+    # its one random start-up trial, would propose another second point).
+    alone = optuna.create_study(sampler=make_sampler(cfg.search, split_seed(cfg.search.seed, "CK")))
+    alone.enqueue_trial(default_point(cfg))
+    expected = []
+    for _ in range(2):
+        trial = alone.ask()
+        SearchSpace(cfg.search.space)(trial)
+        expected.append(trial.params)
+        alone.tell(trial, 0.0)
+    assert [t.params for t in study.trials if "retry_of" not in t.user_attrs] == expected
 
 
 def test_closing_trials_a_killed_driver_left_running():
