@@ -16,18 +16,20 @@ import ray
 
 from lacmfer.errors import UserError
 from lacmfer.run.final_run import FinalRun, failed_result, train_run
+from search.cluster import connect
 from trainables.final_training import final_task
-from trainables.ray_session import connect_ray
 
 
 @contextlib.contextmanager
-def ray_connection(address: str | None) -> Iterator[None]:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start a token-locked local Ray
-    (`trainables.ray_session`); shut down what was started."""
+def ray_connection(address: str | None, runtime_env: dict[str, Any] | None = None) -> Iterator[None]:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a token-locked local Ray,
+    with the config's `cluster.runtime_env` (so worker nodes without a checkout can import
+    the runs' code), through the search's own connect path (`search.cluster.connect`);
+    shut down what was started."""
     if ray.is_initialized():  # the caller (a test, a notebook) owns the session
         yield
         return
-    connect_ray(address, logging_level="WARNING")
+    connect(address, runtime_env)
     try:
         yield
     finally:
@@ -57,11 +59,12 @@ def run_on_ray(runs: Sequence[FinalRun], *, address: str | None = None, retries:
     Results come back in the order of `runs`. A run still failing after `retries`
     retries gets a `failed` result (nothing written: `--resume` tries it again).
     `train` is what a task calls, as `train(run, placement=...)` (tests pass one that
-    crashes its worker once).
+    crashes its worker once). Ray is joined with the first run's `cluster.runtime_env`
+    (the runs of one command share it: one experiment's configs).
     """
     if not runs:
         return []
-    with ray_connection(address):
+    with ray_connection(address, runs[0].config.cluster.runtime_env):
         _check_placeable(runs)
         remote = ray.remote(final_task)
         pending = {}

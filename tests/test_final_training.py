@@ -316,3 +316,29 @@ def test_bad_input_found_in_a_ray_worker_is_one_line_and_exit_2(ray_session, syn
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: {message}\n"  # both runs failed alike: one line
+
+
+def test_final_training_joins_ray_with_the_configs_runtime_env(synth_tiny, tmp_path, monkeypatch):
+    """Final training joins Ray through the search's connect path, with `cluster.runtime_env`:
+    worker nodes without a checkout import the runs' code from it.
+
+    Catches: `run_on_ray` joining Ray without the runtime_env (as it did before issue 27).
+    """
+    from search import final_training
+
+    class Joined(Exception):
+        pass
+
+    seen = {}
+
+    def record_join(address, **options):
+        seen.update(options, address=address)
+        raise Joined
+
+    monkeypatch.setattr("search.cluster.connect_ray", record_join)
+    env = {"env_vars": {"LACMFER_PROBE": "1"}}
+    cfg = tiny_config(synth_tiny, cluster={"runtime_env": env})
+    run = FinalRun("CK", "lacmfer", 0, cfg, tmp_path / "run")
+    with pytest.raises(Joined):
+        final_training.run_on_ray([run], address="127.0.0.1:6379")
+    assert seen["runtime_env"] == env and seen["address"] == "127.0.0.1:6379"
