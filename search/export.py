@@ -60,7 +60,7 @@ from search.analysis import (
 )
 from search.plots import PLOTS_DIR, load_split_study, write_search_plots
 from search.slots import slots_section
-from search.storage import OPTUNA_DB, ExperimentLocations, Location
+from search.storage import OPTUNA_DB, DamagedStudyStorage, ExperimentLocations, Location, reading_study_storage
 
 SCOPE_TEXT = {
     "best": "best evaluation (the max of the objective over the trial's evaluations)",
@@ -435,6 +435,7 @@ def _plots(places: ExperimentLocations, cfg: ExperimentConfig, studies: dict[str
 def _split_exports(
     places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]], scope: str,
     params: dict[str, pa.DataType], studies: dict[str, optuna.Study | None], database_found: bool,
+    damaged: DamagedStudyStorage | None = None,
 ) -> tuple[list[SplitExport], dict[str, tuple[ExperimentConfig, str]], list[dict[str, Any]]]:
     """Each split's export (best trial, importances, validators), its best config with its
     header, and the trials' parquet rows."""
@@ -448,7 +449,8 @@ def _split_exports(
             split.best_evaluation = split.best.selected(scope)
             split.best_config = places.folder / "best" / f"{target}.yaml"
             configs[target] = (best_config(cfg, split.best), best_header(cfg, places, split, scope, split.best_config))
-        absent = f"no study '{places.study_name(target)}' in {db}" if database_found else f"{db} not found"
+        absent = (f"{db} is not a readable Optuna storage ({damaged.reason})" if damaged is not None
+                  else f"no study '{places.study_name(target)}' in {db}" if database_found else f"{db} not found")
         split.importances, split.importance_note = split_importances(studies[target], absent)
         split.ranking = validator_ranking(split_records, oracle=ORACLE_METRIC)
         split.ranking_points = sum(
@@ -458,6 +460,27 @@ def _split_exports(
         splits.append(split)
         rows += [trial_row(r, scope, params, exported=r is split.best) for r in split_records]
     return splits, configs, rows
+
+
+def read_studies(places: ExperimentLocations, targets: Sequence[str]
+                 ) -> tuple[dict[str, optuna.Study | None], bool, DamagedStudyStorage | None]:
+    """Each split's study, copied into memory in one read of the storage (with results in
+    object storage, one download of the database); whether a storage was found; and the
+    error of a damaged one, whose studies are then all None (the export goes on without them)."""
+    try:
+        with places.readable_optuna_storage() as storage, reading_study_storage(places.storage_description()):
+            studies: dict[str, optuna.Study | None] = {}
+            for target in targets:
+                name = places.study_name(target)
+                study = load_split_study(storage, name)
+                if study is not None:  # read now, inside the guard: a damaged page fails here, not in a plot
+                    memory = optuna.storages.InMemoryStorage()
+                    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
+                    study = optuna.load_study(study_name=name, storage=memory)
+                studies[target] = study
+            return studies, storage is not None, None
+    except DamagedStudyStorage as err:
+        return dict.fromkeys(targets), True, err
 
 
 def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: dict[str, list[TrialRecord]],
@@ -471,15 +494,12 @@ def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: di
     check_scope(scope)
     missing = list(missing or [])
     params = param_columns(cfg, [r for rs in records.values() for r in rs])
-    # The studies are read once, for the importances and the plots: with results in object
-    # storage, that is one download of the database.
-    with places.readable_optuna_storage() as storage:
-        studies = {target: load_split_study(storage, places.study_name(target)) for target in records}
-        splits, configs, rows = _split_exports(places, cfg, records, scope, params, studies, storage is not None)
-        summary_text = summary_markdown(cfg, splits, missing, scope)
-        summary_text += "\n".join(["", *slots_section(places.slots_record)])
-        summary_text += "\n" + _plots(places, cfg, studies, records, {s.target: s.ranking for s in splits},
-                                      {s.target: s.picks for s in splits})
+    studies, database_found, damaged = read_studies(places, list(records))
+    splits, configs, rows = _split_exports(places, cfg, records, scope, params, studies, database_found, damaged)
+    summary_text = summary_markdown(cfg, splits, missing, scope)
+    summary_text += "\n".join(["", *slots_section(places.slots_record)])
+    summary_text += "\n" + _plots(places, cfg, studies, records, {s.target: s.ranking for s in splits},
+                                  {s.target: s.picks for s in splits})
     schema = trials_schema(params).with_metadata(
         {"experiment": cfg.output.name, "objective": cfg.eval.objective, "scope": scope,
          "oracle": str(cfg.eval.objective == ORACLE_OBJECTIVE).lower()}
@@ -498,6 +518,10 @@ def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: di
     pq.write_table(table, parquet)
     trials_path.write_bytes(parquet.getvalue().to_pybytes())
     summary_path.write_text(summary_text)
+    if damaged is not None:
+        raise UserError(f"search.storage {damaged.description}: not a readable Optuna storage ({damaged.reason}); "
+                        f"exported without it to {exp_dir}: best configs, trials.parquet and summary.md, with no "
+                        "importances and no search plots; restore the file from a copy for those and to --resume")
     return ExportSummary(exp_dir, cfg.eval.objective, scope, splits, missing, trials_path, summary_path)
 
 

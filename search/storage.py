@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,36 @@ from lacmfer.files import exclusive_lock, write_bytes_atomic
 #: Where a driver keeps what must stay on its own disk when the results are in object
 #: storage: the experiment lock and the default Optuna SQLite database.
 LOCAL_STATE_ROOT = Path.home() / ".cache" / "lacmfer" / "experiments"
+
+
+class DamagedStudyStorage(UserError):
+    """The experiment's Optuna storage exists but cannot be read as one (truncated, overwritten, foreign)."""
+
+    def __init__(self, description: str, reason: str):
+        self.description, self.reason = description, reason
+        super().__init__(
+            f"search.storage {description}: not a readable Optuna storage ({reason}); the trials' own records "
+            "are intact: `tune.py --export-only` writes the best configs, trials.parquet and the summary without "
+            "it (importances and search plots need it); restore the file from a copy to --resume")
+
+
+@contextlib.contextmanager
+def reading_study_storage(description: str) -> Iterator[None]:
+    """Turn the errors of a damaged Optuna storage into one line naming it (`DamagedStudyStorage`).
+
+    SQLite raises DatabaseError ("database disk image is malformed", "file is not a
+    database") as soon as it reads the file; a journal file with broken lines fails to
+    decode. OperationalError (locked, unreachable) is not damage and passes through.
+    """
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except sqlalchemy.exc.OperationalError:
+        raise
+    except (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError, UnicodeDecodeError,
+            json.JSONDecodeError) as err:
+        raise DamagedStudyStorage(description, str(getattr(err, "orig", None) or err).strip().splitlines()[0]) from None
 
 
 @dataclass(frozen=True)
@@ -242,7 +273,12 @@ class ExperimentLocations:
         An RDB URL as given; a journal file for any other value (a path); by default SQLite
         `optuna.db` in `local_state`. With results in object storage that file is on the
         driver's disk and `upload_study_copy` puts a copy beside the results after the search.
+        A storage that cannot be read as Optuna's is a `DamagedStudyStorage`.
         """
+        with reading_study_storage(self.storage_description()):
+            return self._open_optuna_storage()
+
+    def _open_optuna_storage(self) -> optuna.storages.BaseStorage:
         if self.storage is None:
             self.local_state.mkdir(parents=True, exist_ok=True)
             return optuna.storages.RDBStorage(f"sqlite:///{self.default_database}")

@@ -234,6 +234,39 @@ def test_nothing_is_written_when_the_export_fails(experiment):
     assert not (exp_dir / "trials.parquet").exists() and not (exp_dir / "summary.md").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_damaged_optuna_storage_is_one_line_and_the_rest_is_exported(experiment, damage):
+    """A truncated (or overwritten) optuna.db: one line naming it, after the best configs,
+    trials.parquet and the summary are written from the trials' own records.
+
+    Catches: the export ending in SQLAlchemy's traceback (the error not caught where the
+    studies are read), or giving up before writing what needs no study.
+    """
+    cfg, exp_dir = experiment
+    database = exp_dir / "optuna.db"
+    data = database.read_bytes()
+    database.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a database " * 300)
+    with pytest.raises(UserError) as raised:
+        write_export(ExperimentLocations.of(cfg, exp_dir), cfg, {"CK": ck_records(), "JAFFE": jaffe_records()})
+    message = str(raised.value)
+    assert f"search.storage {database}: not a readable Optuna storage (" in message and "\n" not in message
+    assert ("database disk image is malformed" if damage == "truncated" else "file is not a database") in message
+    assert "no importances and no search plots" in message
+    assert load_config(exp_dir / "best" / "CK.yaml").loss.hyper_align == pytest.approx(0.3)
+    assert pq.read_table(exp_dir / "trials.parquet").num_rows == len(ck_records()) + len(jaffe_records())
+    assert "is not a readable Optuna storage" in (exp_dir / "summary.md").read_text(encoding="utf-8")
+
+
+def test_resuming_on_a_damaged_optuna_storage_is_one_line(experiment):
+    """Catches: the driver's first read of the storage (before Ray starts) raising SQLAlchemy's error."""
+    from search.storage import DamagedStudyStorage
+
+    cfg, exp_dir = experiment
+    (exp_dir / "optuna.db").write_bytes((exp_dir / "optuna.db").read_bytes()[:8192])
+    with pytest.raises(DamagedStudyStorage, match=r"optuna.db: not a readable Optuna storage \(database disk image"):
+        ExperimentLocations.of(cfg, exp_dir).optuna_storage()
+
+
 def test_export_experiment_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such experiment folder"):
         export_experiment(tmp_path / "nope")
