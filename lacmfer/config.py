@@ -223,6 +223,12 @@ class EvalConfig(_Section):
     # Every this many steps a step also measures ‖∇(hyper_align·L_inter)‖ / ‖∇L_sup‖ on the
     # shared trunk (two extra backward passes); null: never (docs/METHOD.md §3.9).
     grad_ratio_every: Annotated[int, Field(ge=1)] | None = 50
+    # A run that trains this long without an evaluation is ended as hung ("no report for N s")
+    # and retried from its checkpoint like any failed run (lacmfer/run/watchdog.py). null:
+    # hang_factor × its slowest interval so far, at least hang_floor_s (4 × before the first).
+    hang_timeout_s: Positive | None = None
+    hang_factor: Annotated[float, Field(gt=1.0)] = 5.0
+    hang_floor_s: Positive = 600.0
 
 
 class ParamSpec(_Section):

@@ -6,7 +6,8 @@
         ...                            # report it: `tune.report`, a progress line
     run.result()                       # status, selected and last evaluation, history
 
-`Run.evaluations` builds nothing the caller must keep in step: it trains the `Trainer`,
+`Run.evaluations` builds nothing the caller must keep in step: it trains the `Trainer`
+under a watchdog that ends it when it stops making progress (`lacmfer.run.watchdog`),
 marks a diverged evaluation (its objective NaN, the run flagged and ended), logs every
 evaluation to TensorBoard (`out/tb`), keeps the evaluation the objective selects (with
 its weights when asked) and checkpoints the whole state in one format, `STATE_FILE`:
@@ -42,6 +43,7 @@ from lacmfer.files import atomic_path
 from lacmfer.run.device import Placement, out_of_memory_message
 from lacmfer.run.tb_logging import BEST_OF, RunLogger
 from lacmfer.run.trainer import Trainer
+from lacmfer.run.watchdog import Watchdog, hang_limit
 
 STATE_FILE = "run_state.pt"
 LAST_WEIGHTS = "checkpoint.pt"
@@ -164,39 +166,45 @@ class Run:
         self._started = time.perf_counter()
         bar = tqdm(total=self.cfg.schedule.steps, initial=trainer.step_count, desc=self.name, unit="step",
                    disable=not self.progress, leave=False)
+        watchdog = Watchdog(hang_limit(self.cfg.eval), self.name)
         try:
-            for metrics in trainer.training_loop():
-                bar.update(trainer.step_count - bar.n)
-                if diverged(metrics):
-                    # NaN weights still give finite accuracies (argmax of NaN is a fixed class),
-                    # so the objective must be replaced, by NaN rather than a very low number:
-                    # nothing downstream ranks NaN as good or crashes on it (ASHA's cutoffs use
-                    # nanpercentile; the searcher tells the trial PRUNED, which TPE ranks last;
-                    # Tune's best-result lookup and the selection below skip it), where a finite
-                    # sentinel would enter TPE's density model as a real, extreme value.
-                    metrics["objective"] = math.nan
-                    self.status = "diverged"
-                    logger.mark("diverged")  # the HParams table must not show it as a good run
-                self.history.append(metrics)
-                logger.log(metrics, trainer.step_count)
-                if self.status == "diverged":
-                    # The weights are NaN from here on: no checkpoint, no more steps.
-                    yield Evaluation(metrics, trainer.finished, True, None)
-                    return
-                if metrics["objective"] > selected_objective:
-                    selected_objective = metrics["objective"]
-                    if self.save_weights:
-                        _save_atomic(self._weights(), self.out / SELECTED_WEIGHTS)
-                bar.set_postfix(objective=f"{metrics['objective']:.3f}", target_acc=f"{metrics['target_acc']:.3f}")
-                if not self.checkpoint_due():
-                    yield Evaluation(metrics, trainer.finished, False, None)
-                elif self.state_dir is not None:
-                    self.save_state(self.state_dir)
-                    yield Evaluation(metrics, trainer.finished, False, self.state_dir)
-                else:
-                    with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
-                        self.save_state(Path(directory))
-                        yield Evaluation(metrics, trainer.finished, False, Path(directory))
+            with watchdog:
+                for metrics in trainer.training_loop():
+                    watchdog.beat()
+                    bar.update(trainer.step_count - bar.n)
+                    if diverged(metrics):
+                        # NaN weights still give finite accuracies (argmax of NaN is a fixed class),
+                        # so the objective must be replaced, by NaN rather than a very low number:
+                        # nothing downstream ranks NaN as good or crashes on it (ASHA's cutoffs use
+                        # nanpercentile; the searcher tells the trial PRUNED, which TPE ranks last;
+                        # Tune's best-result lookup and the selection below skip it), where a finite
+                        # sentinel would enter TPE's density model as a real, extreme value.
+                        metrics["objective"] = math.nan
+                        self.status = "diverged"
+                        logger.mark("diverged")  # the HParams table must not show it as a good run
+                    self.history.append(metrics)
+                    logger.log(metrics, trainer.step_count)
+                    if self.status == "diverged":
+                        # The weights are NaN from here on: no checkpoint, no more steps.
+                        with watchdog.suspended():
+                            yield Evaluation(metrics, trainer.finished, True, None)
+                        return
+                    if metrics["objective"] > selected_objective:
+                        selected_objective = metrics["objective"]
+                        if self.save_weights:
+                            _save_atomic(self._weights(), self.out / SELECTED_WEIGHTS)
+                    bar.set_postfix(objective=f"{metrics['objective']:.3f}", target_acc=f"{metrics['target_acc']:.3f}")
+                    # The caller's time (a Tune report, its checkpoint upload) is not the run's.
+                    with watchdog.suspended():
+                        if not self.checkpoint_due():
+                            yield Evaluation(metrics, trainer.finished, False, None)
+                        elif self.state_dir is not None:
+                            self.save_state(self.state_dir)
+                            yield Evaluation(metrics, trainer.finished, False, self.state_dir)
+                        else:
+                            with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
+                                self.save_state(Path(directory))
+                                yield Evaluation(metrics, trainer.finished, False, Path(directory))
         except Exception:
             # Shown in the HParams table. Not for Tune's stop of a trial (SystemExit inside
             # its report, which closes this generator): the mark is written at the failing step.
