@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lacmfer.data.loaders import cache_every_list
     from lacmfer.method.pretrained import ensure_pretrained
+    from lacmfer.run.lifecycle import state_file_bytes
+    from search.disk_space import check_space, disk_full_error, is_disk_full
     from search.driver import run_search
     from trainables.ray_session import check_reachable
 
@@ -169,14 +171,26 @@ def main(argv: list[str] | None = None) -> int:
     # the caches built here.
     cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     ensure_pretrained(cfg)  # download or train the trunk weights once, too
-    outcomes = run_search(cfg, address=args.address, resume=args.resume)
-    summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
+    places = ExperimentLocations.of(cfg)
+    resume_command = f"python tune.py --resume --name {cfg.output.name}" + (
+        f" --results {cfg.output.results_dir}" if args.results else "")
+    if places.folder.is_local and not args.resume:
+        # Resumed searches have part of their checkpoints on disk already: not estimated again.
+        check_space(places.folder.local_path(), cfg.search.num_samples * len(cfg.data.targets), state_file_bytes(cfg))
+    try:
+        outcomes = run_search(cfg, address=args.address, resume=args.resume)
+        if any(o.error and is_disk_full(o.error) for o in outcomes):
+            raise disk_full_error(places.folder, resume_command)
+        summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(places.folder, resume_command) from None
+        raise
     # A split with no outcome never started (the search was stopped before its driver ran): unfinished too.
     unfinished = [o.target for o in outcomes if not o.finished]
     unfinished += [t for t in cfg.data.targets if t not in {o.target for o in outcomes}]
     # A split that finished with no usable trial (all failed or diverged) has no best config.
     no_result = [s for s in summary.splits if s.best is None and s.target not in unfinished]
-    places = ExperimentLocations.of(cfg)
     exp = places.folder
     print(f"\nresults:     {exp}")
     print(f"tensorboard: tensorboard --logdir {exp}")
@@ -196,9 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         if outcome.error:
             print(f"\nSPLIT STOPPED: {outcome.target}: {outcome.error}", file=sys.stderr)
     if unfinished:
-        print(f"\nNOT FINISHED: split(s) {', '.join(unfinished)} did not complete. "
-              f"Continue with: python tune.py --resume --name {cfg.output.name}"
-              + (f" --results {cfg.output.results_dir}" if args.results else ""), file=sys.stderr)
+        print(f"\nNOT FINISHED: split(s) {', '.join(unfinished)} did not complete. Continue with: {resume_command}",
+              file=sys.stderr)
     if unfinished or no_result:
         return 1
     print("every split finished.")

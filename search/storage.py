@@ -27,6 +27,7 @@ import pyarrow.fs as pafs
 from lacmfer.config import ExperimentConfig, config_from_dict, is_uri, parse_yaml
 from lacmfer.errors import UserError
 from lacmfer.files import exclusive_lock, write_bytes_atomic
+from search.disk_space import is_disk_full
 
 #: Where a driver keeps what must stay on its own disk when the results are in object
 #: storage: the experiment lock and the default Optuna SQLite database.
@@ -60,6 +61,8 @@ def reading_study_storage(description: str) -> Iterator[None]:
         raise
     except (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError, UnicodeDecodeError,
             json.JSONDecodeError) as err:
+        if is_disk_full(err):  # a write that found no space: search.disk_space says so
+            raise
         raise DamagedStudyStorage(description, str(getattr(err, "orig", None) or err).strip().splitlines()[0]) from None
 
 

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from lacmfer.config import ExperimentConfig
 from lacmfer.data.loaders import SplitData
 from lacmfer.files import atomic_path
+from lacmfer.method.model import LACMFERNet
 from lacmfer.run.device import Placement, out_of_memory_message
 from lacmfer.run.tb_logging import BEST_OF, RunLogger
 from lacmfer.run.trainer import Trainer
@@ -57,6 +58,18 @@ def diverged(metrics: Mapping[str, float]) -> bool:
     predictions' entropy is then NaN already, so it is checked too.
     """
     return not (math.isfinite(metrics.get("loss_total", 0.0)) and math.isfinite(metrics.get("entropy", 0.0)))
+
+
+def state_file_bytes(cfg: ExperimentConfig) -> int:
+    """About the size of one `STATE_FILE` of a run of `cfg`: the weights, the optimiser's momentum
+    (a buffer per parameter) and BatchNorm's statistics, plus 1 MiB for the rest (RNG, samplers,
+    history). The network is built on the meta device: nothing is allocated."""
+    m = cfg.model
+    with torch.device("meta"):
+        model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks, cbam=m.cbam,
+                           branch_init=m.branch_init)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 2 * weights + sum(b.numel() * b.element_size() for b in model.buffers()) + 2**20
 
 
 def with_threads(cfg: ExperimentConfig) -> ExperimentConfig:
