@@ -240,6 +240,13 @@ class Replay:
     final: float
     recorded_share: float
 
+    def first(self, trials: int) -> Replay:
+        """The same search stopped after its first `trials` trials: exact when a split runs one trial at
+        a time (a proposal and a rung's cut depend only on the trials before), so the smaller
+        budgets are read off the largest one's replay."""
+        anytime = self.anytime[:trials]
+        return Replay(anytime, anytime[-1][0], anytime[-1][1], self.recorded_share)
+
 
 def replay(land: Landscape, cfg: ExperimentConfig, sampler: str, scheduler: str, seed: int, budget: int,
            concurrency: int) -> Replay:
@@ -337,6 +344,13 @@ def _replay_arm(task: tuple) -> list[Replay]:
     return [replay(landscapes[target], cfg, sampler, scheduler, seed, budget, concurrency) for seed in range(seeds)]
 
 
+def _budgets_of(runs: list[Replay], budgets: list[int], concurrency: int) -> dict[int, list[Replay]]:
+    """Each budget's replays, read off the largest budget's (`Replay.first`) when one trial runs at a time."""
+    if concurrency != 1:
+        raise ValueError("only one trial at a time makes a smaller budget a prefix of a larger one")
+    return {budget: [r.first(budget) for r in runs] for budget in budgets}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recording", type=Path, default=REPO / "bench/landscape.parquet")
@@ -381,15 +395,20 @@ def main(argv: list[str] | None = None) -> int:
     arms = [(s, c) for s in args.samplers for c in args.schedulers]
     if BASELINE not in arms:
         arms.insert(0, BASELINE)
+    # One trial of a split at a time: every budget is a prefix of the largest one's replay.
+    prefix = args.concurrency == 1
+    replayed = [max(args.budgets)] if prefix else args.budgets
     tasks = [(str(args.recording), str(args.config), args.neighbours, surrogate, target, sampler, scheduler, budget,
               args.seeds, args.concurrency)
-             for target in landscapes for (sampler, scheduler), budget in itertools.product(arms, args.budgets)]
+             for target in landscapes for (sampler, scheduler), budget in itertools.product(arms, replayed)]
     results: dict[tuple[str, str, str, int], list[Replay]] = {}
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         for task, runs in zip(tasks, pool.map(_replay_arm, tasks)):
-            results[task[4:8]] = runs
-            print(f"  {' '.join(map(str, task[4:8]))} trials: {time.perf_counter() - started:.0f} s",
+            target, sampler, scheduler, budget = task[4:8]
+            for size, sized in (_budgets_of(runs, args.budgets, 1) if prefix else {budget: runs}).items():
+                results[target, sampler, scheduler, size] = sized
+            print(f"  {target} {sampler}+{scheduler} {budget} trials: {time.perf_counter() - started:.0f} s",
                   file=sys.stderr, flush=True)
 
     rng = np.random.default_rng(0)
