@@ -251,7 +251,7 @@ def plot(figures: dict[str, dict], path: Path) -> None:
         ax.axhline(100 * f["so_picked"], color="black", label="source-only (mean, at its pick)")
         ax.set_xlabel("best objective of the run (source_val_acc, %)")
         ax.set_ylabel("target accuracy at the objective's pick (%)")
-        ax.set_title(f"{target}: does the objective rank configurations as the oracle does?")
+        ax.set_title(f"{target}: the objective against the oracle, per configuration")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
