@@ -336,6 +336,8 @@ def test_final_training_joins_ray_with_the_configs_runtime_env(synth_tiny, tmp_p
         raise Joined
 
     monkeypatch.setattr("search.cluster.connect_ray", record_join)
+    # As on a fresh command line: another test's Ray session in this process would be joined as is.
+    monkeypatch.setattr(final_training.ray, "is_initialized", lambda: False)
     env = {"env_vars": {"LACMFER_PROBE": "1"}}
     cfg = tiny_config(synth_tiny, cluster={"runtime_env": env})
     run = FinalRun("CK", "lacmfer", 0, cfg, tmp_path / "run")
