@@ -65,7 +65,7 @@ def test_full_volume_errors_are_recognised(tiny_volume):
     with pytest.raises(Exception) as full:
         for _ in range(10_000):
             trial = study.ask()
-            trial.set_user_attr("padding", "x" * 2000)
+            trial.set_user_attr("padding", "x" * 8000)
             study.tell(trial, 1.0)
     assert disk_space.is_disk_full(full.value), repr(full.value)
     assert not disk_space.is_disk_full(ValueError("a bad value"))
