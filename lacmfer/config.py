@@ -534,6 +534,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: config file not found") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError as err:  # a file cut short or overwritten with other bytes
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                        "a YAML config file was expected") from None
     return parse_yaml(text, str(path))
 
 

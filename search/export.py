@@ -497,7 +497,7 @@ def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: di
     studies, database_found, damaged = read_studies(places, list(records))
     splits, configs, rows = _split_exports(places, cfg, records, scope, params, studies, database_found, damaged)
     summary_text = summary_markdown(cfg, splits, missing, scope)
-    summary_text += "\n".join(["", *slots_section(places.slots_record)])
+    summary_text += "\n".join(["", *slots_section(places.slots_record, places.timeline)])
     summary_text += "\n" + _plots(places, cfg, studies, records, {s.target: s.ranking for s in splits},
                                   {s.target: s.picks for s in splits})
     schema = trials_schema(params).with_metadata(

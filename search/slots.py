@@ -16,6 +16,7 @@ end (completed, stopped by ASHA, or errored), so a worker's start-up counts as i
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -66,22 +67,50 @@ def mark_run(path: Path, slots: int, targets: Sequence[str]) -> None:
     _append(path, {"event": "run", "t": time.time(), "slots": slots, "targets": list(targets)})
 
 
-def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The latest run's mark and the trial events after it."""
-    run: dict[str, Any] = {"slots": 1, "targets": [], "t": time.time()}
-    events: list[dict[str, Any]] = []
+def read_runs(path: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every run's mark and the trial events after it, oldest first (none before the first mark).
+
+    A line that does not decode (being written right now, or damaged) is skipped.
+    """
+    runs: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     if not path.exists():
-        return run, events
-    for line in path.read_text(encoding="utf-8").splitlines():
+        return runs
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # a line being written right now
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict):
             continue
         if record.get("event") == "run":
-            run, events = record, []
-        else:
-            events.append(record)
-    return run, events
+            runs.append((record, []))
+        elif runs and {"event", "t", "target", "trial"} <= record.keys():
+            runs[-1][1].append(record)
+    return runs
+
+
+def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The latest run's mark and the trial events after it."""
+    runs = read_runs(path)
+    return runs[-1] if runs else ({"slots": 1, "targets": [], "t": time.time()}, [])
+
+
+def usage_records(file: Location, timeline: Path, runs_before_latest: bool = False) -> list[dict[str, Any]]:
+    """The runs' slot usage in `slots.json`; if that file is damaged, rebuilt from the timeline
+    (every run, or every run but the latest one, which the caller is recording), with a warning."""
+    if not file.exists():
+        return []
+    try:
+        runs = json.loads(file.read_text())
+        if isinstance(runs, list) and all(isinstance(r, dict) and "started" in r for r in runs):
+            return runs
+    except (ValueError, UnicodeDecodeError):
+        pass
+    recorded = read_runs(timeline)[: -1 if runs_before_latest else None]
+    print(f"WARNING: {file} is damaged (not the list of runs it should be); rebuilt from {timeline} "
+          f"({len(recorded)} run(s))", file=sys.stderr, flush=True)
+    return [slot_usage(run, events, until=max((e["t"] for e in events), default=run["t"])).as_dict()
+            for run, events in recorded]
 
 
 @dataclass(frozen=True)
@@ -183,22 +212,23 @@ def record_usage(timeline: Path, file: Location) -> SlotUsage:
     """The latest run's slot usage, appended to the experiment's `slots.json` (`file`)."""
     run, events = read_run(timeline)
     usage = slot_usage(run, events, until=time.time())
-    runs = json.loads(file.read_text()) if file.exists() else []
+    runs = usage_records(file, timeline, runs_before_latest=True)
     file.write_text(json.dumps([*runs, usage.as_dict()], indent=1))
     return usage
 
 
-def slots_section(file: Location) -> list[str]:
+def slots_section(file: Location, timeline: Path) -> list[str]:
     """summary.md's table of the slot usage of every run of the search (none before it records any),
-    from the experiment's `slots.json` (`file`)."""
-    if not file.exists():
+    from the experiment's `slots.json` (`file`; rebuilt from `timeline` if damaged)."""
+    runs = usage_records(file, timeline)
+    if not runs:
         return []
     lines = ["## Slots", "",
              ("Trials at once over each run (start or resume): busy slot-seconds ÷ available slot-seconds "
               "between the first trial's start and the last trial's end."), "",
              "| run started (UTC) | slots | trials | span (s) | mean at once | peak | occupancy |",
              "|---|---|---|---|---|---|---|"]
-    for r in json.loads(file.read_text()):
+    for r in runs:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["started"]))
         lines.append(f"| {started} | {r['slots']} | {r['trials']} | {r['span_s']:.0f} | {r['mean']:.2f} | "
                      f"{r['peak']} | {r['occupancy']:.2f} |")
