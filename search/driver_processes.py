@@ -8,8 +8,9 @@ need a searcher and a scheduler that dispatch by split and one Tune experiment h
 every split, which breaks the per-split layout, rounds and `Tuner.restore`. A process per
 split has none of that: the splits share only the Ray cluster, whose scheduler hands
 each free slot to whichever split has a trial waiting. The cost: a process per split
-(spawn, import torch and Ray, join the cluster: seconds each on a quiet machine, about
-0.5 GiB each), paid once per search.
+(spawn, import Ray, join the cluster; no torch, which only the trial workers import:
+about 0.2 GiB and 1.5 CPU-seconds of imports each, `bench/bench_driver_imports.py`), paid
+once per search.
 
 - A job that raises, or whose process dies, ends with its error; the others go on.
 - Ctrl-C reaches this process only (each child leads a process group of its own) and is

@@ -52,9 +52,15 @@ def ray_line(metrics: dict, trial_id: str, config: dict) -> str:
 
 
 def test_search_package_does_not_import_torch():
-    code = "import sys, search.analysis, search.export; print('torch' in sys.modules)"
+    """Analysis needs no GPU stack, and a split's driver process (search.driver, the Tuner it builds,
+    the trainable it hands Ray) imports neither torch nor torchvision: only the trial workers do.
+
+    Catches: a module-level `lacmfer.run` import in `trainables/` (0.5 GiB and seconds per split driver).
+    """
+    code = ("import sys, search.analysis, search.export, search.driver, search.tuner; "
+            "print('torch' in sys.modules, 'torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 # ---------------------------------------------------------------- records and statuses

@@ -28,8 +28,6 @@ from ray import tune
 
 from lacmfer.config import ExperimentConfig, config_from_dict
 from lacmfer.hparams import to_config_values
-from lacmfer.run.lifecycle import Run, out_of_memory_as_error, with_threads
-from lacmfer.run.tb_logging import run_hparams
 from trainables.ray_session import ray_placement
 
 
@@ -67,6 +65,10 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
     # Ray logs every checkpoint it persists at INFO in the trial's process and forwards it to
     # the driver's console: a line per evaluation of every trial, burying the progress line.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # Imported in the trial's worker only: the split drivers that hold this function for Tune need no torch.
+    from lacmfer.run.lifecycle import Run, out_of_memory_as_error, with_threads
+    from lacmfer.run.tb_logging import run_hparams
+
     cfg = with_threads(trial_config(base_config, config))
     placement = ray_placement(cfg.resources.device)
     with out_of_memory_as_error(placement):

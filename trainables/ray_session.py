@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from lacmfer.errors import UserError
-from lacmfer.run.device import Placement, scheduled_placement
+
+if TYPE_CHECKING:
+    from lacmfer.run.device import Placement
 
 #: Where Ray 2.60 looks for a token, in this order (the C++ token loader).
 TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -100,4 +102,7 @@ def ray_gpu_assignment() -> tuple[list[str], float]:
 
 def ray_placement(device: str) -> Placement:
     """Where this worker trains: the GPU Ray assigned to it (with its memory share), else the CPU."""
+    # Imported here: the drivers that join Ray (tune.py's split drivers) need no torch.
+    from lacmfer.run.device import scheduled_placement
+
     return scheduled_placement(device, *ray_gpu_assignment())
