@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the experiment --name")
     mode.add_argument("--export-only", action="store_true", help="only export the results of --name")
+    mode.add_argument("--rebuild-study", action="store_true",
+                      help="rebuild the Optuna studies of the finished search --name from its trials' reports")
     mode.add_argument("--dry-run", action="store_true", help="print config, splits and search space, then exit")
     return p.parse_args(argv)
 
@@ -138,7 +140,7 @@ def user_error_of_every_trial(places: ExperimentLocations, targets: list[str]) -
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.resume or args.export_only:
+    if args.resume or args.export_only or args.rebuild_study:
         cfg = saved_config(args)
     else:
         cfg = load_config(args.config, cli_overrides(args))
@@ -149,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         print("WARNING: objective oracle_target_acc selects on target TEST labels (oracle); "
               "every export is marked as such.", file=sys.stderr)
     if args.export_only:
+        export(cfg)
+        return 0
+    if args.rebuild_study:
+        from search.study_rebuild import rebuild_experiment
+
+        print("\n".join(rebuild_experiment(ExperimentLocations.of(cfg), cfg)))
         export(cfg)
         return 0
 

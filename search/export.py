@@ -521,7 +521,7 @@ def write_export(places: ExperimentLocations, cfg: ExperimentConfig, records: di
     if damaged is not None:
         raise UserError(f"search.storage {damaged.description}: not a readable Optuna storage ({damaged.reason}); "
                         f"exported without it to {exp_dir}: best configs, trials.parquet and summary.md, with no "
-                        "importances and no search plots; restore the file from a copy for those and to --resume")
+                        "importances and no search plots; `tune.py --rebuild-study` rebuilds it from the trials' reports")
     return ExportSummary(exp_dir, cfg.eval.objective, scope, splits, missing, trials_path, summary_path)
 
 

@@ -42,7 +42,7 @@ class DamagedStudyStorage(UserError):
         super().__init__(
             f"search.storage {description}: not a readable Optuna storage ({reason}); the trials' own records "
             "are intact: `tune.py --export-only` writes the best configs, trials.parquet and the summary without "
-            "it (importances and search plots need it); restore the file from a copy to --resume")
+            "it (importances and search plots need it); `tune.py --rebuild-study` rebuilds it from them")
 
 
 @contextlib.contextmanager

@@ -88,9 +88,11 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
         assert (r["cluster_gamma"] is None) == (r["cluster_ramp"] != "sigmoid")
         assert r["evaluations"] == 4 if r["status"] == "completed" else r["evaluations"] < 4
 
+    originals = {}
     for target in ("CK", "RAF"):
         # The paper's defaults are the first point of each study; ASHA-stopped trials are PRUNED.
         study = optuna.load_study(study_name=ExperimentLocations.of(cfg).study_name(target), storage=f"sqlite:///{exp / 'optuna.db'}")
+        originals[target] = study.trials
         assert study.trials[0].params["hyper_align"] == pytest.approx(0.4)
         states = {t.state for t in study.trials}
         assert len(study.trials) == 4 and states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
@@ -110,6 +112,17 @@ def test_search_end_to_end(synth_tiny, tmp_path, local_ray):
         scalars = set(acc.Tags()["scalars"])
         assert {"loss/total", "validators/objective", "target/acc", "hparam/objective_best"} <= scalars
         assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+
+    # A damaged optuna.db is rebuilt from the trials' reports: trial by trial what the searcher told Optuna.
+    (exp / "optuna.db").write_bytes((exp / "optuna.db").read_bytes()[:4096] + b"damage")
+    assert main(["--rebuild-study", "--name", "e2e", "--results", str(tmp_path)]) == 0
+    for target in ("CK", "RAF"):
+        name = ExperimentLocations.of(cfg).study_name(target)
+        rebuilt = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+        assert_optuna_tells_what_tune_recorded(rebuilt, exp / target, [r for r in table if r["target"] == target])
+        assert [t.params for t in rebuilt.trials] == [t.params for t in originals[target]]
+        assert [t.distributions for t in rebuilt.trials] == [t.distributions for t in originals[target]]
+    assert (exp / "optuna.db.damaged").exists()
 
 
 OPTUNA_STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped early": optuna.trial.TrialState.PRUNED,
