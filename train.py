@@ -33,6 +33,7 @@ from lacmfer.method.pretrained import ensure_pretrained
 from lacmfer.names import METHOD_NAMES, domain_names, is_oracle
 from lacmfer.reports.final_report import write_report
 from lacmfer.run.final_run import FinalRun, failed_result, read_result, result_line, train_run
+from search.disk_space import disk_full_error, is_disk_full
 
 
 @dataclass
@@ -137,7 +138,9 @@ def run_sequential(runs: Sequence[FinalRun], retries: int, progress: bool,
                 break
             except UserError:
                 raise
-            except Exception as err:  # noqa: BLE001 - any crash of a run is retried from its state
+            except Exception as err:
+                if is_disk_full(err):
+                    raise  # no retry fits either: main says which volume and how to go on
                 print(f"{run.name}: attempt {attempt + 1} failed: {type(err).__name__}: {err}", file=sys.stderr)
                 result = failed_result(run, f"{type(err).__name__}: {err}")
         on_result(result)
@@ -216,8 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with {resume}", file=sys.stderr)
         return 130
+    except Exception as err:
+        if is_disk_full(err):
+            raise disk_full_error(plan.final_dir, resume) from None
+        raise
 
     ordered = [results[r.name] for r in plan.runs]
+    # A run that failed writing to a full volume: one line with the free space and the way on.
+    if any(r["status"] == "failed" and is_disk_full(r.get("error", "")) for r in ordered):
+        raise disk_full_error(plan.final_dir, resume)
     # Bad input that only a run could find (its worker raised a UserError) in every run: one
     # line and exit 2, as for bad input found before Ray, rather than N failed runs.
     if ordered and all(r.get("user_error") for r in ordered):

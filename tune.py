@@ -120,6 +120,14 @@ def export(cfg: ExperimentConfig, finished: list[str] | None = None) -> ExportSu
     return summary
 
 
+def trials_hit_a_full_disk(places: ExperimentLocations, targets: list[str]) -> bool:
+    """Whether a trial of the search failed writing to a full volume (its checkpoint, its events)."""
+    from search.analysis import read_split
+    from search.disk_space import is_disk_full
+
+    return any(is_disk_full(r.error or "") for t in targets if places.rounds(t) for r in read_split(places, t))
+
+
 def user_error_of_every_trial(places: ExperimentLocations, targets: list[str]) -> str | None:
     """The bad input every trial of `targets` found in its Ray worker, or None if any trial ended otherwise.
 
@@ -190,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(o.error and is_disk_full(o.error) for o in outcomes):
             raise disk_full_error(places.folder, resume_command)
         summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
+        if trials_hit_a_full_disk(places, cfg.data.targets):  # --resume retries those trials
+            raise disk_full_error(places.folder, resume_command)
     except Exception as err:
         if is_disk_full(err):
             raise disk_full_error(places.folder, resume_command) from None

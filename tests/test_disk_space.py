@@ -42,10 +42,40 @@ def tiny_volume(tmp_path):
     mount = tmp_path / "volume"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+                      capture_output=True, check=False).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (not root)")
     yield mount
     subprocess.run(["umount", "--lazy", str(mount)], check=True)  # the test's SQLite engine may still hold a file
+
+
+def test_final_training_on_a_full_volume_is_one_line_and_resumes_once_space_is_freed(synth_tiny, tiny_volume,
+                                                                                     capsys):
+    """Final training's results on a volume too small for a run's checkpoint: one line naming the
+    folder, with the free space and the --resume command, exit 2; the earlier files intact;
+    once the volume is grown (space freed), the printed command finishes every run.
+
+    Catches: the OSError traceback (or N "attempt failed" runs and exit 1) instead of the line,
+    and a resume that starts over or loses the config written before the volume filled.
+    """
+    from lacmfer.config import save_config
+    from tests.conftest import tiny_config
+    from train import main
+
+    cfg = tiny_config(synth_tiny, data={"targets": ["CK"]}, output={"results_dir": str(tiny_volume), "name": "exp"})
+    save_config(cfg, cfg.experiment_dir / "config.yaml")
+    save_config(cfg.with_values({"data.targets": ["CK"]}), cfg.experiment_dir / "best" / "CK.yaml")
+    best = (cfg.experiment_dir / "best" / "CK.yaml").read_text()
+    argv = ["--experiment", str(cfg.experiment_dir), "--seeds", "0", "--sequential", "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: no space left on the volume of {cfg.experiment_dir / 'final'} (")
+    assert "free now): the command stopped" in err and err.endswith(f"python train.py {' '.join(argv)} --resume")
+    assert (cfg.experiment_dir / "best" / "CK.yaml").read_text() == best
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_volume)], check=True)
+    assert main([*argv, "--resume"]) == 0
+    assert (cfg.experiment_dir / "final" / "report.md").exists()
 
 
 def test_full_volume_errors_are_recognised(tiny_volume):

@@ -26,7 +26,10 @@ reports or a Ray task's result.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -93,9 +96,18 @@ def out_of_memory_as_error(placement: Placement) -> Iterator[None]:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file: a crash never leaves half a checkpoint."""
+    """torch.save through a temporary file: a crash never leaves half a checkpoint.
+
+    On a full volume torch's zip writer raises a RuntimeError ("unexpected pos ..."), not
+    Python's OSError: it is raised as ENOSPC, so the commands name the full volume.
+    """
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            if shutil.disk_usage(tmp.parent).free < 2**20:  # read while the partial file still fills it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
 
 
 @dataclass
