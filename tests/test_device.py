@@ -100,7 +100,7 @@ def test_out_of_memory_fails_the_trial_naming_its_share(synth_tiny, gpu_machine,
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainable_module, "Run", out_of_memory)
+    monkeypatch.setattr("lacmfer.run.lifecycle.Run", out_of_memory)  # the trainable imports it when it runs
     with pytest.raises(RuntimeError, match=r"out of GPU memory within this trial's share .*resources\.gpu: 0\.25"):
         trainable_module.lacmfer_trainable({}, base_config=base, target="CK")
 
