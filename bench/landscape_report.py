@@ -183,8 +183,9 @@ def report_split(target: str, runs: list[dict], space: SearchSpace, planned: set
     objective_final = [selected(r["history"])["objective"] for r in sobol]
     for weight in WEIGHTS:
         logs = [math.log(r["values"][weight]) for r in sobol]
-        lines.append(f"| {weight} | {spearmanr(logs, objective_final).statistic:+.2f} | "
-                     f"{spearmanr(logs, finals).statistic:+.2f} |")
+        # omit: a diverged run has no finite objective
+        lines.append(f"| {weight} | {spearmanr(logs, objective_final, nan_policy='omit').statistic:+.2f} | "
+                     f"{spearmanr(logs, finals, nan_policy='omit').statistic:+.2f} |")
     lines.append("")
 
     oracle_study, objective_study = study_of(sobol, space, "oracle"), study_of(sobol, space, "objective")
