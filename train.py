@@ -138,7 +138,7 @@ def run_sequential(runs: Sequence[FinalRun], retries: int, progress: bool,
                 break
             except UserError:
                 raise
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - any crash of a run is retried from its state
                 if is_disk_full(err):
                     raise  # no retry fits either: main says which volume and how to go on
                 print(f"{run.name}: attempt {attempt + 1} failed: {type(err).__name__}: {err}", file=sys.stderr)

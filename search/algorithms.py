@@ -66,6 +66,12 @@ def hyperband_brackets(grace_period: int, max_t: int, reduction_factor: float) -
     return 1 + max(0, math.floor(math.log(max_t / grace_period) / math.log(reduction_factor) + 1e-9))
 
 
+def _rungs(search: SearchConfig, evaluations_per_run: int) -> tuple[int, int]:
+    """(max_t, grace period) on evaluation counts: every evaluation of a run unless `asha.max_t` says."""
+    max_t = search.asha.max_t or evaluations_per_run
+    return max_t, min(search.asha.grace_period, max_t)
+
+
 def make_scheduler(search: SearchConfig, evaluations_per_run: int) -> TrialScheduler:
     """The Tune scheduler `search.scheduler` on evaluation counts (`training_iteration`).
 
@@ -77,8 +83,7 @@ def make_scheduler(search: SearchConfig, evaluations_per_run: int) -> TrialSched
     """
     if search.scheduler == "fifo":
         return FIFOScheduler()
-    max_t = search.asha.max_t or evaluations_per_run
-    grace = min(search.asha.grace_period, max_t)
+    max_t, grace = _rungs(search, evaluations_per_run)
     brackets = 1 if search.scheduler == "asha" else hyperband_brackets(grace, max_t, search.asha.reduction_factor)
     return AsyncHyperBandScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
                                    reduction_factor=search.asha.reduction_factor, brackets=brackets)
@@ -93,8 +98,7 @@ def describe(search: SearchConfig, evaluations_per_run: int) -> list[str]:
         "qmc": "qmc (Optuna QMCSampler, scrambled Sobol)",
         "gp": f"gp (Optuna GPSampler, {search.startup_trials} random start-up trials per split)",
     }[search.sampler]
-    max_t = search.asha.max_t or evaluations_per_run
-    grace = min(search.asha.grace_period, max_t)
+    max_t, grace = _rungs(search, evaluations_per_run)
     rungs = f"grace period {grace}, reduction factor {search.asha.reduction_factor:g}, max_t {max_t} evaluations"
     scheduler = {
         "asha": f"asha (Ray Tune ASHAScheduler: {rungs})",
