@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.files import write_text_atomic
-from lacmfer.hparams import HPARAMS
+from lacmfer.hparams import HPARAMS, default_space
 from lacmfer.plugins import import_plugins
 
 
@@ -188,6 +188,11 @@ class LossConfig(_Section):
     hardness: Literal[names.HARDNESS_RELEASES] = "july2024"
     # hyper_align × a(t): none, or MFSAN's ramp that released train.py computes (§3.8).
     align_warmup: Literal[names.ALIGN_WARMUPS] = "none"
+    # The baselines' own weights (docs/METHOD.md §8; their papers weigh each term by 1):
+    # DANN's domain-classification loss, MFSAN's MMD and classifier-discrepancy terms.
+    hyper_domain: Annotated[float, Field(ge=0.0)] = 1.0
+    hyper_mmd: Annotated[float, Field(ge=0.0)] = 1.0
+    hyper_disc: Annotated[float, Field(ge=0.0)] = 1.0
 
 
 class ScheduleConfig(_Section):
@@ -279,6 +284,27 @@ class AshaConfig(_Section):
     reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
 
 
+def resolve_space(data: Any, adaptation: str | None) -> Any:
+    """A raw `search` section with its `space` resolved against the default space of the method
+    `adaptation` (`lacmfer.hparams.default_space`); unchanged when it needs no resolving."""
+    if not isinstance(data, dict) or not data.get("use_default_space", True):
+        return data
+    overrides = data.get("space") or {}
+    if not isinstance(overrides, dict):
+        return data  # the field check reports it
+    space = default_space(adaptation)
+    for name, override in overrides.items():
+        if isinstance(override, BaseModel):
+            override = override.model_dump(exclude_unset=True)
+        if override is None:
+            space.pop(name, None)
+        elif isinstance(override, dict) and name in HPARAMS and "distribution" not in override:
+            space[name] = {**HPARAMS[name].distribution, **override}
+        else:
+            space[name] = override
+    return {**data, "space": space, "use_default_space": False}
+
+
 class SearchConfig(_Section):
     num_samples: Annotated[int, Field(ge=1)] = 16
     # The most trials one split runs at once. Default: as many as the cluster has slots
@@ -316,22 +342,7 @@ class SearchConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _resolve_space(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not data.get("use_default_space", True):
-            return data
-        overrides = data.get("space") or {}
-        if not isinstance(overrides, dict):
-            return data  # the field check reports it
-        space: dict[str, Any] = {name: dict(h.distribution) for name, h in HPARAMS.items() if h.searched}
-        for name, override in overrides.items():
-            if isinstance(override, BaseModel):
-                override = override.model_dump(exclude_unset=True)
-            if override is None:
-                space.pop(name, None)
-            elif isinstance(override, dict) and name in HPARAMS and "distribution" not in override:
-                space[name] = {**HPARAMS[name].distribution, **override}
-            else:
-                space[name] = override
-        return {**data, "space": space, "use_default_space": False}
+        return resolve_space(data, None)  # alone; an ExperimentConfig resolves it for its method first
 
     @field_validator("space")
     @classmethod
@@ -399,6 +410,16 @@ class ExperimentConfig(_Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_search_space(cls, data: Any) -> Any:
+        """The default search space is the configured method's own (DANN's, MFSAN's, or LA-CMFER's)."""
+        if not isinstance(data, dict) or not isinstance(data.get("search", {}), dict):
+            return data
+        loss = data.get("loss")
+        adaptation = (loss.get("adaptation") if isinstance(loss, dict) else getattr(loss, "adaptation", None))
+        return {**data, "search": resolve_space(data.get("search", {}), adaptation)}
 
     @model_validator(mode="after")
     def _consistent_sections(self) -> ExperimentConfig:

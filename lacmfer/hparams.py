@@ -22,26 +22,37 @@ class HParam:
 
     `key` is the dotted config key it sets; `distribution` is a `search.space` entry
     (`distribution`, `low`/`high` or `choices`, optional `only_if`); `searched` puts it
-    in the default space, otherwise a config adds it with `search.space.<name>: {}`.
+    in the default space of the methods it serves, otherwise a config adds it with
+    `search.space.<name>: {}`. `methods` names the `loss.adaptation` methods whose own
+    parameter it is; empty: LA-CMFER's, the default space of every method without one of its own.
     """
 
     key: str
     distribution: Mapping[str, Any] = field(default_factory=dict)
     searched: bool = True
+    methods: tuple[str, ...] = ()
 
 
 #: Search-space name → entry, in the order the default space is sampled and shown.
 HPARAMS: dict[str, HParam] = {}
 
 
-def register_hparam(name: str, key: str, searched: bool = True, **distribution: Any) -> HParam:
+def register_hparam(name: str, key: str, searched: bool = True, methods: tuple[str, ...] = (),
+                    **distribution: Any) -> HParam:
     """Add (or replace) the searchable parameter `name`, which sets config key `key`."""
     if not name.isidentifier():
         raise ValueError(f"{name!r}: a search parameter name is an identifier")
     if "distribution" not in distribution:
         raise ValueError(f"{name}: give its default distribution (loguniform, uniform, int, choice, constant)")
-    HPARAMS[name] = HParam(key, dict(distribution), searched)
+    HPARAMS[name] = HParam(key, dict(distribution), searched, tuple(methods))
     return HPARAMS[name]
+
+
+def default_space(adaptation: str | None) -> dict[str, dict[str, Any]]:
+    """The default `search.space` of the method `adaptation`: the searched entries it owns,
+    or, for a method that owns none (LA-CMFER, its ablations, most plugins), LA-CMFER's."""
+    own = {name: dict(h.distribution) for name, h in HPARAMS.items() if h.searched and adaptation in h.methods}
+    return own or {name: dict(h.distribution) for name, h in HPARAMS.items() if h.searched and not h.methods}
 
 
 # The loss weights log-uniform from 1/100 of the paper defaults up to ×4, the thresholds and
@@ -64,6 +75,10 @@ register_hparam("cluster_gamma", "schedule.cluster_gamma", distribution="logunif
 # The released code's two open choices (docs/METHOD.md §3.3, §3.8).
 register_hparam("align_warmup", "loss.align_warmup", distribution="choice", choices=list(ALIGN_WARMUPS))
 register_hparam("hardness", "loss.hardness", distribution="choice", choices=list(HARDNESS_RELEASES))
+# The baselines' own (docs/METHOD.md §8): each weight from 1/100 of its paper's 1 to ×4.
+register_hparam("hyper_domain", "loss.hyper_domain", methods=("dann",), distribution="loguniform", low=0.01, high=4.0)
+register_hparam("hyper_mmd", "loss.hyper_mmd", methods=("mfsan",), distribution="loguniform", low=0.01, high=4.0)
+register_hparam("hyper_disc", "loss.hyper_disc", methods=("mfsan",), distribution="loguniform", low=0.01, high=4.0)
 # Searchable but not searched by default (docs/METHOD.md §5): a config adds them with `{}`.
 register_hparam("lr", "schedule.lr", searched=False, distribution="loguniform", low=0.001, high=0.3)
 register_hparam("label_smoothing", "loss.label_smoothing", searched=False, distribution="uniform", low=0.0, high=0.2)

@@ -13,6 +13,8 @@ the project: the method, the data and the config all stand on it.
 
 from __future__ import annotations
 
+from enum import Enum
+
 #: Shapes of the clustering schedule r(t) (docs/METHOD.md §5).
 CLUSTER_RAMPS: tuple[str, ...] = ("sigmoid", "linear", "step")
 
@@ -36,7 +38,7 @@ BUILTIN_DOMAIN_NAMES: tuple[str, ...] = ("CK", "JAFFE", "Oulu", "RAF", "FER2013"
 DOMAIN_NAMES: list[str] = list(BUILTIN_DOMAIN_NAMES)
 
 #: Adaptation methods, by `loss.adaptation` name; `lacmfer.method.methods.METHODS` holds their classes.
-METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline"]
+METHOD_NAMES: list[str] = ["lacmfer", "source_only", "mmd_baseline", "dann", "mfsan"]
 
 #: Label-free validators computed on the target stream's predictions (docs/METHOD.md §6);
 #: `lacmfer.method.validators.TARGET_VALIDATORS` holds their functions. Each is also an objective
@@ -62,10 +64,22 @@ ORACLE_OBJECTIVE = "oracle_target_acc"
 #: The metric key that holds the configured objective's value in every report.
 OBJECTIVE_KEY = "objective"
 
-#: How a run ended, a search trial and a final-training run alike: it ran its schedule;
-#: it was stopped before the end (by ASHA, or an interrupted search; a trial only); it
-#: raised on every attempt; its loss or predictions turned NaN or inf (`lacmfer.run.lifecycle.diverged`).
-RUN_STATUSES: tuple[str, ...] = ("completed", "stopped early", "failed", "diverged")
+class RunStatus(str, Enum):
+    """How a run ended, a search trial and a final-training run alike; `lacmfer.run.outcome.run_status`
+    decides it. A str, so a value compares, hashes and prints as the string written in
+    trials.parquet, summary.md, metrics.json and report.parquet."""
+
+    COMPLETED = "completed"  # it ran its schedule
+    STOPPED_EARLY = "stopped early"  # stopped before the end (by ASHA, or an interrupted search; a trial only)
+    FAILED = "failed"  # it raised on every attempt
+    DIVERGED = "diverged"  # its loss or predictions turned NaN or inf (`lacmfer.run.lifecycle.diverged`)
+
+    def __str__(self) -> str:  # the value, not "RunStatus.COMPLETED", in f-strings and str()
+        return self.value
+
+
+#: Every status, in the order the summaries count them.
+RUN_STATUSES: tuple[RunStatus, ...] = tuple(RunStatus)
 
 
 def domain_names() -> tuple[str, ...]:

@@ -54,7 +54,7 @@ def test_the_config_accepts_exactly_the_registered_names():
         assert config_from_dict({"loss": {"adaptation": method}}).loss.adaptation == method
     for ramp in names.CLUSTER_RAMPS:
         assert config_from_dict({"schedule": {"cluster_ramp": ramp}}).schedule.cluster_ramp == ramp
-    for section, key, value in (("data", "targets", ["Nowhere"]), ("loss", "adaptation", "dann"),
+    for section, key, value in (("data", "targets", ["Nowhere"]), ("loss", "adaptation", "cdan"),
                                 ("schedule", "cluster_ramp", "cubic"), ("eval", "objective", "accuracy")):
         with pytest.raises(UserError, match=rf"{section}\.{key}"):
             config_from_dict({section: {key: value}})

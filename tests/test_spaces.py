@@ -3,7 +3,7 @@ import pytest
 
 from lacmfer.config import config_from_dict, load_config
 from lacmfer.errors import UserError
-from lacmfer.hparams import HPARAMS, to_config_values
+from lacmfer.hparams import HPARAMS, default_space, to_config_values
 from search.spaces import SearchSpace, default_point
 from tests.conftest import REPO
 
@@ -56,7 +56,7 @@ def test_default_point_is_the_config_clipped_to_the_space():
 
 
 def test_shipped_configs_search_the_registry_default_space():
-    default = {name: h.distribution for name, h in HPARAMS.items() if h.searched}
+    default = default_space("lacmfer")
     assert {"hyper_align", "hyper_inter", "hyper_intra", "hyper_tgt", "threshold", "ps_threshold",
             "cluster_start", "cluster_ramp", "cluster_gamma", "align_warmup", "hardness"} == set(default)
     # The weak-alignment region is reachable: down to 1/40 of the paper's 0.4.
@@ -68,6 +68,18 @@ def test_shipped_configs_search_the_registry_default_space():
         assert list(space) == list(default)  # the order TPE samples in
         assert {n: s.model_dump(exclude_none=True) for n, s in space.items()} == default
     assert default["cluster_gamma"]["only_if"] == {"cluster_ramp": "sigmoid"}
+
+
+def test_a_method_with_parameters_of_its_own_searches_only_them_by_default():
+    """DANN and MFSAN search their own weights; LA-CMFER's ablations, source-only and plugins
+    without entries of their own search LA-CMFER's space. Planted bug caught: `default_space`
+    ignoring `methods` (DANN would search LA-CMFER's eleven parameters, which it never reads)."""
+    assert list(config_from_dict({"loss": {"adaptation": "dann"}}).search.space) == ["hyper_domain"]
+    assert list(config_from_dict({"loss": {"adaptation": "mfsan"}}).search.space) == ["hyper_mmd", "hyper_disc"]
+    for adaptation in ("lacmfer", "mmd_baseline", "source_only"):
+        space = config_from_dict({"loss": {"adaptation": adaptation}}).search.space
+        assert list(space) == list(default_space("lacmfer"))
+    assert not {"hyper_domain", "hyper_mmd", "hyper_disc"} & set(default_space("lacmfer"))
 
 
 def test_config_space_overrides_narrows_adds_and_drops_registry_entries():

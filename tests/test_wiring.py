@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lacmfer.method import losses
-from lacmfer.method.methods import build_method
+from lacmfer.method.methods import NetworkShape, build_method
 from lacmfer.method.model import LACMFEROutput
 from lacmfer.method.schedules import inverse_decay_lr
 from lacmfer.run.trainer import Trainer
@@ -74,7 +74,7 @@ def test_each_view_and_domain_feeds_its_own_term_with_its_own_threshold(synth_ti
     loss = {"threshold": 0.3, "ps_threshold": 0.9, "hyper_align": 0.7, "hyper_intra": 0.45, "hyper_tgt": 0.15,
             "label_smoothing": 0.05, "kernel_num": 3, "kernel_mul": 1.5, "mcc_input": "probs"}
     cfg = tiny_config(synth_tiny, loss=loss, schedule={"cluster_start": 0.0, "cluster_ramp": "step"})
-    method = build_method(cfg)
+    method = build_method(cfg, NetworkShape(16, 7, (1, 2, 3, 4, 5)))
     source, target = _outputs(0), _outputs(1)
     labels = torch.arange(24) % 7
     out = method.losses(source, labels, target, step=5)

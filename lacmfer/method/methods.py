@@ -6,6 +6,10 @@ needed at all), and steps the optimiser; the method returns a `StepLosses`: the 
 minimise, its unweighted terms by name (logged as `loss_<name>`, averaged per evaluation
 interval and saved by name in checkpoints) and batch metrics that are not optimised.
 
+The interface (`Method`, `StepLosses`, `NetworkShape`, `register_method`) is in
+`lacmfer.method.base`, and importable from here; the baselines that own modules, DANN and
+MFSAN, are in `lacmfer.method.baselines`; `build_method` builds any of them.
+
 One name runs from switch to term to function (docs/METHOD.md §3):
 
 | term (`loss_<name>`) | switch `loss.<name>` | weight        | function in lacmfer.method.losses      |
@@ -23,84 +27,20 @@ Methods add a new one with `@register_method("name")`; nothing else needs to kno
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import ClassVar
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lacmfer.config import ExperimentConfig
-from lacmfer.method import losses
+from lacmfer.method import baselines, losses
+from lacmfer.method.base import METHODS, Method, NetworkShape, StepLosses, register_method
 from lacmfer.method.model import LACMFEROutput
-from lacmfer.method.schedules import alignment_warmup, clustering_schedule
-from lacmfer.names import METHOD_NAMES, add_name
+
+__all__ = ["METHODS", "Method", "NetworkShape", "StepLosses", "register_method", "build_method",
+           "SourceOnly", "LACMFER", "MMDBaseline", "baselines"]
 
 
-@dataclass
-class StepLosses:
-    """What a method computes for one step; every tensor is a scalar on the device."""
-
-    total: Tensor
-    terms: dict[str, Tensor]
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-    #: The weighted supervised (`sup`) and alignment (`align`: a(t)·hyper_align·L_inter)
-    #: parts of `total`, for the trainer's gradient-ratio instrument (docs/METHOD.md §3.9).
-    parts: dict[str, Tensor] = field(default_factory=dict)
-
-
-class Method:
-    """Base class: the supervised loss on the source batch, and the clustering weight.
-
-    `losses()` must return the same term and metric names at every step (the Trainer
-    averages them over an evaluation interval).
-    """
-
-    #: False: the Trainer draws and forwards no target batch (source-only training).
-    uses_target: ClassVar[bool] = True
-
-    def __init__(self, cfg: ExperimentConfig):
-        self.cfg = cfg
-
-    def cluster_weight(self, step: int) -> float:
-        """λ_cid(t) = hyper_inter · r(t), r the clustering schedule (docs/METHOD.md §3.5, §5)."""
-        s = self.cfg.schedule
-        r = clustering_schedule(step, s.steps, s.cluster_start, s.cluster_ramp, s.cluster_gamma)
-        return self.cfg.loss.hyper_inter * r
-
-    def align_weight(self, step: int) -> float:
-        """hyper_align · a(t), a the alignment warm-up (docs/METHOD.md §3.8)."""
-        warmup = alignment_warmup(step, self.cfg.schedule.steps, self.cfg.loss.align_warmup)
-        return self.cfg.loss.hyper_align * warmup
-
-    def supervised(self, source: LACMFEROutput, labels: Tensor) -> Tensor:
-        """L_sup: label-smoothed cross-entropy of both views on the source batch (§3.1)."""
-        eps = self.cfg.loss.label_smoothing
-        return (F.cross_entropy(source.logits_g, labels, label_smoothing=eps)
-                + F.cross_entropy(source.logits_l, labels, label_smoothing=eps))
-
-    def losses(self, source: LACMFEROutput, labels: Tensor, target: LACMFEROutput | None, step: int) -> StepLosses:
-        raise NotImplementedError
-
-
-#: `loss.adaptation` name → method class.
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make a method selectable as `loss.adaptation: <name>`."""
-
-    def register(cls: type[Method]) -> type[Method]:
-        add_name(METHOD_NAMES, name)
-        METHODS[name] = cls
-        return cls
-
-    return register
-
-
-def build_method(cfg: ExperimentConfig) -> Method:
-    return METHODS[cfg.loss.adaptation](cfg)
+def build_method(cfg: ExperimentConfig, shape: NetworkShape) -> Method:
+    return METHODS[cfg.loss.adaptation](cfg, shape)
 
 
 @torch.no_grad()

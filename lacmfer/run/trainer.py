@@ -20,8 +20,16 @@ from torch import Tensor
 
 from lacmfer.config import ExperimentConfig
 from lacmfer.data.augment import BatchAugment, network_input
-from lacmfer.data.loaders import BatchStream, SampleSet, SplitData, eval_batches, fixed_subset, load_split_data
-from lacmfer.method.methods import build_method
+from lacmfer.data.loaders import (
+    BatchStream,
+    SampleSet,
+    SplitData,
+    domain_ids,
+    eval_batches,
+    fixed_subset,
+    load_split_data,
+)
+from lacmfer.method.methods import NetworkShape, build_method
 from lacmfer.method.model import LACMFERNet, LACMFEROutput, mean_view_logits
 from lacmfer.method.pretrained import load_pretrained_trunk
 from lacmfer.method.schedules import inverse_decay_scheduler
@@ -59,7 +67,6 @@ class Trainer:
             torch.set_num_threads(config.resources.threads)
         self.data = data if data is not None else load_split_data(config, target, progress=progress)
 
-        self.method = build_method(config)
         torch.manual_seed(config.seed)  # model initialisation is part of the seed
         m = config.model
         self.model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks,
@@ -68,10 +75,14 @@ class Trainer:
         self.model.to(self.device)
         if m.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        ids = domain_ids(config.data)
+        self.method = build_method(config, NetworkShape(self.model.feature_dim, self.model.num_classes,
+                                                        tuple(ids[name] for name in self.data.split.sources)))
+        self.method.to(self.device)
 
         s = config.schedule
         self.optimizer = torch.optim.SGD(
-            self.model.param_groups(s.lr, s.trunk_lr_mult),
+            self.model.param_groups(s.lr, s.trunk_lr_mult) + self.method.param_groups(s.lr),
             lr=s.lr,
             momentum=s.momentum,
             nesterov=s.nesterov and s.momentum > 0,
@@ -112,13 +123,13 @@ class Trainer:
     def _memory_format(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.model.channels_last else x
 
-    def _draw(self, stream: BatchStream) -> tuple[Tensor, Tensor]:
-        """The next batch of a stream on the device, augmented there: (images, labels)."""
+    def _draw(self, stream: BatchStream) -> tuple[Tensor, Tensor, Tensor]:
+        """The next batch of a stream on the device, augmented there: (images, labels, domain ids)."""
         batch = next(stream)
         # Pinned on CUDA (see BatchStream), so both copies are queued without waiting.
         images = batch.images.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
-        return self._memory_format(self.augment(images, batch.seed)), labels
+        return self._memory_format(self.augment(images, batch.seed)), labels, batch.domains
 
     def cluster_weight(self) -> float:
         """λ_cid(t) = hyper_inter · r(t) at the current step (docs/METHOD.md §3.5)."""
@@ -148,11 +159,13 @@ class Trainer:
     def step(self) -> dict[str, Tensor]:
         """One SGD step; returns `total` and the method's loss terms (on the device)."""
         self.model.train()
-        x_s, y_s = self._draw(self.source_stream)
+        self.method.train()
+        x_s, y_s, domains = self._draw(self.source_stream)
         # The target stream's labels are never used; source-only draws no target batch.
         x_t = self._draw(self.target_stream)[0] if self.method.uses_target else None
         source, target = self._forward(x_s, x_t)
-        out = self.method.losses(source, y_s, target, self.step_count)
+        extra = {"domains": domains.to(self.device)} if self.method.uses_source_domains else {}
+        out = self.method.losses(source, y_s, target, self.step_count, **extra)
         every = self.cfg.eval.grad_ratio_every
         if every and self.step_count % every == 0 and "align" in out.parts and out.parts["align"].requires_grad:
             self._measure_grad_ratio(out.parts["sup"], out.parts["align"])
@@ -195,6 +208,7 @@ class Trainer:
         """Global/local logits, features [feat_g, feat_l] and labels of `samples` (or of
         `indices` of it), on the CPU; with `partners`, of the mixes lam·x[indices] + (1 − lam)·x[partners]."""
         self.model.eval()
+        self.method.eval()
         zg, zl, fs, ys = [], [], [], []
         d = self.cfg.data
         pin = self.device.type == "cuda"
@@ -205,7 +219,7 @@ class Trainer:
             if others is not None:  # normalisation is affine: mixing inputs = mixing images
                 x = x.mul_(lam).add_(network_input(next(others).images.to(self.device), d.image_size), alpha=1 - lam)
             with self._autocast():
-                out = self.model(self._memory_format(x))
+                out = self.method.predict(self.model(self._memory_format(x)))
             zg.append(out.logits_g.float())
             zl.append(out.logits_l.float())
             fs.append(torch.cat([out.feat_g, out.feat_l], dim=1).float())
@@ -313,6 +327,7 @@ class Trainer:
         return {
             "step": self.step_count,
             "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "source_stream": self.source_stream.state_dict(),
@@ -327,6 +342,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step"])
         self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state.get("method", {}))  # older checkpoints: methods without modules
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.source_stream.load_state_dict(state["source_stream"])
