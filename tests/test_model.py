@@ -17,6 +17,7 @@ from lacmfer.method.model import (
     LACMFEROutput,
     SpatialAttention,
     load_trunk_weights,
+    mean_view_logits,
     split_quadrants,
 )
 
@@ -65,7 +66,6 @@ def test_output_shapes(
     assert model.feature_dim == dim
     assert out.feat_g.shape == out.feat_l.shape == (3, dim)
     assert out.logits_g.shape == out.logits_l.shape == (3, num_classes)
-    assert model.predict(torch.zeros(2, 3, h, w)).shape == (2, num_classes)
     assert len(model.global_branch.stage1) == global_blocks[0]
     assert len(model.global_branch.stage2) == global_blocks[1]
     assert all(len(stage) == local_blocks for stage in model.local_branch.stages)
@@ -91,11 +91,10 @@ def test_trunk_map_is_an_eighth_of_the_input() -> None:
     assert model.trunk(torch.randn(1, 3, 64, 64)).shape == (1, 32 // 2, 8, 8)
 
 
-def test_predict_is_mean_of_view_logits() -> None:
+def test_the_inference_logits_are_the_mean_of_the_views() -> None:
     model = small_net().eval()
-    x = torch.randn(2, 3, 48, 48)
-    out = model(x)
-    torch.testing.assert_close(model.predict(x), (out.logits_g + out.logits_l) / 2)
+    out = model(torch.randn(2, 3, 48, 48))
+    torch.testing.assert_close(mean_view_logits(out.logits_g, out.logits_l), (out.logits_g + out.logits_l) / 2)
 
 
 def test_split_quadrants_covers_the_map_once() -> None:

@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lacmfer import names
 from lacmfer.config import ExperimentConfig, config_from_dict
 from lacmfer.errors import UserError
+from lacmfer.run.lifecycle import LAST_WEIGHTS, STATE_FILE
 from tests.conftest import REPO
 
 PLUGIN = '''
@@ -33,12 +35,18 @@ from lacmfer.method.validators import register_validator
 
 @register_method("lab_method")
 class LabMethod(SourceOnly):
-    """Source-only training that also reports, as a loss term, the rotation it trained with."""
+    """Source-only training plus a classifier of its own on the global features, trained
+    beside the network; it also reports, as a loss term, the rotation it trained with."""
 
-    def losses(self, source, labels, target, step):
+    def __init__(self, cfg, shape):
+        super().__init__(cfg, shape)
+        self.lab_head = torch.nn.Linear(shape.feature_dim, shape.num_classes)
+
+    def losses(self, source, labels, target, step, domains=None):
         base = super().losses(source, labels, target, step)
+        head = torch.nn.functional.cross_entropy(self.lab_head(source.feat_g), labels)
         rotation = torch.tensor(float(self.cfg.data.augment.rotation), device=base.total.device)
-        return StepLosses(base.total, {**base.terms, "lab_rotation": rotation}, base.metrics)
+        return StepLosses(base.total + head, {**base.terms, "lab_head": head, "lab_rotation": rotation}, base.metrics)
 
 
 def confidence(probs):
@@ -170,7 +178,8 @@ def test_a_plugin_is_used_by_final_training_and_the_search_in_ray_workers(plugin
     """Every Ray worker (a final-training task, a search trial) is a fresh process that
     rebuilds the config from its dump and validates it; it must import the plugin first.
     Final training runs first, so its task lands in a worker that nothing imported the
-    plugin into. Mutations caught: the `plugins` field left out of the dump
+    plugin into. The plugin's method owns a module: the worker trains it and checkpoints it
+    (`"method"` left out of `Trainer.state_dict` or of the final weights fails here). Mutations caught: the `plugins` field left out of the dump
     (`Field(default_factory=list, exclude=True)` in lacmfer/config.py): the worker's
     config lacks the plugin and the run fails (exit 1); `config_from_dict` not importing
     the plugins: the driver refuses `lab_method` (exit 2)."""
@@ -192,6 +201,10 @@ def test_a_plugin_is_used_by_final_training_and_the_search_in_ray_workers(plugin
         run = json.loads((tmp_path / "lab" / "final" / "Lab" / "lab_method" / "seed0" / "metrics.json").read_text())
         assert run["status"] == "completed" and run["last"]["objective"] == run["last"]["lab_confidence"]
         assert run["last"]["loss_lab_rotation"] == pytest.approx(15.0)  # the config's own rotation
+        # The plugin's own module trained in the worker and was saved with the network.
+        weights = torch.load(tmp_path / "lab" / "final" / "Lab" / "lab_method" / "seed0" / LAST_WEIGHTS)
+        assert weights["method"]["lab_head.weight"].shape == (7, weights["model"]["classifier_g.weight"].shape[1])
+        assert run["last"]["loss_lab_head"] > 0
 
         assert tune_main(["--config", str(path), "--name", "lab_search"]) == 0
         exp = tmp_path / "lab_search"
@@ -202,6 +215,8 @@ def test_a_plugin_is_used_by_final_training_and_the_search_in_ray_workers(plugin
             assert report["objective"] == report["lab_confidence"]
             assert 0.0 <= report["config"]["lab_rotation"] <= 20.0
             assert report["loss_lab_rotation"] == pytest.approx(report["config"]["lab_rotation"], rel=1e-6)
+        kept = [torch.load(f, weights_only=False) for f in (exp / "Lab").rglob(STATE_FILE)]
+        assert kept and all("lab_head.weight" in state["trainer"]["method"] for state in kept)
         best = yaml.safe_load((exp / "best" / "Lab.yaml").read_text())
         assert best["plugins"] == [module]  # the exported best config runs as is, plugin included
     finally:

@@ -12,7 +12,6 @@ from lacmfer.method.schedules import (
     InverseDecay,
     alignment_warmup,
     clustering_schedule,
-    inverse_decay_lr,
     inverse_decay_scheduler,
 )
 
@@ -30,13 +29,13 @@ from lacmfer.method.schedules import (
         (20000, 11.0**-0.75),
     ],
 )
-def test_inverse_decay_lr_paper_defaults(step: int, expected_factor: float) -> None:
-    assert inverse_decay_lr(1e-2, step) == pytest.approx(1e-2 * expected_factor, rel=1e-12)
+def test_inverse_decay_paper_defaults(step: int, expected_factor: float) -> None:
+    assert InverseDecay()(step) == pytest.approx(expected_factor, rel=1e-12)
 
 
-def test_inverse_decay_lr_custom_parameters() -> None:
+def test_inverse_decay_custom_parameters() -> None:
     # γ = 4, p = 0.5, T = 100: at t = 25, (1 + 4 · 0.25)^(−0.5) = 2^(−0.5)
-    assert inverse_decay_lr(0.1, 25, gamma=4.0, power=0.5, decay_steps=100) == pytest.approx(
+    assert 0.1 * InverseDecay(gamma=4.0, power=0.5, decay_steps=100)(25) == pytest.approx(
         0.1 / math.sqrt(2.0), rel=1e-12
     )
 
@@ -76,8 +75,9 @@ def test_scheduler_sets_both_groups_with_trunk_at_one_tenth() -> None:
     scheduler = inverse_decay_scheduler(optimizer, gamma=10.0, power=0.75, decay_steps=decay)
     for step in range(15):  # crosses T_decay = 10
         trunk_lr, head_lr = (group["lr"] for group in optimizer.param_groups)
-        assert head_lr == pytest.approx(inverse_decay_lr(lr, step, 10.0, 0.75, decay), rel=1e-12)
-        assert trunk_lr == pytest.approx(inverse_decay_lr(lr / 10, step, 10.0, 0.75, decay), rel=1e-12)
+        factor = InverseDecay(10.0, 0.75, decay)(step)
+        assert head_lr == pytest.approx(lr * factor, rel=1e-12)
+        assert trunk_lr == pytest.approx(lr / 10 * factor, rel=1e-12)
         _train_step(model, optimizer, step)
         scheduler.step()
     assert optimizer.param_groups[1]["lr"] == pytest.approx(lr * 11.0**-0.75, rel=1e-12)

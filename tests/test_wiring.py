@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lacmfer.method import losses
 from lacmfer.method.methods import NetworkShape, build_method
 from lacmfer.method.model import LACMFEROutput
-from lacmfer.method.schedules import inverse_decay_lr
+from lacmfer.method.schedules import InverseDecay
 from lacmfer.run.trainer import Trainer
 from tests.conftest import tiny_config
 
@@ -48,9 +48,9 @@ def test_the_learning_rate_follows_the_inverse_decay_at_every_step(trainer):
         trainer.step()
         groups = {g["name"]: g for g in trainer.optimizer.param_groups}
         for name, base in (("branches", 0.05), ("trunk", 0.05 * 0.25)):
-            expected = inverse_decay_lr(base, trainer.step_count, gamma=7.0, power=0.5, decay_steps=4)
+            expected = base * InverseDecay(gamma=7.0, power=0.5, decay_steps=4)(trainer.step_count)
             assert groups[name]["lr"] == pytest.approx(expected), (name, trainer.step_count)
-    assert trainer.evaluate()["lr"] == pytest.approx(inverse_decay_lr(0.05, 3, gamma=7.0, power=0.5, decay_steps=4))
+    assert trainer.evaluate()["lr"] == pytest.approx(0.05 * InverseDecay(gamma=7.0, power=0.5, decay_steps=4)(3))
 
 
 def _outputs(seed: int, n: int = 24, dim: int = 16, classes: int = 7) -> LACMFEROutput:

@@ -49,11 +49,6 @@ class LACMFEROutput(NamedTuple):
     logits_g: Tensor
     logits_l: Tensor
 
-    @property
-    def logits_mean(self) -> Tensor:
-        """Inference logits of the two views combined (`mean_view_logits`)."""
-        return mean_view_logits(self.logits_g, self.logits_l)
-
 
 def _init_conv(conv: nn.Conv2d) -> None:
     # He init for convs followed by BN + ReLU, as torchvision's ResNet does.
@@ -304,10 +299,6 @@ class LACMFERNet(nn.Module):
         feat_g = self.global_branch(fmap)
         feat_l = self.local_branch(fmap)
         return LACMFEROutput(feat_g, feat_l, self.classifier_g(feat_g), self.classifier_l(feat_l))
-
-    def predict(self, x: Tensor) -> Tensor:
-        """Inference logits: the mean of the global and local logits, (z_g + z_l) / 2."""
-        return self(x).logits_mean
 
     def param_groups(self, lr: float, trunk_lr_scale: float = 0.1) -> list[dict[str, Any]]:
         """Optimiser parameter groups: the trunk at lr · trunk_lr_scale, the rest at lr.

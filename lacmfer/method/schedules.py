@@ -41,21 +41,6 @@ class InverseDecay:
         return (1.0 + self.gamma * progress) ** (-self.power)
 
 
-def inverse_decay_lr(
-    base_lr: float,
-    step: int,
-    gamma: float = 10.0,
-    power: float = 0.75,
-    decay_steps: int = 10000,
-) -> float:
-    """Learning rate at step t: `lr_t = lr_0 · (1 + γ·min(1, t/T_decay))^(−p)` (docs/METHOD.md §4).
-
-    With the defaults the rate falls from lr_0 to lr_0 · 11^(−0.75) ≈ 0.166·lr_0 at
-    T_decay and stays there.
-    """
-    return base_lr * InverseDecay(gamma, power, decay_steps)(step)
-
-
 def inverse_decay_scheduler(
     optimizer: torch.optim.Optimizer,
     gamma: float = 10.0,
@@ -70,7 +55,7 @@ def inverse_decay_scheduler(
 
     Contract: call `optimizer.step()` then `scheduler.step()` once per training step;
     during training step t (counting from 0) the groups then run at
-    `inverse_decay_lr(base, t, ...)`. To resume, build optimiser and scheduler as for a
+    `base · InverseDecay(gamma, power, decay_steps)(t)`. To resume, build optimiser and scheduler as for a
     fresh run, then load both state dicts: the step counter and the schedule's
     parameters come back with the scheduler's state.
     """
