@@ -122,7 +122,7 @@ def test_target_accuracy_is_that_of_the_models_inference_rule(synth_tiny, ck_dat
     trainer = Trainer(tiny_config(synth_tiny), "CK", data=ck_data)
     trainer.train_until(3)
     metrics = trainer.evaluate()
-    test = trainer._predict(trainer.data.target_test)
+    test = trainer.evaluator.predict(trainer._network, trainer.data.target_test)
     uint8 = torch.stack([torch.from_numpy(ck_data.target_test.image(k).copy()).permute(2, 0, 1)
                          for k in range(len(ck_data.target_test))])
     images = network_input(uint8, trainer.cfg.data.image_size)
@@ -157,7 +157,7 @@ def test_mixval_probes_mix_the_network_inputs_of_the_subset_rows(synth_tiny, ck_
     trainer.model.eval()
     with torch.no_grad():
         expected = mean_view_logits(*trainer.model(0.55 * images[rows_a] + 0.45 * images[rows_b])[2:])
-    assert trainer._predict_mixed(rows_a, rows_b, 0.55) == pytest.approx(expected, abs=1e-5)
+    assert trainer.evaluator.predict_mixed(trainer._network, rows_a, rows_b, 0.55) == pytest.approx(expected, abs=1e-5)
 
 
 def test_evaluations_follow_the_interval(synth_tiny, ck_data):
@@ -200,23 +200,23 @@ def test_evaluation_reads_fixed_subsets_and_the_whole_test_set_every_test_every(
     cfg = tiny_config(synth_tiny, schedule={"steps": 5}, eval={"interval": 2, "test_every": 2, **subsets})
     trainer = Trainer(cfg, "RAF", data=raf_data)
     predicted, mixed = [], []
-    predict = trainer._predict
+    predict = trainer.evaluator.predict
 
-    def spy(samples, indices=None, partners=None, lam=1.0):
+    def spy(network, samples, indices=None, partners=None, lam=1.0):
         if partners is None:
             predicted.append((samples, None if indices is None else indices.tolist()))
         else:  # MixVal's probes
             mixed.append((samples, set(indices.tolist()) | set(partners.tolist())))
-        return predict(samples, indices, partners, lam)
+        return predict(network, samples, indices, partners, lam)
 
-    trainer._predict = spy
+    trainer.evaluator.predict = spy
     evaluations = list(trainer.training_loop())  # at steps 2, 4 and 5 (the last)
     assert [m["step"] for m in evaluations] == [2, 4, 5]
     assert [math.isnan(m["target_acc"]) for m in evaluations] == [True, False, False]
     assert all(math.isfinite(m[k]) for m in evaluations for k in ("im", "snd", "pl_acc", "source_val_acc"))
 
-    stream = trainer.target_subset.tolist()
-    held_out = trainer.source_val_subset.tolist()
+    stream = trainer.evaluator.target_subset.tolist()
+    held_out = trainer.evaluator.source_val_subset.tolist()
     assert len(stream) == 20 and len(held_out) == 16
     once = [(raf_data.target_train, stream), (raf_data.source_val, held_out)]
     with_test = [(raf_data.target_train, stream), (raf_data.target_test, None), (raf_data.source_val, held_out)]
@@ -226,7 +226,7 @@ def test_evaluation_reads_fixed_subsets_and_the_whole_test_set_every_test_every(
     assert all(rows <= set(stream) for _, rows in mixed)
     # The subsets are part of the protocol, like the hold-out: the same for another seed.
     other = Trainer(cfg.with_values({"seed": 1}), "RAF", data=raf_data)
-    assert other.target_subset.tolist() == stream and other.source_val_subset.tolist() == held_out
+    assert other.evaluator.target_subset.tolist() == stream and other.evaluator.source_val_subset.tolist() == held_out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -2,50 +2,34 @@
 
 Read top to bottom: build data, model, optimiser and schedules; `step()` draws a source
 and a target batch, runs the network and minimises the loss of the adaptation method
-(`lacmfer.method.methods`, docs/METHOD.md §3); `evaluate()` computes every validator of
-docs/METHOD.md §6. Nothing in `step()` waits for the device: loss values are summed
-on the device and read only by `evaluate()`, so a GPU step is queued without a host sync.
+(`lacmfer.method.methods`, docs/METHOD.md §3); `evaluate()` adds the interval's mean
+losses to every validator of docs/METHOD.md §6 (`lacmfer.run.evaluator`). Nothing in
+`step()` waits for the device: loss values are summed on the device and read only by
+`evaluate()`, so a GPU step is queued without a host sync.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from lacmfer.config import ExperimentConfig
-from lacmfer.data.augment import BatchAugment, network_input
-from lacmfer.data.loaders import (
-    BatchStream,
-    SampleSet,
-    SplitData,
-    domain_ids,
-    eval_batches,
-    fixed_subset,
-    load_split_data,
-)
+from lacmfer.data.augment import BatchAugment
+from lacmfer.data.loaders import BatchStream, SplitData, domain_ids, load_split_data
 from lacmfer.method.methods import NetworkShape, build_method
-from lacmfer.method.model import LACMFERNet, LACMFEROutput, mean_view_logits
+from lacmfer.method.model import LACMFERNet, LACMFEROutput
 from lacmfer.method.pretrained import load_pretrained_trunk
 from lacmfer.method.schedules import inverse_decay_scheduler
-from lacmfer.method.validators import (
-    TARGET_VALIDATORS,
-    EvaluationOutputs,
-    accuracy,
-    evaluation_validators,
-    pseudo_label_accuracy_and_coverage,
-)
 from lacmfer.names import OBJECTIVE_KEY, objective_metric
 from lacmfer.run.device import Placement, claim, local_placement
+from lacmfer.run.evaluator import Evaluator
 
 HEADLINE_METRICS = ("objective", "target_acc", "source_val_acc", "loss_total", "step")
-_SOURCE_STREAM, _TARGET_STREAM = 0, 1
-_TARGET_SUBSET, _SOURCE_VAL_SUBSET = 2, 3  # seed words of the fixed evaluation subsets
+_SOURCE_STREAM, _TARGET_STREAM = 0, 1  # seed words of the training streams (2, 3: lacmfer.run.evaluator)
 
 
 class Trainer:
@@ -97,12 +81,7 @@ class Trainer:
         self.target_stream = BatchStream(self.data.target_train, d.batch_size, config.seed,
                                          _TARGET_STREAM, "pooled", d.num_workers, pin)
         self.augment = BatchAugment(d.augment, d.image_size)
-        # Fixed subsets, seeded like the hold-out: the same images at every evaluation and
-        # in every trial and seed of a split, so evaluations compare like with like.
-        e = config.eval
-        self.target_subset = fixed_subset(len(self.data.target_train), e.target_subset, [d.split_seed, _TARGET_SUBSET])
-        self.source_val_subset = (None if self.data.source_val is None else fixed_subset(
-            len(self.data.source_val), e.source_val_subset, [d.split_seed, _SOURCE_VAL_SUBSET]))
+        self.evaluator = Evaluator(config, self.data, self.device)
         self.step_count = 0
         # Running sums of the logged step values (`loss_<term>` and the method's batch
         # metrics), by name, on the device: read once per evaluation interval.
@@ -202,36 +181,6 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
-    def _predict(self, samples: SampleSet, indices: np.ndarray | None = None, partners: np.ndarray | None = None,
-                 lam: float = 1.0) -> dict[str, Tensor]:
-        """Global/local logits, features [feat_g, feat_l] and labels of `samples` (or of
-        `indices` of it), on the CPU; with `partners`, of the mixes lam·x[indices] + (1 − lam)·x[partners]."""
-        self.model.eval()
-        self.method.eval()
-        zg, zl, fs, ys = [], [], [], []
-        d = self.cfg.data
-        pin = self.device.type == "cuda"
-        batches = eval_batches(samples, d.eval_batch_size, indices, d.num_workers, pin)
-        others = None if partners is None else eval_batches(samples, d.eval_batch_size, partners, d.num_workers, pin)
-        for batch in batches:
-            x = network_input(batch.images.to(self.device, non_blocking=True), d.image_size)
-            if others is not None:  # normalisation is affine: mixing inputs = mixing images
-                x = x.mul_(lam).add_(network_input(next(others).images.to(self.device), d.image_size), alpha=1 - lam)
-            with self._autocast():
-                out = self.method.predict(self.model(self._memory_format(x)))
-            zg.append(out.logits_g.float())
-            zl.append(out.logits_l.float())
-            fs.append(torch.cat([out.feat_g, out.feat_l], dim=1).float())
-            ys.append(batch.labels)
-        return {"g": torch.cat(zg).cpu(), "l": torch.cat(zl).cpu(), "f": torch.cat(fs).cpu(), "y": torch.cat(ys)}
-
-    def _predict_mixed(self, rows_a: Tensor, rows_b: Tensor, lam: float) -> Tensor:
-        """Inference logits of lam·x_a + (1 − lam)·x_b for rows of the fixed target subset (MixVal)."""
-        subset = np.arange(len(self.data.target_train)) if self.target_subset is None else self.target_subset
-        out = self._predict(self.data.target_train, subset[rows_a.numpy()], subset[rows_b.numpy()], lam)
-        return mean_view_logits(out["g"], out["l"])
-
     @property
     def evaluation_index(self) -> int:
         """1-based number of the evaluation at the current step (they run every interval and at the end)."""
@@ -242,28 +191,19 @@ class Trainer:
         return self.step_count >= self.cfg.schedule.steps
 
     def _test_due(self) -> bool:
-        """Whether this evaluation reads the whole target test set (see `eval.test_every`)."""
+        """Whether this evaluation reads the whole target test set: every `eval.test_every`-th, the
+        last, and all of them when the objective is the oracle."""
         e = self.cfg.eval
         return self.finished or self.evaluation_index % e.test_every == 0 or e.objective == "oracle_target_acc"
 
-    def evaluate(self) -> dict[str, float]:
-        """Every metric as a flat dict of floats (docs/METHOD.md §6); higher is better for validators.
+    def _network(self, x: Tensor) -> LACMFEROutput:
+        """What evaluation reads of a batch of network inputs: the method's prediction."""
+        with self._autocast():
+            return self.method.predict(self.model(self._memory_format(x)))
 
-        What each number is computed on (docs/METHOD.md §6):
-        - `entropy`, `im`, `bnm`, `snd` (label-free validators) and `pl_acc`/`pl_coverage`:
-          the fixed subset of `eval.target_subset` images of the unlabeled target stream,
-          from one forward pass, on softmax of the mean logits (the inference prediction);
-          `pl_acc` reads the stream's labels for reporting only.
-        - `dev`, `mixval`, `class_ami`, `im_st`, `entropy_st`, `ensemble`
-          (`lacmfer.method.validators.evaluation_validators`): the same pass's features and the
-          source hold-out's; `mixval` adds a pass over `eval.mixval_probes` mixed images.
-        - `source_val_acc`: the fixed subset of `eval.source_val_subset` images of the
-          source hold-out.
-        - `target_acc`, `target_acc_g`, `target_acc_l` (oracle: test labels; logged, never
-          the default objective): the whole target test set, at every `eval.test_every`-th
-          evaluation and at the last one of the schedule; NaN at the others.
-        - `target_val_acc`: the whole explicit target validation list, where there is one.
-        """
+    def evaluate(self) -> dict[str, float]:
+        """The training state (step, learning rates, the interval's mean losses) and every
+        validator of `self.evaluator` (docs/METHOD.md §6), as a flat dict of floats."""
         metrics: dict[str, float] = {"step": float(self.step_count)}
         lrs = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
         metrics["lr"] = float(lrs.get("branches", self.optimizer.param_groups[-1]["lr"]))
@@ -278,37 +218,9 @@ class Trainer:
             metrics["grad_ratio"] = self._grad_ratio_sum.item() / self._grad_ratio_count
             self._grad_ratio_sum, self._grad_ratio_count = None, 0
 
-        stream = self._predict(self.data.target_train, self.target_subset)
-        probs = mean_view_logits(stream["g"], stream["l"]).softmax(dim=1)
-        for name, validator in TARGET_VALIDATORS.items():
-            kwargs = {"temperature": self.cfg.eval.snd_temperature} if name == "snd" else {}
-            metrics[name] = validator(probs, **kwargs)
-        metrics["pl_acc"], metrics["pl_coverage"] = pseudo_label_accuracy_and_coverage(
-            stream["g"].softmax(1), stream["l"].softmax(1), stream["y"], self.cfg.loss.ps_threshold
-        )
-
-        # Lab sets: the stream is the test set, so a whole-stream pass is the test pass too.
-        test_is_stream = self.data.split.target_test_is_train and self.target_subset is None
-        if test_is_stream or self._test_due():
-            test = stream if test_is_stream else self._predict(self.data.target_test)
-            metrics["target_acc"] = accuracy(mean_view_logits(test["g"], test["l"]), test["y"])
-            metrics["target_acc_g"] = accuracy(test["g"], test["y"])
-            metrics["target_acc_l"] = accuracy(test["l"], test["y"])
-        else:
-            metrics.update(target_acc=math.nan, target_acc_g=math.nan, target_acc_l=math.nan)
-
-        if self.data.source_val is not None:
-            val = self._predict(self.data.source_val, self.source_val_subset)
-            metrics["source_val_acc"] = accuracy(mean_view_logits(val["g"], val["l"]), val["y"])
-        else:
-            val = None
-            metrics["source_val_acc"] = math.nan
-        source = (None, None, None) if val is None else (mean_view_logits(val["g"], val["l"]), val["f"], val["y"])
-        outputs = EvaluationOutputs(probs, stream["f"], *source, self._predict_mixed)
-        metrics.update(evaluation_validators(outputs, metrics, self.cfg.eval.mixval_probes))
-        if self.data.target_val is not None:
-            tv = self._predict(self.data.target_val)
-            metrics["target_val_acc"] = accuracy(mean_view_logits(tv["g"], tv["l"]), tv["y"])
+        self.model.eval()
+        self.method.eval()
+        metrics.update(self.evaluator.evaluate(self._network, read_test=self._test_due()))
         metrics[OBJECTIVE_KEY] = metrics[objective_metric(self.cfg.eval.objective)]
         # Headline metrics first: progress tables (Ray's included) show the first columns.
         return {k: metrics[k] for k in HEADLINE_METRICS if k in metrics} | metrics
