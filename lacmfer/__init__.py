@@ -4,7 +4,8 @@ Rooms, each importing only those listed before it:
 
 - the foundation (this folder): `errors`, `names` (the registries' names, importing
   nothing of the project), `plugins`, `files` (whole-file writes, the one lock),
-  `hparams` (defaults and search ranges side by side) and `config` (the typed
+  `hparams` (each searchable key with its search distribution and methods; the
+  defaults are the config schema's) and `config` (the typed
   experiment file);
 - `data`: list files, SynthFER, the decoded-image cache, splits and loaders;
 - `method`: the network and its trunk weights, losses, adaptation methods, validators,

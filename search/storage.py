@@ -161,7 +161,7 @@ def location(where: str | Path) -> Location:
     return Location(fs, path, text.rstrip("/"))
 
 
-#: File names inside an experiment's folders (the layout is in search/export.py's docstring).
+#: File names inside an experiment's folders (the whole layout: docs/ARCHITECTURE.md).
 CONFIG_FILE = "config.yaml"
 OPTUNA_DB = "optuna.db"
 TIMELINE_FILE = "timeline.jsonl"
@@ -171,8 +171,9 @@ LOCK_FILE = ".lock"
 
 @dataclass(frozen=True)
 class ExperimentLocations:
-    """Every place one experiment's files live, resolved once (`of`) and handed to the driver,
-    the Tuner, export, analysis and plots, so no other module builds a path of its own.
+    """Every place one experiment's search files live, resolved once (`of`) and handed to the
+    driver, the Tuner, export, analysis and plots (final training's `final/` folders are laid
+    out by train.py and lacmfer.run.final_run).
 
     folder        `<results_dir>/<name>`: the splits' Tune experiments, config.yaml, exports
     local_state   this machine's folder for the experiment: the driver lock, the slot
