@@ -34,10 +34,10 @@ from pathlib import Path
 from scipy import stats
 
 from lacmfer.config import load_config
-from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.data.loaders import load_split_data
 from lacmfer.data.manifest import ensure_data
 from lacmfer.method.pretrained import ensure_pretrained
+from lacmfer.names import BUILTIN_DOMAIN_NAMES
 from lacmfer.run.trainer import Trainer
 
 SCRATCH = "configs/synthfer_scratch.yaml"  # the previous default: from scratch, batch 32, 64 px
@@ -143,7 +143,7 @@ def report(rows: list[dict], arms: list[str], targets: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--targets", nargs="+", default=list(DOMAIN_NAMES), choices=DOMAIN_NAMES)
+    parser.add_argument("--targets", nargs="+", default=list(BUILTIN_DOMAIN_NAMES), choices=BUILTIN_DOMAIN_NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--seeds-for", nargs="+", default=[], metavar="ARM=S1,S2",
                         help="fewer seeds for a costly arm, e.g. la_b128=0,1")

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthfer_results import mean_std, run  # noqa: E402
 
 from lacmfer.config import load_config  # noqa: E402
-from lacmfer.data.domains import DOMAIN_NAMES  # noqa: E402
 from lacmfer.data.loaders import load_split_data  # noqa: E402
 from lacmfer.data.manifest import ensure_data  # noqa: E402
 from lacmfer.method.pretrained import ensure_pretrained  # noqa: E402
+from lacmfer.names import BUILTIN_DOMAIN_NAMES  # noqa: E402
 
 KINDS = ("source_only", "ceiling")
 MIN_CEILING, MIN_SOURCE_ONLY, MIN_GAP = 60.0, 40.0, 10.0
@@ -57,7 +57,7 @@ def report(rows: list[dict], seeds: list[int], command: str) -> str:
     lines = ["| target | source-only (pl coverage) | in-domain ceiling (pl coverage) | gap (points) |",
              "|---|---|---|---|"]
     means: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    for t in DOMAIN_NAMES:
+    for t in BUILTIN_DOMAIN_NAMES:
         gap = "n/a"
         for kind in KINDS:
             if accs(kind, t):
@@ -66,7 +66,7 @@ def report(rows: list[dict], seeds: list[int], command: str) -> str:
             gap = f"{100 * (statistics.fmean(accs('ceiling', t)) - statistics.fmean(accs('source_only', t))):+.1f}"
         if accs("source_only", t) or accs("ceiling", t):
             lines.append(f"| {t} | {cell('source_only', t)} | {cell('ceiling', t)} | {gap} |")
-    mean = {kind: statistics.fmean(v) if len(v) == len(DOMAIN_NAMES) else None for kind, v in means.items()}
+    mean = {kind: statistics.fmean(v) if len(v) == len(BUILTIN_DOMAIN_NAMES) else None for kind, v in means.items()}
     checks = []
     if mean["source_only"] is not None:
         checks.append((f"mean source-only ≥ {MIN_SOURCE_ONLY:.0f} %", mean["source_only"] >= MIN_SOURCE_ONLY))
@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--targets", nargs="+", default=list(DOMAIN_NAMES), choices=DOMAIN_NAMES)
+    parser.add_argument("--targets", nargs="+", default=list(BUILTIN_DOMAIN_NAMES), choices=BUILTIN_DOMAIN_NAMES)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

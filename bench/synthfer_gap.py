@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lacmfer.data.domains import CLASSES, DOMAIN_NAMES, DOMAINS, NUM_CLASSES  # noqa: E402
+from lacmfer.data.domains import CLASSES, DOMAINS, NUM_CLASSES  # noqa: E402
 from lacmfer.data.synth import (  # noqa: E402
     STYLES,
     ensure_synthfer,
@@ -45,6 +45,7 @@ from lacmfer.data.synth import (  # noqa: E402
     sample_identity,
     shown_class,
 )
+from lacmfer.names import BUILTIN_DOMAIN_NAMES  # noqa: E402
 
 FEATURE_SIZE = 24
 CNN_SIZE = 40
@@ -61,7 +62,7 @@ def read_list(root: Path, name: str) -> tuple[list[str], np.ndarray]:
 def load_parts(root: Path) -> dict[str, dict[str, Part]]:
     """Per domain: {"train": part, "test": part}; lab sets split 70/30 per class (fixed seed)."""
     parts = {}
-    for name in DOMAIN_NAMES:
+    for name in BUILTIN_DOMAIN_NAMES:
         info = DOMAINS[name]
         loaded = {}
         for key, list_name in (("train", info.train_list), ("test", info.test_list)):
@@ -114,14 +115,14 @@ def probe(parts: dict[str, dict[str, Part]]) -> tuple[np.ndarray, np.ndarray]:
         images, y = p["train"]
         train[name] = (np.concatenate([features(images), features(images, flip=True)]), np.concatenate([y, y]))
     test = {name: (features(p["test"][0]), p["test"][1]) for name, p in parts.items()}
-    acc = np.zeros((len(DOMAIN_NAMES), len(DOMAIN_NAMES)))
-    for i, src in enumerate(DOMAIN_NAMES):
+    acc = np.zeros((len(BUILTIN_DOMAIN_NAMES), len(BUILTIN_DOMAIN_NAMES)))
+    for i, src in enumerate(BUILTIN_DOMAIN_NAMES):
         predict = fit_ridge(*train[src])
-        for j, tgt in enumerate(DOMAIN_NAMES):
+        for j, tgt in enumerate(BUILTIN_DOMAIN_NAMES):
             acc[i, j] = (predict(test[tgt][0]) == test[tgt][1]).mean()
-    loo = np.zeros(len(DOMAIN_NAMES))
-    for j, tgt in enumerate(DOMAIN_NAMES):
-        srcs = [d for d in DOMAIN_NAMES if d != tgt]
+    loo = np.zeros(len(BUILTIN_DOMAIN_NAMES))
+    for j, tgt in enumerate(BUILTIN_DOMAIN_NAMES):
+        srcs = [d for d in BUILTIN_DOMAIN_NAMES if d != tgt]
         predict = fit_ridge(np.concatenate([train[d][0] for d in srcs]), np.concatenate([train[d][1] for d in srcs]))
         loo[j] = (predict(test[tgt][0]) == test[tgt][1]).mean()
     return acc, loo
@@ -131,8 +132,8 @@ def action_ceiling(seed: int, n: int = 3000) -> np.ndarray:
     """Per domain, the accuracy of a quadratic least-squares classifier on the sampled
     expression actions themselves (no pixels): the ambiguity built into the labels
     (blends, low intensities, resting faces, label noise). Two thirds train, one third test."""
-    out = np.zeros(len(DOMAIN_NAMES))
-    for k, name in enumerate(DOMAIN_NAMES):
+    out = np.zeros(len(BUILTIN_DOMAIN_NAMES))
+    for k, name in enumerate(BUILTIN_DOMAIN_NAMES):
         style, rng = STYLES[name], np.random.default_rng([seed, k, 99])
         y = np.arange(n) % NUM_CLASSES
         actions = np.stack([sample_actions(rng, shown_class(rng, int(label), style), style,
@@ -194,7 +195,7 @@ def cnn_accuracies(parts: dict[str, dict[str, Part]], targets: list[str], seed: 
     for tgt in targets:
         (x, y), (xt, yt) = data[tgt]["train"], data[tgt]["test"]
         in_domain = fit_and_score(x, y, xt, yt, epochs)
-        srcs = [d for d in DOMAIN_NAMES if d != tgt]
+        srcs = [d for d in BUILTIN_DOMAIN_NAMES if d != tgt]
         # The pooled sources are ~5x one domain: a third of the epochs gives a comparable
         # (slightly larger) number of steps.
         source_only = fit_and_score(torch.cat([data[d]["train"][0] for d in srcs]),
@@ -221,15 +222,15 @@ def write_grids(root: Path, out: Path, per_cell: int = 3, cell: int = 64) -> lis
     """Sample grids from the generated files: the first images of each class of each train list."""
     out.mkdir(parents=True, exist_ok=True)
     samples = {}
-    for name in DOMAIN_NAMES:
+    for name in BUILTIN_DOMAIN_NAMES:
         paths, y = read_list(root, DOMAINS[name].train_list)
         samples[name] = [[p for p, lab in zip(paths, y) if lab == c][: per_cell + 1] for c in range(NUM_CLASSES)]
     head, side = 16, 64
-    grid = Image.new("RGB", (side + NUM_CLASSES * per_cell * cell, head + len(DOMAIN_NAMES) * cell), "white")
+    grid = Image.new("RGB", (side + NUM_CLASSES * per_cell * cell, head + len(BUILTIN_DOMAIN_NAMES) * cell), "white")
     draw = ImageDraw.Draw(grid)
     for c, cls in enumerate(CLASSES):
         draw.text((side + c * per_cell * cell + 4, 2), cls, fill="black")
-    for r, name in enumerate(DOMAIN_NAMES):
+    for r, name in enumerate(BUILTIN_DOMAIN_NAMES):
         draw.text((4, head + r * cell + cell // 2 - 6), name, fill="black")
         for c in range(NUM_CLASSES):
             for k, p in enumerate(samples[name][c][:per_cell]):
@@ -238,7 +239,7 @@ def write_grids(root: Path, out: Path, per_cell: int = 3, cell: int = 64) -> lis
     written = [out / "synthfer_grid.png"]
     grid.save(written[0], optimize=True)
     big, rows = 96, per_cell + 1
-    for name in DOMAIN_NAMES:  # one larger sheet per domain: columns = classes
+    for name in BUILTIN_DOMAIN_NAMES:  # one larger sheet per domain: columns = classes
         sheet = Image.new("RGB", (NUM_CLASSES * big, head + rows * big), "white")
         draw = ImageDraw.Draw(sheet)
         for c, cls in enumerate(CLASSES):
@@ -257,7 +258,7 @@ def main() -> None:
     parser.add_argument("--scale", default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grids", type=Path, help="write the sample grids into this folder")
-    parser.add_argument("--cnn", nargs="*", choices=DOMAIN_NAMES, metavar="TARGET",
+    parser.add_argument("--cnn", nargs="*", choices=BUILTIN_DOMAIN_NAMES, metavar="TARGET",
                         help="also train a small CNN (torch, CPU; minutes) for these targets (none named: all six)")
     parser.add_argument("--cnn-extra", type=int, default=0, metavar="N",
                         help="in-domain CNN also trained on N rendered images of the target")
@@ -268,22 +269,22 @@ def main() -> None:
     parts = load_parts(args.root)
     acc, loo = probe(parts)
     print("\nlinear probe (ridge, 24x24 gray pixels): rows = trained on, columns = tested on")
-    print("train \\ test".ljust(10) + "".join(d.rjust(9) for d in DOMAIN_NAMES) + "   in-dom  mean other")
-    for i, src in enumerate(DOMAIN_NAMES):
+    print("train \\ test".ljust(10) + "".join(d.rjust(9) for d in BUILTIN_DOMAIN_NAMES) + "   in-dom  mean other")
+    for i, src in enumerate(BUILTIN_DOMAIN_NAMES):
         other = np.delete(acc[i], i).mean()
         print(src.ljust(10) + "".join(f"{a:9.3f}" for a in acc[i]) + f"   {acc[i, i]:6.3f}  {other:10.3f}")
     print("\nlinear probe, leave-one-domain-out (5 sources pooled -> target) vs in-domain:")
-    for j, tgt in enumerate(DOMAIN_NAMES):
+    for j, tgt in enumerate(BUILTIN_DOMAIN_NAMES):
         print(f"  {tgt:<8} source-only {loo[j]:.3f}   in-domain {acc[j, j]:.3f}")
     off = ~np.eye(len(acc), dtype=bool)
     print(f"\nmean in-domain {np.diag(acc).mean():.3f}, mean cross-domain {acc[off].mean():.3f}, "
           f"mean leave-one-out {loo.mean():.3f} (chance {1 / NUM_CLASSES:.3f})")
     ceiling = action_ceiling(args.seed)
     print("\nambiguity ceiling (classifier on the expression actions, no pixels): "
-          + ", ".join(f"{d} {c:.3f}" for d, c in zip(DOMAIN_NAMES, ceiling)))
+          + ", ".join(f"{d} {c:.3f}" for d, c in zip(BUILTIN_DOMAIN_NAMES, ceiling)))
     if args.cnn is not None:
         print(f"\nsmall CNN ({CNN_SIZE} px): in-domain vs leave-one-domain-out source-only:")
-        results = cnn_accuracies(parts, args.cnn or list(DOMAIN_NAMES), args.seed, args.scale, args.cnn_extra)
+        results = cnn_accuracies(parts, args.cnn or list(BUILTIN_DOMAIN_NAMES), args.seed, args.scale, args.cnn_extra)
         print(f"  mean in-domain {np.mean([r[0] for r in results]):.3f}, "
               f"mean source-only {np.mean([r[1] for r in results]):.3f}")
     if args.grids:

@@ -43,12 +43,11 @@ import numpy as np
 from scipy import stats
 
 from lacmfer.config import ExperimentConfig, load_config
-from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.data.loaders import SampleSet, SplitData, domain_ids, load_split_data, open_caches
 from lacmfer.data.manifest import ensure_data, load_domains
 from lacmfer.data.splits import Part, make_split, stratified_holdout
 from lacmfer.method.pretrained import ensure_pretrained
-from lacmfer.names import non_oracle_objectives
+from lacmfer.names import BUILTIN_DOMAIN_NAMES, non_oracle_objectives
 from lacmfer.run.trainer import Trainer
 from search.analysis import read_split, validator_ranking
 from search.storage import ExperimentLocations
@@ -272,7 +271,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ablation-seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--targets", nargs="+", default=list(DOMAIN_NAMES), choices=DOMAIN_NAMES)
+    parser.add_argument("--targets", nargs="+", default=list(BUILTIN_DOMAIN_NAMES), choices=BUILTIN_DOMAIN_NAMES)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

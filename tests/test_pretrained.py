@@ -10,12 +10,12 @@ import torch
 import torchvision
 
 from lacmfer.config import PretextConfig, config_from_dict
-from lacmfer.data.domains import DOMAIN_NAMES
 from lacmfer.data.synth import STYLES, pretext_identity, subject
 from lacmfer.errors import UserError
 from lacmfer.method import pretext
 from lacmfer.method.model import LACMFERNet
 from lacmfer.method.pretrained import imagenet_weights_file, load_pretrained_trunk
+from lacmfer.names import BUILTIN_DOMAIN_NAMES
 
 TINY_PRETEXT = {"identities": 3, "images_per_identity": 2, "steps": 2, "batch_size": 4}
 
@@ -76,7 +76,7 @@ def test_imagenet_weights_need_width_one(tmp_path: Path) -> None:
 def test_pretext_people_are_nobody_in_any_domain() -> None:
     """Pretext identities come from their own seed stream, not from a domain's subject pool."""
     people = {pretext_identity(0, n) for n in range(20)}
-    for domain in DOMAIN_NAMES:
+    for domain in BUILTIN_DOMAIN_NAMES:
         pool = {subject(0, domain, n, STYLES[domain]) for n in range(20)}
         assert not {(p.face_w, p.eye_sep) for p in people} & {(s.face_w, s.eye_sep) for s in pool}, domain
 

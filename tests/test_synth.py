@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lacmfer.data.domains import DOMAIN_NAMES, DOMAINS, NUM_CLASSES
+from lacmfer.data.domains import DOMAINS, NUM_CLASSES
 from lacmfer.data.synth import (
     META_FILE,
     PROTOTYPES,
@@ -27,6 +27,7 @@ from lacmfer.data.synth import (
     shown_class,
 )
 from lacmfer.errors import UserError
+from lacmfer.names import BUILTIN_DOMAIN_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 LIST_NAMES = {"CK.txt", "JAFFE.txt", "Oulu.txt", "RAF_train.txt", "RAF_test.txt", "FER2013_train.txt",
@@ -92,7 +93,7 @@ def test_scaled_priors_follow_the_real_ones(scale: str, minimum: int, low: int, 
 @pytest.mark.parametrize("scale", ["tiny", "small"])
 def test_train_test_proportions_follow_the_real_ones(scale: str) -> None:
     totals = {s.name: s.total for s in plan_lists(scale)}
-    for name in DOMAIN_NAMES:
+    for name in BUILTIN_DOMAIN_NAMES:
         info = DOMAINS[name]
         if not info.has_separate_test:
             continue
@@ -111,9 +112,9 @@ def test_small_wild_sets_outnumber_the_lab_sets() -> None:
     totals = {s.name: s.total for s in plan_lists("small")}
     per_domain = {name: totals[DOMAINS[name].train_list] + (totals[DOMAINS[name].test_list]
                                                             if DOMAINS[name].has_separate_test else 0)
-                  for name in DOMAIN_NAMES}
-    wild = [n for n in DOMAIN_NAMES if DOMAINS[n].has_separate_test]
-    lab = [n for n in DOMAIN_NAMES if not DOMAINS[n].has_separate_test]
+                  for name in BUILTIN_DOMAIN_NAMES}
+    wild = [n for n in BUILTIN_DOMAIN_NAMES if DOMAINS[n].has_separate_test]
+    lab = [n for n in BUILTIN_DOMAIN_NAMES if not DOMAINS[n].has_separate_test]
     assert min(per_domain[n] for n in wild) >= 2 * max(per_domain[n] for n in lab), per_domain
 
 # ----------------------------------------------------------------------------- expressions
@@ -181,7 +182,7 @@ def load_domain(root: Path, domain: str) -> list[Image.Image]:
 
 
 def test_domain_styles(tiny: Path) -> None:
-    images = {d: load_domain(tiny, d) for d in DOMAIN_NAMES}
+    images = {d: load_domain(tiny, d) for d in BUILTIN_DOMAIN_NAMES}
     for d in ("CK", "JAFFE", "Oulu", "FER2013"):
         assert {im.mode for im in images[d]} == {"L"}, d
     for d in ("RAF", "Aff"):
@@ -190,7 +191,7 @@ def test_domain_styles(tiny: Path) -> None:
         spread = np.mean([np.asarray(im, float).std(axis=2).mean() for im in images[d]])
         assert spread > 8, (d, spread)
     assert {im.size for im in images["FER2013"]} == {(48, 48)}
-    assert {im.size for d in DOMAIN_NAMES if d != "FER2013" for im in images[d]} == {(64, 64)}
+    assert {im.size for d in BUILTIN_DOMAIN_NAMES if d != "FER2013" for im in images[d]} == {(64, 64)}
 
     def mean(d: str) -> float:
         return float(np.mean([np.asarray(im, float).mean() for im in images[d]]))
@@ -210,7 +211,7 @@ def test_crops_are_face_crops() -> None:
     put them, in every domain; unaligned detector crops (Aff) jitter more than aligned ones (RAF)."""
     frame = 100
     centres = {}
-    for d in DOMAIN_NAMES:
+    for d in BUILTIN_DOMAIN_NAMES:
         rng = np.random.default_rng(0)
         cx, cy, half_h = np.array([face_placement(rng, STYLES[d], frame) for _ in range(400)]).T
         assert (2 * half_h / frame).min() >= 0.85, d  # the face outline, crown to chin
@@ -247,7 +248,7 @@ def test_domain_gap() -> None:
     holds for the lab sets only.)"""
     n_train, n_test, size = 420, 140, 32
     data = {}
-    for d in DOMAIN_NAMES:
+    for d in BUILTIN_DOMAIN_NAMES:
         def sample(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
             y = np.arange(n) % NUM_CLASSES  # balanced: chance is 1/7
             imgs = [render_sample(0, d, 0, start + i, int(y[i]), size) for i in range(n)]
@@ -258,19 +259,19 @@ def test_domain_gap() -> None:
         flipped = np.array([probe_features(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)) for im in imgs])
         xte, yte, _ = sample(10**6, n_test)
         data[d] = (np.concatenate([xtr, flipped]), np.concatenate([ytr, ytr]), xte, yte)
-    acc = np.zeros((len(DOMAIN_NAMES), len(DOMAIN_NAMES)))
-    for i, src in enumerate(DOMAIN_NAMES):
+    acc = np.zeros((len(BUILTIN_DOMAIN_NAMES), len(BUILTIN_DOMAIN_NAMES)))
+    for i, src in enumerate(BUILTIN_DOMAIN_NAMES):
         predict = fit_ridge(data[src][0], data[src][1])
-        for j, tgt in enumerate(DOMAIN_NAMES):
+        for j, tgt in enumerate(BUILTIN_DOMAIN_NAMES):
             acc[i, j] = (predict(data[tgt][2]) == data[tgt][3]).mean()
-    off = ~np.eye(len(DOMAIN_NAMES), dtype=bool)
+    off = ~np.eye(len(BUILTIN_DOMAIN_NAMES), dtype=bool)
     diag = np.diag(acc)
-    row_other = np.where(off, acc, 0).sum(1) / (len(DOMAIN_NAMES) - 1)
-    col_other = np.where(off, acc, 0).sum(0) / (len(DOMAIN_NAMES) - 1)
+    row_other = np.where(off, acc, 0).sum(1) / (len(BUILTIN_DOMAIN_NAMES) - 1)
+    col_other = np.where(off, acc, 0).sum(0) / (len(BUILTIN_DOMAIN_NAMES) - 1)
     table = np.array2string(acc, precision=2)
     chance = 1 / NUM_CLASSES
     assert diag.min() >= 1.8 * chance, table
-    lab = [DOMAIN_NAMES.index(d) for d in ("CK", "JAFFE", "Oulu")]
+    lab = [BUILTIN_DOMAIN_NAMES.index(d) for d in ("CK", "JAFFE", "Oulu")]
     assert (diag - row_other)[lab].min() >= 0.05, table
     assert (diag - col_other).min() >= 0.03, table
     assert diag.mean() - acc[off].mean() >= 0.2, table

@@ -50,8 +50,6 @@ DOMAINS: dict[str, DomainInfo] = {
                    (4500, 4500, 3300, 4500, 4500, 4500, 4504), (497, 498, 497, 500, 500, 499, 497)),
     )
 }
-#: The six built-in domains (SynthFER draws these); `lacmfer.names.domain_names()` is the live list.
-DOMAIN_NAMES: tuple[str, ...] = names.BUILTIN_DOMAIN_NAMES
 
 
 def register_domain(info: DomainInfo) -> DomainInfo:

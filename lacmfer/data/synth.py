@@ -44,8 +44,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from lacmfer.data.domains import CLASSES, DOMAIN_NAMES, DOMAINS, NUM_CLASSES
+from lacmfer.data.domains import CLASSES, DOMAINS, NUM_CLASSES
 from lacmfer.errors import UserError, exit_on_user_error
+from lacmfer.names import BUILTIN_DOMAIN_NAMES
 
 GENERATOR_VERSION = "3"
 META_FILE = "synthfer.json"
@@ -187,11 +188,11 @@ def scaled_counts(real: tuple[int, ...], total: int, minimum: int) -> tuple[int,
 
 
 def plan_lists(scale: str) -> list[ListSpec]:
-    """The list files of one scale, in DOMAIN_NAMES order (train before test)."""
+    """The list files of one scale, in BUILTIN_DOMAIN_NAMES order (train before test)."""
     if scale not in SCALES:
         raise UserError(f"SynthFER scale {scale!r}: expected one of {', '.join(SCALES)}")
     specs = []
-    for name in DOMAIN_NAMES:
+    for name in BUILTIN_DOMAIN_NAMES:
         info = DOMAINS[name]
         if info.has_separate_test:
             parts = [(info.train_list, "train", info.train_counts), (info.test_list, "test", info.test_counts)]
@@ -216,13 +217,13 @@ def image_size(domain: str, scale: str) -> int:
 
 def image_seed(seed: int, domain: str, list_index: int, index: int) -> np.random.SeedSequence:
     """The seed of one image: only (seed, domain, list, index), so order and workers don't matter."""
-    return np.random.SeedSequence([seed, DOMAIN_NAMES.index(domain), list_index, 0, index])
+    return np.random.SeedSequence([seed, BUILTIN_DOMAIN_NAMES.index(domain), list_index, 0, index])
 
 
 def list_labels(seed: int, spec: ListSpec) -> np.ndarray:
     """The listed labels of a list in file order: its class counts, shuffled deterministically."""
     labels = np.repeat(np.arange(NUM_CLASSES), spec.counts)
-    rng = np.random.default_rng([seed, DOMAIN_NAMES.index(spec.domain), spec.list_index, 1])
+    rng = np.random.default_rng([seed, BUILTIN_DOMAIN_NAMES.index(spec.domain), spec.list_index, 1])
     return rng.permutation(labels)
 
 
@@ -312,7 +313,7 @@ def sample_identity(rng: np.random.Generator, domain: str, style: DomainStyle) -
 @functools.lru_cache(maxsize=1024)
 def subject(seed: int, domain: str, number: int, style: DomainStyle) -> Identity:
     """Subject `number` of a lab domain's pool (the same at every scale)."""
-    rng = np.random.default_rng([seed, DOMAIN_NAMES.index(domain), 2, number])
+    rng = np.random.default_rng([seed, BUILTIN_DOMAIN_NAMES.index(domain), 2, number])
     return sample_identity(rng, domain, style)
 
 
@@ -695,7 +696,7 @@ def _render(rng: np.random.Generator, domain: str, style: DomainStyle, idt: Iden
 # domain's subject pool and from the fresh identities of the wild sets. Their photos are
 # web-like: colour, cluttered, any expression at any intensity, varied pose and crop.
 PRETEXT = "pretext"
-PRETEXT_STREAM = len(DOMAIN_NAMES)
+PRETEXT_STREAM = len(BUILTIN_DOMAIN_NAMES)
 PRETEXT_STYLE = DomainStyle(grayscale=False, intensity=(0.0, 1.0), blend_prob=0.3, label_noise=0.0, subjects=0,
                             roll_deg=4.0, yaw=0.45, scale=(0.84, 1.04), shift=0.04, rise=0.0, clutter=True,
                             backdrop=(0, 255), light=0.5, occlusion=0.1, glasses=0.15, noise=2.0, blur=(0.0, 0.6))
@@ -782,7 +783,7 @@ def generate_synthfer(out: Path, scale: str = "small", seed: int = 0, progress: 
         "seed": seed,
         "scale": scale,
         "classes": list(CLASSES),
-        "image_size": {d: image_size(d, scale) for d in DOMAIN_NAMES},
+        "image_size": {d: image_size(d, scale) for d in BUILTIN_DOMAIN_NAMES},
         "lists": {spec.name: {"domain": spec.domain, "counts": list(spec.counts), "total": spec.total}
                   for spec in specs},
         "total": n_images,
