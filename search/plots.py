@@ -13,13 +13,19 @@
 Optuna draws what it has a plot for; the last two are drawn here because Optuna knows
 neither the statuses of our trials nor the other validators. matplotlib runs headless
 (Agg); every picture has a fixed size in pixels (`FIGURE_SIZE_IN` × `DPI`).
+
+Pictures are drawn in memory (`render_search_plots`: PNG bytes and the summary's section)
+so that the export can draw them all before it writes any file; `SearchPlots.files` says
+where each goes, and which picture of an earlier export is out of date and must go.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,6 @@ import optuna
 
 from lacmfer.config import ExperimentConfig
 from lacmfer.names import non_oracle_objectives
-from lacmfer.reports.final_report import save_png
 from lacmfer.reports.oracle_gap import Pick
 from search.analysis import (
     OBJECTIVE_KEY,
@@ -37,6 +42,7 @@ from search.analysis import (
     importance_evaluator,
     param_importances,
 )
+from search.storage import Location, location
 
 PLOTS_DIR = "plots"
 FIGURE_SIZE_IN, DPI = (8.0, 4.5), 100
@@ -60,10 +66,15 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Save at the fixed size, atomically (a reader never sees half a PNG)."""
+def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes at the fixed size, laid out; the figure is closed."""
+    plt = _pyplot()
     fig.set_size_inches(*FIGURE_SIZE_IN)
-    return save_png(fig, path, DPI)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI)
+    plt.close(fig)
+    return png.getvalue()
 
 
 def load_split_study(storage: str | optuna.storages.BaseStorage | None, name: str) -> optuna.Study | None:
@@ -81,7 +92,7 @@ def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if t.value is not None and math.isfinite(t.value)]
 
 
-def plot_history(study: optuna.Study, objective: str, path: Path) -> Path | None:
+def plot_history(study: optuna.Study, objective: str) -> bytes | None:
     """Optuna's optimisation history; None when the study has no complete trial."""
     if not _complete(study):
         return None
@@ -92,10 +103,10 @@ def plot_history(study: optuna.Study, objective: str, path: Path) -> Path | None
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
         ax = plot_optimization_history(study, target_name=objective)
         ax.set_title(f"{objective} of each complete trial, best so far")
-        return _save(ax.figure, path)
+        return _png(ax.figure)
 
 
-def plot_importance(study: optuna.Study, path: Path) -> Path | None:
+def plot_importance(study: optuna.Study) -> bytes | None:
     """Optuna's importance bars, by the evaluator and rule of the summary's table
     (`search.analysis.param_importances`); None where that table has none."""
     if not param_importances(study):
@@ -105,10 +116,10 @@ def plot_importance(study: optuna.Study, path: Path) -> Path | None:
     with warnings.catch_warnings(), _pyplot().style.context(STYLE):
         warnings.simplefilter("ignore")  # experimental backend; small studies warn about accuracy
         ax = plot_param_importances(study, evaluator=importance_evaluator())
-        return _save(ax.figure, path)
+        return _png(ax.figure)
 
 
-def plot_learning_curves(records: Sequence[TrialRecord], objective: str, path: Path) -> Path | None:
+def plot_learning_curves(records: Sequence[TrialRecord], objective: str) -> bytes | None:
     """The objective of every trial at each evaluation, one line per trial, coloured by status."""
     curves = [r for r in records if r.history and r.status in STATUS_COLOURS]
     if not curves:
@@ -128,11 +139,11 @@ def plot_learning_curves(records: Sequence[TrialRecord], objective: str, path: P
         ax.set_title(f"learning curves: {objective} at each evaluation")
         ax.grid(alpha=0.3)
         ax.legend()
-        return _save(fig, path)
+        return _png(fig)
 
 
 def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str, float]], objective: str,
-                    path: Path, picks: Mapping[str, Pick | None] | None = None) -> Path | None:
+                    picks: Mapping[str, Pick | None] | None = None) -> bytes | None:
     """Each validator against oracle target accuracy over all evaluations, the evaluation it
     picks marked with a star (`search.analysis.validator_picks`); None without target labels."""
     pairs = {name: evaluation_pairs(records, name, ORACLE_METRIC) for name in non_oracle_objectives()}
@@ -162,34 +173,63 @@ def plot_validators(records: Sequence[TrialRecord], ranking: Sequence[tuple[str,
             row[0].set_ylabel("target acc (ORACLE)", fontsize=7)
         fig.suptitle("validators against oracle target accuracy, every evaluation of every trial; "
                      "★ the evaluation each validator picks (gap in points)", fontsize=8)
-        return _save(fig, path)
+        return _png(fig)
+
+
+@dataclass(frozen=True)
+class SearchPlots:
+    """Every split's pictures, drawn in memory, and the summary.md section linking them."""
+
+    #: File name under plots/ → PNG bytes; None for a picture that could not be drawn
+    #: (that of an earlier export is out of date).
+    pictures: dict[str, bytes | None]
+    section: str
+
+    def files(self, folder: Location) -> list[tuple[Location, bytes | None]]:
+        """Where each picture goes under the experiment's `folder`: its bytes, or None where
+        an earlier export's picture is to be removed."""
+        return [(folder / PLOTS_DIR / name, png) for name, png in self.pictures.items()]
+
+
+def render_search_plots(cfg: ExperimentConfig, studies: Mapping[str, optuna.Study | None],
+                        records: dict[str, list[TrialRecord]], rankings: dict[str, Sequence[tuple[str, float]]],
+                        picks: Mapping[str, Mapping[str, Pick | None]] | None = None) -> SearchPlots:
+    """Draw every split's pictures in memory; nothing is written.
+
+    `studies`: each split's Optuna study (`load_split_study`), None where there is none."""
+    objective = cfg.eval.objective
+    pictures: dict[str, bytes | None] = {}
+    lines = ["## Plots", ""]
+    for target, split_records in records.items():
+        study = studies[target]
+        drawn = {
+            "history": plot_history(study, objective) if study else None,
+            "curves": plot_learning_curves(split_records, objective),
+            "validators": plot_validators(split_records, rankings.get(target, []), objective,
+                                          (picks or {}).get(target)),
+            "importance": plot_importance(study) if study else None,
+        }
+        lines += [f"### {target}", ""]
+        for kind, title in PICTURES.items():
+            name = f"{target}_{kind}.png"
+            pictures[name] = drawn[kind]
+            if drawn[kind] is None:
+                lines.append(f"- {title}: not enough trials or evaluations to draw it.")
+            else:
+                lines.append(f"![{target}: {title}]({PLOTS_DIR}/{name})")
+        lines.append("")
+    return SearchPlots(pictures, "\n".join(lines))
 
 
 def write_search_plots(out_dir: Path, cfg: ExperimentConfig, studies: Mapping[str, optuna.Study | None],
                        records: dict[str, list[TrialRecord]], rankings: dict[str, Sequence[tuple[str, float]]],
                        picks: Mapping[str, Mapping[str, Pick | None]] | None = None) -> str:
-    """Draw every split's pictures into `out_dir/plots/` (the experiment's folder, or a local
-    staging folder for object storage); returns the summary.md section linking them.
-
-    `studies`: each split's Optuna study (`load_split_study`), None where there is none."""
-    folder, objective = Path(out_dir) / PLOTS_DIR, cfg.eval.objective
-    lines = ["## Plots", ""]
-    for target, split_records in records.items():
-        study = studies[target]
-        paths = {kind: folder / f"{target}_{kind}.png" for kind in PICTURES}
-        drawn = {
-            "history": plot_history(study, objective, paths["history"]) if study else None,
-            "curves": plot_learning_curves(split_records, objective, paths["curves"]),
-            "validators": plot_validators(split_records, rankings.get(target, []), objective, paths["validators"],
-                                          (picks or {}).get(target)),
-            "importance": plot_importance(study, paths["importance"]) if study else None,
-        }
-        lines += [f"### {target}", ""]
-        for kind, title in PICTURES.items():
-            if drawn[kind] is None:
-                paths[kind].unlink(missing_ok=True)  # a picture of an earlier export would be out of date
-                lines.append(f"- {title}: not enough trials or evaluations to draw it.")
-            else:
-                lines.append(f"![{target}: {title}]({PLOTS_DIR}/{paths[kind].name})")
-        lines.append("")
-    return "\n".join(lines)
+    """Draw every split's pictures (`render_search_plots`) into `out_dir/plots/`, each file
+    atomically, removing those that can no longer be drawn; returns the summary.md section."""
+    plots = render_search_plots(cfg, studies, records, rankings, picks)
+    for path, png in plots.files(location(out_dir)):
+        if png is None:
+            path.unlink()
+        else:
+            path.write_bytes(png)
+    return plots.section

@@ -427,7 +427,7 @@ def read_result_trial_id(result_json: Path) -> str:
 def test_the_export_takes_its_default_scope_from_the_search(tmp_path, monkeypatch):
     """Without `scope`, a trial's value is what the search told Optuna: `search.scope`.
 
-    Mutation caught (search/export.py, `export_experiment`): `scope = scope or cfg.search.scope`
+    Mutation caught (search/export/__init__.py, `export_experiment`): `scope = scope or cfg.search.scope`
     as `scope = scope or "best"` (the export then ranks trials otherwise than TPE did)."""
     cfg = make_config(tmp_path, targets=("CK",)).with_values({"search.scope": "last"})
     exp_dir = cfg.experiment_dir
