@@ -69,3 +69,21 @@ def tiny_config(root: Path, **sections):
 
 NO_AUGMENT = {"hflip": False, "color_jitter": 0.0, "grayscale": 0.0, "rotation": 0.0, "translate": 0.0,
               "scale_min": 1.0, "scale_max": 1.0}
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 server on loopback with a bucket `results`; pyarrow and Ray find it through
+    the standard AWS environment variables."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="results")
+    yield
+    server.stop()

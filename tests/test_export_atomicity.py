@@ -1,6 +1,6 @@
 """search.export, computed first and written last: a failure before the write phase leaves the
 previous export as it was, byte for byte (best/*.yaml, trials.parquet, summary.md, plots/*),
-locally and in object storage (an S3 server on 127.0.0.1, tests.test_storage's `s3`); a failure
+locally and in object storage (an S3 server on 127.0.0.1, the `s3` fixture of tests/conftest.py); a failure
 inside the write phase leaves every file whole and summary.md the previous one.
 
 The next export changes or removes every file of the previous one but the two pictures drawn
@@ -19,7 +19,6 @@ from search.analysis import TrialRecord
 from search.export import write_export
 from search.storage import ExperimentLocations, Location, location
 from tests.test_export import ck_records, curve, jaffe_records, make_config, make_study
-from tests.test_storage import s3  # noqa: F401  (the fixture: an S3 server on loopback)
 
 #: What the next export changes (CHANGED) or removes (REMOVED) of the previous one.
 CHANGED = ["/best/CK.yaml", "/trials.parquet", "/summary.md", "/plots/CK_curves.png", "/plots/CK_validators.png"]

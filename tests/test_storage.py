@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import re
 
-import boto3
 import optuna
 import pyarrow.parquet as pq
 import pytest
 import ray
-from moto.server import ThreadedMotoServer
 
 from lacmfer.config import config_from_dict, parse_yaml
 from lacmfer.errors import UserError
 from search import storage
 from search.storage import Location, location
 from tests.test_search import save_yaml, search_config
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """An S3 server on loopback with a bucket `results`; pyarrow and Ray find it through
-    the standard AWS environment variables."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3").create_bucket(Bucket="results")
-    yield
-    server.stop()
 
 
 def test_results_uri_stays_a_uri_and_local_paths_stay_paths(tmp_path):
