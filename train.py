@@ -24,15 +24,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.method.pretrained import ensure_pretrained
-from lacmfer.names import METHOD_NAMES, domain_names, is_oracle
+from lacmfer.names import METHOD_NAMES, RunStatus, domain_names, is_oracle
 from lacmfer.reports.final_report import write_report
-from lacmfer.run.final_run import FinalRun, failed_result, read_result, result_line, train_run
+from lacmfer.run.final_run import FinalResult, FinalRun, failed_result, read_result, result_line, train_run
+from lacmfer.run.outcome import raise_bad_input_of_every_run
 from search.disk_space import disk_full_error, is_disk_full
 
 
@@ -125,7 +125,7 @@ def check_fresh(plan: Plan, resume: bool) -> None:
 
 
 def run_sequential(runs: Sequence[FinalRun], retries: int, progress: bool,
-                   on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+                   on_result: Callable[[FinalResult], None]) -> list[FinalResult]:
     """Every run in this process, one after another; split data is loaded once per target."""
     data: dict[str, SplitData] = {}
     results = []
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in plan.runs:  # trunk weights downloaded or trained once, here (cached: a file check)
         ensure_pretrained(run.config, progress=not args.no_progress)
 
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, FinalResult] = {}
     todo = []
     for run in plan.runs:
         finished = read_result(run.run_dir)
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             todo.append(run)
 
-    def report(result: dict[str, Any]) -> None:
-        results[f"{result['target']}/{result['method']}/seed{result['seed']}"] = result
+    def report(result: FinalResult) -> None:
+        results[result.name] = result
         print(f"[{len(results)}/{len(plan.runs)}] {result_line(result)}", flush=True)
 
     kept = len(results)
@@ -226,20 +226,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ordered = [results[r.name] for r in plan.runs]
     # A run that failed writing to a full volume: one line with the free space and the way on.
-    if any(r["status"] == "failed" and is_disk_full(r.get("error", "")) for r in ordered):
+    if any(r.status is RunStatus.FAILED and is_disk_full(r.error or "") for r in ordered):
         raise disk_full_error(plan.final_dir, resume)
-    # Bad input that only a run could find (its worker raised a UserError) in every run: one
-    # line and exit 2, as for bad input found before Ray, rather than N failed runs.
-    if ordered and all(r.get("user_error") for r in ordered):
-        others = len({r["error"] for r in ordered}) - 1
-        raise UserError(ordered[0]["error"] + (f" (and {others} other error(s), in the lines above)" if others else ""))
+    raise_bad_input_of_every_run(ordered, where="in the lines above")  # found by every run: exit 2, not N failures
     path = write_report(plan.final_dir, plan.name, ordered, plan.targets, plan.methods, plan.seeds, plan.objective)
     print(path.read_text(encoding="utf-8"))
     print(f"report: {path}   tensorboard --logdir {plan.final_dir}")
-    diverged = [f"{r['target']}/{r['method']}/seed{r['seed']}" for r in ordered if r["status"] == "diverged"]
+    diverged = [r.name for r in ordered if r.status is RunStatus.DIVERGED]
     if diverged:
         print(f"warning: diverged runs (NaN/inf loss): {', '.join(diverged)}", file=sys.stderr)
-    failed = [f"{r['target']}/{r['method']}/seed{r['seed']}" for r in ordered if r["status"] == "failed"]
+    failed = [r.name for r in ordered if r.status is RunStatus.FAILED]
     if failed:
         print(f"FAILED runs: {', '.join(failed)}; retry them with {resume}", file=sys.stderr)
         return 1

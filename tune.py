@@ -20,6 +20,7 @@ import yaml
 from lacmfer.config import ExperimentConfig, config_from_dict, load_config, parse_yaml
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.names import is_oracle
+from lacmfer.run.outcome import raise_bad_input_of_every_run
 from search.storage import CONFIG_FILE, ExperimentLocations, location
 
 if TYPE_CHECKING:
@@ -128,23 +129,6 @@ def trials_hit_a_full_disk(places: ExperimentLocations, targets: list[str]) -> b
     return any(is_disk_full(r.error or "") for t in targets if places.rounds(t) for r in read_split(places, t))
 
 
-def user_error_of_every_trial(places: ExperimentLocations, targets: list[str]) -> str | None:
-    """The bad input every trial of `targets` found in its Ray worker, or None if any trial ended otherwise.
-
-    Tune keeps a trial's exception as the last line of its `error.txt`
-    (`search.analysis.TrialRecord.error`): `lacmfer.errors.UserError: <message>` for bad
-    input that only a trial could find. The first trial's message stands for all.
-    """
-    from search.analysis import read_split
-
-    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
-    records = [r for target in targets for r in read_split(places, target)]
-    if not records or not all(r.status == "failed" and (r.error or "").startswith(prefix) for r in records):
-        return None
-    message = (records[0].error or "").removeprefix(prefix)
-    return message + (f" (and {len(records) - 1} more trial(s) alike: error.txt under {places.folder})" if len(records) > 1 else "")
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -215,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final:       python train.py --experiment {exp} --seeds 0 1 2 --baseline source_only"
           + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
     if no_result and len(no_result) == len(summary.splits) and not unfinished:
-        # Every trial raised the project's user error: one line and exit 2, as bad input found before Ray.
-        message = user_error_of_every_trial(places, [split.target for split in no_result])
-        if message is not None:
-            raise UserError(message)
+        # Bad input that every trial found in its Ray worker ends the search as if found before Ray.
+        from search.analysis import read_split
+
+        trials = [record for split in no_result for record in read_split(places, split.target)]
+        raise_bad_input_of_every_run(trials, where=f"in the trials' error.txt under {places.folder}")
     for split in no_result:
         counts = ", ".join(f"{n} {status}" for status, n in split.counts.items() if n)
         print(f"\nNO RESULT: split {split.target}: every trial failed or diverged ({counts}), no best config exported; "

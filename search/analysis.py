@@ -4,13 +4,10 @@ No tensors here: a user who only wants to analyse a search needs `search`, pyarr
 the files the search wrote, not a GPU. Ray is imported only to read Tune's experiment
 state (`read_tune_experiment`; no cluster is started); the rest is numpy and Optuna.
 
-Status of a trial (one of `STATUSES`), from its Tune status and its last report:
-
-- `failed`: Tune marked it ERROR (an exception, retries exhausted);
-- `diverged`: its last report has `diverged == 1` (the trainable ends itself on NaN/inf loss);
-- `completed`: its last report has `final_evaluation == 1` (the schedule's last evaluation);
-- `stopped early`: anything else that reported at least once: stopped by ASHA, or the
-  driver was interrupted before the trial finished.
+The status of a trial (one of `STATUSES`) is `lacmfer.run.outcome.run_status` of its last
+report (which carries the status the trial ends with there) and of whether Tune marked it
+ERROR (an exception, retries exhausted): a trial that reported and was neither failed,
+diverged nor completed was stopped by ASHA, or the driver was interrupted before it finished.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,50 +27,33 @@ from lacmfer import names
 from lacmfer.errors import UserError
 from lacmfer.hparams import HPARAMS
 from lacmfer.reports.oracle_gap import Pick, pick, rank_average, scores_and_oracle
+from lacmfer.run.outcome import USER_ERROR_LINE_PREFIX, Evaluation, RunResult, run_status
 from search.storage import ExperimentLocations, Location, location
 
 STATUSES = names.RUN_STATUSES
 #: Statuses whose trials may be exported as the best config of a split.
-SELECTABLE: tuple[str, ...] = ("completed", "stopped early")
+SELECTABLE: tuple[names.RunStatus, ...] = (names.RunStatus.COMPLETED, names.RunStatus.STOPPED_EARLY)
 ORACLE_METRIC = names.ORACLE_METRIC
 OBJECTIVE_KEY = names.OBJECTIVE_KEY
 SCOPES: tuple[str, ...] = ("best", "last")
 
 
-@dataclass
-class TrialRecord:
-    """One trial of one split: its sampled values, status and every report in order."""
+@dataclass(init=False)
+class TrialRecord(RunResult):
+    """One trial of one split: its sampled values, and how it ended (status, every report's
+    metrics in order, the last line of Tune's error.txt when it failed)."""
 
     trial_id: str
     target: str
     params: dict[str, Any]
-    status: str
-    history: list[dict[str, float]] = field(default_factory=list)
-    error: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status {self.status!r} is not one of {STATUSES}")
-
-    @property
-    def evaluations(self) -> int:
-        return len(self.history)
-
-    @property
-    def last(self) -> dict[str, float] | None:
-        return self.history[-1] if self.history else None
-
-    def best(self, metric: str, mode: str = "max") -> dict[str, float] | None:
-        """The report with the best finite value of `metric` (the earliest on ties), or None."""
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        sign = 1.0 if mode == "max" else -1.0
-        best: dict[str, float] | None = None
-        for report in self.history:
-            value = report.get(metric, math.nan)
-            if math.isfinite(value) and (best is None or sign * value > sign * best[metric]):
-                best = report
-        return best
+    # Positional, as the export, the plots and the benchmarks build it.
+    def __init__(self, trial_id: str, target: str, params: dict[str, Any], status: names.RunStatus | str,
+                 history: list[dict[str, float]] | None = None, error: str | None = None) -> None:
+        # Tune's error line names the exception's type: a UserError is bad input found in the trial.
+        super().__init__(status=status, history=[] if history is None else history, error=error,
+                         user_error=(error or "").startswith(USER_ERROR_LINE_PREFIX))
+        self.trial_id, self.target, self.params = trial_id, target, params
 
     def selected(self, scope: str = "best", metric: str = OBJECTIVE_KEY) -> dict[str, float] | None:
         """The evaluation that represents this trial under `scope`, or None.
@@ -94,18 +74,6 @@ def check_scope(scope: str) -> None:
         raise UserError(f"scope {scope!r}: expected one of {', '.join(SCOPES)}")
 
 
-def trial_status(tune_status: str, history: Sequence[dict[str, float]]) -> str:
-    """Our status from Tune's status string (`ERROR`, `TERMINATED`, ...) and the reports."""
-    if tune_status == "ERROR":
-        return "failed"
-    last = history[-1] if history else {}
-    if last.get("diverged", 0.0) >= 1.0:
-        return "diverged"
-    if last.get("final_evaluation", 0.0) >= 1.0:
-        return "completed"
-    return "stopped early"
-
-
 def select_best(records: Iterable[TrialRecord], scope: str = "best") -> TrialRecord | None:
     """The trial whose config is exported for a split, or None when no trial qualifies.
 
@@ -122,7 +90,8 @@ def select_best(records: Iterable[TrialRecord], scope: str = "best") -> TrialRec
     for record in records:
         chosen = record.selected(scope) if record.status in SELECTABLE else None
         if chosen is not None:
-            candidates.append((record.status == "completed", chosen[OBJECTIVE_KEY], record.evaluations, record))
+            candidates.append((record.status is names.RunStatus.COMPLETED, chosen[OBJECTIVE_KEY], record.evaluations,
+                               record))
     if not candidates:
         return None
     # max over (completed, value, evaluations); the smaller trial id among equals.
@@ -133,13 +102,8 @@ def select_best(records: Iterable[TrialRecord], scope: str = "best") -> TrialRec
 # ---------------------------------------------------------------- reading Tune's files
 
 
-def _numeric(report: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of one Tune result line (drops `config`, dates, host names)."""
-    return {k: float(v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def read_result_json(path: Path | Location) -> list[dict[str, float]]:
-    """Every report of a trial from Tune's `result.json` (one JSON object per line).
+def read_result_json(path: Path | Location) -> list[Evaluation]:
+    """Every evaluation a trial reported, from Tune's `result.json` (one JSON object per line).
 
     A truncated last line (the driver was killed while writing) is ignored; a broken
     line before it is a UserError naming the file and line. Reports repeated after a
@@ -149,7 +113,7 @@ def read_result_json(path: Path | Location) -> list[dict[str, float]]:
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
-    reports: list[dict[str, float]] = []
+    reports: list[Evaluation] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -159,9 +123,9 @@ def read_result_json(path: Path | Location) -> list[dict[str, float]]:
             if number == len(lines):
                 break
             raise UserError(f"{path}:{number}: not a JSON report line (a corrupted Tune result file)") from None
-        reports.append(_numeric(raw))
-    if reports and all("training_iteration" in r for r in reports):
-        by_iteration = {r["training_iteration"]: r for r in reports}
+        reports.append(Evaluation.from_report(raw))
+    if reports and all("training_iteration" in r.metrics for r in reports):
+        by_iteration = {r.metrics["training_iteration"]: r for r in reports}
         reports = [by_iteration[i] for i in sorted(by_iteration)]
     return reports
 
@@ -184,11 +148,11 @@ def read_trial_dir(trial_dir: Path | Location, trial_id: str, target: str, tune_
     Only keys that are search-space names (`lacmfer.hparams.HPARAMS`) are kept as
     params; a conditional parameter that was not sampled is simply absent.
     """
-    history = read_result_json(trial_dir / "result.json")
+    evaluations = read_result_json(trial_dir / "result.json")
     params = {k: v for k, v in config.items() if k in HPARAMS}
-    status = trial_status(tune_status, history)
-    return TrialRecord(trial_id, target, params, status, history,
-                       error=_error_line(trial_dir) if status == "failed" else None)
+    status = run_status(evaluations[-1] if evaluations else None, raised=tune_status == "ERROR")
+    return TrialRecord(trial_id, target, params, status, [e.metrics for e in evaluations],
+                       error=_error_line(trial_dir) if status is names.RunStatus.FAILED else None)
 
 
 def read_tune_experiment(path: Path | str | Location, target: str) -> list[TrialRecord]:
@@ -218,7 +182,7 @@ def read_tune_experiment(path: Path | str | Location, target: str) -> list[Trial
         # trial.path: the trial's folder inside the experiment's filesystem
         trial_dir = Path(trial.path) if path.is_local else path / trial.path[len(path.path):].strip("/")
         record = read_trial_dir(trial_dir, trial.trial_id, target, trial.status, dict(trial.config))
-        if record.history or record.status == "failed":
+        if record.history or record.status is names.RunStatus.FAILED:
             records.append(record)
     return sorted(records, key=lambda r: r.trial_id)
 

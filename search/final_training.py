@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from lacmfer.errors import UserError
-from lacmfer.run.final_run import FinalRun, failed_result, train_run
+from lacmfer.run.final_run import FinalResult, FinalRun, failed_result, train_run
 from search.cluster import connect
 from trainables.final_training import final_task
 
@@ -52,8 +52,8 @@ def _check_placeable(runs: Sequence[FinalRun]) -> None:
 
 
 def run_on_ray(runs: Sequence[FinalRun], *, address: str | None = None, retries: int = 1,
-               on_result: Callable[[dict[str, Any]], None] = lambda result: None,
-               train: Callable[..., dict[str, Any]] = train_run) -> list[dict[str, Any]]:
+               on_result: Callable[[FinalResult], None] = lambda result: None,
+               train: Callable[..., FinalResult] = train_run) -> list[FinalResult]:
     """Train every run as a Ray task; `on_result` sees each result as its run ends.
 
     Results come back in the order of `runs`. A run still failing after `retries`
@@ -77,7 +77,7 @@ def run_on_ray(runs: Sequence[FinalRun], *, address: str | None = None, retries:
                 name=f"final {run.name}",
             )
             pending[task.remote(run, train)] = run
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, FinalResult] = {}
         waiting = list(pending)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)

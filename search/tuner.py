@@ -19,6 +19,8 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from lacmfer.config import ExperimentConfig
+from lacmfer.names import RunStatus
+from lacmfer.run.outcome import Evaluation, run_status
 from search.algorithms import make_sampler, make_scheduler, split_seed
 from search.spaces import SearchSpace, default_point
 from search.storage import ExperimentLocations, Location
@@ -47,12 +49,14 @@ class OptunaStudySearcher(Searcher):
       the trial: Tune does not call `on_trial_result` for a result on which the scheduler
       says STOP (ASHA does at every cut and at `max_t`), it hands that result to
       `on_trial_complete` instead, so it is taken from there.
-    - A trial is COMPLETE only when its last report is its schedule's final evaluation;
-      its value follows `scope` over all its evaluations: the best (default) or the last.
+    - What a trial is told follows its status (`lacmfer.run.outcome.run_status` of its last
+      report and of Tune's error flag). It is COMPLETE only when completed (its last report
+      is its schedule's final evaluation); its value follows `scope` over all its
+      evaluations: the best (default) or the last.
       Tune's stock OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial
       score, which TPE and importance analysis would take as the value of those
       hyperparameters; here it is PRUNED (its intermediate values stay recorded).
-    - A diverged trial is PRUNED with a positive `diverged` constraint. TPE ignores FAIL
+    - A stopped-early trial is PRUNED, and so is a diverged one, with a positive `diverged` constraint. TPE ignores FAIL
       trials altogether, so a diverging learning rate told FAIL would be proposed
       again. Optuna 5's TPESampler (`_split_trials`) ranks trials with a positive
       constraint as infeasible, after every complete and pruned trial, so they land in
@@ -141,8 +145,9 @@ class OptunaStudySearcher(Searcher):
             self._errored.add(trial_id)
         evaluations = self._evaluations.get(trial_id, {}) if error else self._evaluations.pop(trial_id, {})
         trial = self._trials[trial_id]
-        outcome, value = self._outcome(result, error, evaluations)
-        if _diverged(result) and outcome == optuna.trial.TrialState.PRUNED:
+        status = _status(result, error)
+        outcome, value = self._outcome(status, result, evaluations)
+        if status is RunStatus.DIVERGED and outcome == optuna.trial.TrialState.PRUNED:
             try:
                 trial.set_constraint(DIVERGED_CONSTRAINT, 1.0)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -151,13 +156,13 @@ class OptunaStudySearcher(Searcher):
         self.study.tell(trial, value, state=outcome, skip_if_finished=True)
         self._told.add(trial_id)
 
-    def _outcome(self, result: dict | None, error: bool, evaluations: dict[int, float]
+    def _outcome(self, status: RunStatus, result: dict | None, evaluations: dict[int, float]
                  ) -> tuple[optuna.trial.TrialState, float | None]:
-        """The Optuna state and value of a trial that ended with `result` (see the class doc)."""
+        """The Optuna state and value of a trial that ended with `status` and `result` (see the class doc)."""
         state = optuna.trial.TrialState
-        if error or not result or not evaluations:
+        if status is RunStatus.FAILED or not result or not evaluations:
             return state.FAIL, None
-        if _diverged(result) or result.get("final_evaluation", 0.0) < 1.0:
+        if status is not RunStatus.COMPLETED:  # stopped early or diverged
             return state.PRUNED, None
         finite = [v for v in evaluations.values() if math.isfinite(v)]
         value = max(finite, default=None) if self._scope == "best" else evaluations[max(evaluations)]
@@ -179,7 +184,8 @@ class OptunaStudySearcher(Searcher):
             self._record(trial_id, result)
         evaluations = self._evaluations.pop(trial_id, {})
         self._errored.discard(trial_id)
-        outcome, value = self._outcome(result, False, evaluations)
+        status = _status(result, error=False)
+        outcome, value = self._outcome(status, result, evaluations)
         if outcome == optuna.trial.TrialState.PRUNED:  # as Optuna's tell does: the last value, if finite
             last = evaluations[max(evaluations)]
             value = last if math.isfinite(last) else None
@@ -188,13 +194,14 @@ class OptunaStudySearcher(Searcher):
             state=outcome, value=value, params=first.params, distributions=first.distributions,
             intermediate_values=evaluations, user_attrs={TUNE_TRIAL_ID: trial_id, "retry_of": first.number},
         )
-        if _diverged(result) and outcome == optuna.trial.TrialState.PRUNED:
+        if status is RunStatus.DIVERGED and outcome == optuna.trial.TrialState.PRUNED:
             retry.set_constraint(DIVERGED_CONSTRAINT, 1.0)
         self.study.add_trial(retry)
 
 
-def _diverged(result: dict | None) -> bool:
-    return bool(result) and result.get("diverged", 0.0) >= 1.0
+def _status(result: dict | None, error: bool) -> RunStatus:
+    """How a trial ended, from the last result Tune handed over (None when it had none) and its error flag."""
+    return run_status(Evaluation.from_report(result) if result else None, raised=error)
 
 
 class RetriedTrialsConcurrencyLimiter(ConcurrencyLimiter):

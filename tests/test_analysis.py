@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 from lacmfer.errors import UserError
 from lacmfer.reports.oracle_gap import average_ranks, pick, rank_average
+from lacmfer.run.outcome import Evaluation
 from search.analysis import (
     MIN_COMPLETE_FOR_IMPORTANCE,
     RANK_AVERAGE,
@@ -26,7 +27,6 @@ from search.analysis import (
     read_result_json,
     read_trial_dir,
     select_best,
-    trial_status,
     validator_picks,
     validator_ranking,
     weighted_ranks,
@@ -37,8 +37,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def report(i: int, objective: float, final: bool = False, diverged: bool = False, **extra: float) -> dict:
-    return {"training_iteration": float(i), "step": 10.0 * i, "objective": objective,
-            "final_evaluation": float(final), "diverged": float(diverged), **extra}
+    """One evaluation as the trial reports it (`Evaluation.to_report`: the metrics and the status)."""
+    metrics = {"training_iteration": float(i), "step": 10.0 * i, "objective": objective, **extra}
+    return Evaluation(metrics, final=final, diverged=diverged).to_report()
 
 
 def ray_line(metrics: dict, trial_id: str, config: dict) -> str:
@@ -66,12 +67,19 @@ def test_search_package_does_not_import_torch():
 # ---------------------------------------------------------------- records and statuses
 
 
-def test_status_rules():
-    assert trial_status("ERROR", [report(1, 0.5, final=True)]) == "failed"
-    assert trial_status("TERMINATED", [report(1, 0.5), report(2, math.nan, diverged=True)]) == "diverged"
-    assert trial_status("TERMINATED", [report(1, 0.5), report(2, 0.6, final=True)]) == "completed"
-    assert trial_status("TERMINATED", [report(1, 0.5)]) == "stopped early"  # ASHA
-    assert trial_status("RUNNING", [report(1, 0.5)]) == "stopped early"  # driver interrupted
+@pytest.mark.parametrize("tune_status, reports, status", [
+    ("ERROR", [report(1, 0.5, final=True)], "failed"),
+    ("TERMINATED", [report(1, 0.5), report(2, math.nan, diverged=True)], "diverged"),
+    ("TERMINATED", [report(1, 0.5), report(2, 0.6, final=True)], "completed"),
+    ("TERMINATED", [report(1, 0.5, final=True), report(2, 0.6)], "stopped early"),  # only the last report counts
+    ("TERMINATED", [report(1, 0.5)], "stopped early"),  # ASHA
+    ("RUNNING", [report(1, 0.5)], "stopped early"),  # driver interrupted
+], ids=["error", "diverged", "completed", "last report", "ASHA", "interrupted"])
+def test_a_trials_status_comes_from_its_last_report_and_tunes_error(tmp_path, tune_status, reports, status):
+    """Through the files the export reads. Catches: Tune's ERROR ignored, a status read from
+    another report than the last, or the report's status string not read (every trial stopped early)."""
+    (tmp_path / "result.json").write_text("\n".join(ray_line(r, "t1", {}) for r in reports) + "\n", encoding="utf-8")
+    assert read_trial_dir(tmp_path, "t1", "CK", tune_status, {}).status == status
     with pytest.raises(ValueError, match="status"):
         TrialRecord("t", "CK", {}, "finished")
 
@@ -120,11 +128,13 @@ def test_read_result_json_tolerates_truncated_tail_and_dedups_resumed_reports(tm
              # resumed from the iteration-1 checkpoint: iteration 2 is reported again
              ray_line(report(2, 0.25), "t1", cfg), ray_line(report(3, math.nan, diverged=True), "t1", cfg)]
     path.write_text("\n".join(lines) + "\n" + lines[0][:40], encoding="utf-8")  # killed mid-line
-    history = read_result_json(path)
+    evaluations = read_result_json(path)
+    history = [e.metrics for e in evaluations]
     assert [h["training_iteration"] for h in history] == [1, 2, 3]
     assert history[1]["objective"] == 0.25
     assert math.isnan(history[2]["objective"])
     assert "config" not in history[0] and "hostname" not in history[0] and history[0]["time_total_s"] == 0.01
+    assert [e.diverged for e in evaluations] == [False, False, True]
 
     path.write_text(lines[0] + "\n{broken\n" + lines[1] + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"result.json:2"):
@@ -139,11 +149,16 @@ def test_read_trial_dir_keeps_search_params_and_reads_the_error(tmp_path):
     (trial / "result.json").write_text(ray_line(report(1, 0.4), "abc_00001", config) + "\n", encoding="utf-8")
     (trial / "error.txt").write_text("Failure # 1\nTraceback ...\n  File x\nRuntimeError: boom\n\n", encoding="utf-8")
     failed = read_trial_dir(trial, "abc_00001", "CK", "ERROR", config)
-    assert failed.status == "failed" and failed.error == "RuntimeError: boom"
+    assert failed.status == "failed" and failed.error == "RuntimeError: boom" and not failed.user_error
     assert failed.params == {"hyper_align": 0.3, "cluster_ramp": "linear"}
     assert failed.evaluations == 1 and failed.target == "CK"
     # the same folder, retried successfully: Tune's status decides, not the stale error.txt
     assert read_trial_dir(trial, "abc_00001", "CK", "TERMINATED", config).error is None
+    # bad input found only in the trial: Tune's line names the UserError, which the trial's result records
+    (trial / "error.txt").write_text("Traceback ...\nlacmfer.errors.UserError: CK.txt:3: bad label\n", encoding="utf-8")
+    bad = read_trial_dir(trial, "abc_00001", "CK", "ERROR", config)
+    assert (bad.error, bad.user_error, bad.bad_input) == ("lacmfer.errors.UserError: CK.txt:3: bad label", True,
+                                                          "CK.txt:3: bad label")
 
 
 # ---------------------------------------------------------------- weighted Spearman

@@ -9,16 +9,18 @@ standard deviation 1, t(0.975, 2 df) = 4.3027, half-width 4.3027 / √3 = 2.484 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from lacmfer.reports.final_report import mean_interval, paired_differences, report_markdown
+from lacmfer.reports.final_report import mean_interval, paired_differences, report_markdown, report_table
+from lacmfer.run.final_run import FinalResult, failed_result
 
 
-def run(method: str, seed: int, acc: float, status: str = "completed", target: str = "A") -> dict:
-    evaluation = {"step": 10, "target_acc": acc, "source_val_acc": acc}
-    return {"target": target, "method": method, "seed": seed, "status": status,
-            "selected": evaluation, "last": evaluation, "history": [evaluation]}
+def run(method: str, seed: int, acc: float, status: str = "completed", target: str = "A") -> FinalResult:
+    evaluation = {"step": 10, "objective": acc, "target_acc": acc, "source_val_acc": acc}  # selected = last
+    return FinalResult(target=target, method=method, seed=seed, objective="source_val_acc", status=status,
+                       history=[evaluation])
 
 
 #: The baseline's runs are listed in the reverse seed order, and a seed only the method has
@@ -51,5 +53,23 @@ def test_report_prints_the_paired_row_per_baseline_and_accuracy():
     assert "| source_only | selected | +2.00 | +2.00 [-0.48, +4.48] | 3 |" in text
     assert "| source_only | last step | +2.00 | +2.00 [-0.48, +4.48] | 3 |" in text
     # Without a baseline there is nothing to pair and no section.
-    alone = report_markdown("x", [r for r in RESULTS if r["method"] == "lacmfer"], ["A"], ["lacmfer"], [0], "source_val_acc")
+    alone = report_markdown("x", [r for r in RESULTS if r.method == "lacmfer"], ["A"], ["lacmfer"], [0], "source_val_acc")
     assert "paired by target and seed" not in alone
+
+
+def test_runs_are_counted_by_status_and_only_completed_ones_averaged():
+    """Catches a diverged or failed run counted (or averaged) as completed in report.parquet and report.md."""
+    from lacmfer.config import config_from_dict
+    from lacmfer.run.final_run import FinalRun
+
+    failed = failed_result(FinalRun("A", "source_only", 5, config_from_dict({}), Path("unused")), "RuntimeError: boom")
+    results = [*RESULTS, failed]
+    methods = ["lacmfer", "source_only"]
+    rows = {r["method"]: r for r in report_table(results, ["A"], methods, [0, 1, 2], "source_val_acc").to_pylist()
+            if r["target"] == "A"}
+    assert [rows[m][k] for m in methods for k in ("runs", "completed", "diverged", "failed")] == [5, 5, 0, 0,
+                                                                                                    5, 3, 1, 1]
+    assert rows["source_only"]["acc_selected_mean"] == pytest.approx((0.69 + 0.57 + 0.48) / 3)
+    text = report_markdown("x", results, ["A"], methods, [0, 1, 2], "source_val_acc")
+    assert ("Not averaged (n = completed runs where fewer than planned): A/source_only/seed4 diverged, "
+            "A/source_only/seed5 failed.") in text

@@ -281,8 +281,8 @@ def test_ray_runs_equal_sequential_runs_and_a_crashed_run_resumes(experiment, ra
     cfg = load_config(exp / "best" / "CK.yaml").with_values({"seed": 1})
     run = FinalRun("CK", "lacmfer", 1, cfg, exp / "final" / "CK" / "lacmfer" / "seed1")
     (result,) = run_on_ray([run], retries=1, train=crash_worker_at_second_evaluation_once)
-    assert result["status"] == "completed" and result["resumed_at"] == [INTERVAL]
-    assert result["history"] == metrics(experiment[0], "CK", "lacmfer", 1)["history"]
+    assert result.status == "completed" and result.resumed_at == [INTERVAL]
+    assert result.history == metrics(experiment[0], "CK", "lacmfer", 1)["history"]
 
 
 def refuse_as_bad_input(run: FinalRun, **kwargs) -> dict:
@@ -305,7 +305,7 @@ def test_bad_input_found_in_a_ray_worker_is_one_line_and_exit_2(ray_session, syn
     run = FinalRun("CK", "lacmfer", 0, cfg, exp / "final" / "CK" / "lacmfer" / "seed0")
     (result,) = final_training.run_on_ray([run], retries=1, train=refuse_as_bad_input)
     message = f"{cfg.data.root / 'CK.txt'}:3: label '9' is not a class id 0..6"
-    assert (result["status"], result["user_error"], result["error"]) == ("failed", True, message)
+    assert (result.status, result.user_error, result.error) == ("failed", True, message)
     assert len(list(run.run_dir.glob("attempt-*"))) == 1
 
     real = final_training.run_on_ray

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from lacmfer.data.loaders import load_split_data
-from lacmfer.names import RUN_STATUSES
+from lacmfer.names import RunStatus
 from lacmfer.run.lifecycle import STATE_FILE, Run
 from tests.conftest import tiny_config
 
@@ -40,15 +40,29 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(setup, t
     assert [e.final for e in evaluations] == [False, False, True] and not any(e.diverged for e in evaluations)
     assert not evaluations[1].checkpoint.exists()
     ended = straight.result()
-    assert ended["status"] == "completed" and ended["status"] in RUN_STATUSES
-    assert [m["step"] for m in ended["history"]] == [2.0, 4.0, 6.0]
+    assert ended.status is RunStatus.COMPLETED
+    assert [m["step"] for m in ended.history] == [2.0, 4.0, 6.0]
 
     resumed = Run(cfg, "CK", tmp_path / "resumed", {}, data=data, checkpoint_every=2)
     resumed.resume(kept)
+    assert resumed.status is RunStatus.STOPPED_EARLY  # continued from step 4 of 6: not over yet
     assert [e.metrics["step"] for e in resumed.evaluations()] == [6.0]
     again = resumed.result()
-    assert again["resumed_at"] == [4] and again["history"] == ended["history"]
-    assert again["selected"] == ended["selected"] == max(ended["history"], key=lambda m: m["objective"])
+    assert again.status is RunStatus.COMPLETED and again.resumed_at == [4] and again.history == ended.history
+    best = max(ended.history, key=lambda m: m["objective"])
+    assert again.best("objective") == ended.best("objective") == best
+
+
+def test_a_run_resumed_from_the_state_of_its_last_evaluation_is_completed(setup, tmp_path):
+    """A final run killed between its last checkpoint and metrics.json resumes with nothing to train.
+
+    Catches: `resume` not restoring the last evaluation (the run would end "stopped early")."""
+    cfg, data = setup
+    for _ in Run(cfg, "CK", tmp_path / "first", {}, data=data, state_dir=tmp_path).evaluations():
+        pass  # its state, kept in tmp_path, is the one at the schedule's last evaluation
+    again = Run(cfg, "CK", tmp_path / "again", {}, data=data, state_dir=tmp_path)
+    again.resume(tmp_path)
+    assert list(again.evaluations()) == [] and again.status is RunStatus.COMPLETED
 
 
 def test_a_run_keeping_its_state_rewrites_it_and_saves_the_selected_and_last_weights(setup, tmp_path):
@@ -66,5 +80,5 @@ def test_a_diverging_run_ends_at_once_without_a_checkpoint(setup, tmp_path):
     (evaluation,) = list(run.evaluations())
     assert evaluation.diverged and evaluation.checkpoint is None and math.isnan(evaluation.metrics["objective"])
     ended = run.result()
-    assert ended["status"] == "diverged" and ended["selected"] is None and ended["steps"] < STEPS
+    assert ended.status is RunStatus.DIVERGED and ended.best("objective") is None and ended.steps < STEPS
     assert not (tmp_path / STATE_FILE).exists() and not (tmp_path / "checkpoint.pt").exists()

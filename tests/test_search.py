@@ -148,7 +148,7 @@ def assert_optuna_tells_what_tune_recorded(study: optuna.Study, split_dir: Path,
     for row in rows:
         trial = by_tune_id[row["trial_id"]]
         [result_file] = split_dir.glob(f"**/{row['trial_id']}/result.json")  # in any round of the split
-        history = read_result_json(result_file)
+        history = [evaluation.metrics for evaluation in read_result_json(result_file)]
         told = {step: (None if math.isnan(v) else v) for step, v in trial.intermediate_values.items()}
         recorded = {int(r["training_iteration"]): (None if math.isnan(r["objective"]) else r["objective"])
                     for r in history}
@@ -337,7 +337,7 @@ def test_resume_after_the_driver_is_killed_widens_the_search(synth_tiny, tmp_pat
         out = {}
         for result in (exp / target).glob("**/result.json"):
             lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
-            if lines and lines[-1].get("final_evaluation") == 1.0:
+            if lines and lines[-1].get("status") == "completed":
                 out[result.parent.name] = len(lines)
         return out
 

@@ -4,6 +4,7 @@ import optuna
 from optuna.samplers._tpe.sampler import _split_trials  # TPE's own good/bad split, read as TPE reads it
 
 from lacmfer.config import config_from_dict
+from lacmfer.run.outcome import Evaluation
 from search.spaces import SearchSpace
 from search.storage import ExperimentLocations
 from search.tuner import DIVERGED_CONSTRAINT, TUNE_TRIAL_ID, OptunaStudySearcher
@@ -18,19 +19,27 @@ def searcher_for(scope="best", seed=0, **study):
                                sampler=optuna.samplers.RandomSampler(seed=seed), scope=scope, **study)
 
 
+def report(value, iteration, final=False, diverged=False):
+    """A trial's report (`Evaluation.to_report`, as the trainable sends it) as Tune hands it on."""
+    metrics = {"objective": value, "training_iteration": iteration}
+    return Evaluation(metrics, final=final, diverged=diverged).to_report()
+
+
 def run_like_tune(searcher, trial_id, values, final=False, diverged=False):
     """Feed a trial's evaluations as Tune does when the scheduler stops it at the last one
     (ASHA at a cut or at max_t): every result but the last through `on_trial_result`, the
     last only through `on_trial_complete(result=...)`."""
     searcher.suggest(trial_id)
-    results = [{"objective": v, "training_iteration": i, "final_evaluation": float(final and i == len(values)),
-                "diverged": float(diverged and i == len(values))} for i, v in enumerate(values, start=1)]
+    results = [report(v, i, final=final and i == len(values), diverged=diverged and i == len(values))
+               for i, v in enumerate(values, start=1)]
     for result in results[:-1]:
         searcher.on_trial_result(trial_id, result)
     searcher.on_trial_complete(trial_id, results[-1])
 
 
 def test_every_evaluation_reaches_optuna_including_the_one_tune_withholds():
+    """And each trial is told its status: catches a stopped-early trial told COMPLETE with its
+    partial score, a diverged one told COMPLETE or without its constraint, an error not FAIL."""
     searcher = searcher_for()
     run_like_tune(searcher, "full", [0.3, 0.5, 0.7], final=True)  # its best is the withheld last one
     run_like_tune(searcher, "stopped", [0.9, 0.4])  # ASHA stopped it at its second evaluation
@@ -58,9 +67,9 @@ def test_scope_last_takes_the_last_evaluation():
 def test_a_result_seen_twice_is_reported_once():
     searcher = searcher_for()
     searcher.suggest("t")
-    result = {"objective": 0.4, "training_iteration": 1, "final_evaluation": 1.0, "diverged": 0.0}
-    searcher.on_trial_result("t", result)
-    searcher.on_trial_complete("t", result)  # Tune hands a finished function trial its last result again
+    last = report(0.4, 1, final=True)
+    searcher.on_trial_result("t", last)
+    searcher.on_trial_complete("t", last)  # Tune hands a finished function trial its last result again
     assert searcher.study.trials[0].intermediate_values == {1: 0.4}
 
 
@@ -120,15 +129,29 @@ def test_the_splits_first_wave_of_waiting_trials_fits_the_cluster():
 def test_a_trial_retried_after_an_error_is_told_as_a_new_trial():
     searcher = searcher_for()
     searcher.suggest("t")
-    searcher.on_trial_result("t", {"objective": 0.3, "training_iteration": 1})
+    searcher.on_trial_result("t", report(0.3, 1))
     searcher.on_trial_complete("t", error=True)  # errored; its last checkpoint is at iteration 1
     # A resumed experiment retries it from that checkpoint, and it finishes.
-    searcher.on_trial_result("t", {"objective": 0.6, "training_iteration": 2})
-    searcher.on_trial_complete("t", {"objective": 0.5, "training_iteration": 3, "final_evaluation": 1.0})
+    searcher.on_trial_result("t", report(0.6, 2))
+    searcher.on_trial_complete("t", report(0.5, 3, final=True))
     first, retry = searcher.study.trials
     assert (first.state, first.intermediate_values) == (State.FAIL, {1: 0.3})
     assert (retry.state, retry.value, retry.intermediate_values) == (State.COMPLETE, 0.6, {1: 0.3, 2: 0.6, 3: 0.5})
     assert retry.params == first.params and retry.user_attrs[TUNE_TRIAL_ID] == "t"
+
+
+def test_a_retry_that_did_not_complete_is_told_its_own_status():
+    """Catches `_tell_retry` deciding apart from `on_trial_complete`: a retry stopped early added
+    COMPLETE, or a diverged retry without its constraint."""
+    searcher = searcher_for()
+    for trial_id, last in (("stopped", report(0.4, 2)), ("diverged", report(float("nan"), 2, diverged=True))):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, report(0.3, 1))
+        searcher.on_trial_complete(trial_id, error=True)
+        searcher.on_trial_complete(trial_id, last)
+    stopped, diverged = (t for t in searcher.study.trials if "retry_of" in t.user_attrs)
+    assert (stopped.state, stopped.value, stopped.constraints) == (State.PRUNED, 0.4, {})
+    assert (diverged.state, diverged.value, diverged.constraints) == (State.PRUNED, None, {DIVERGED_CONSTRAINT: 1.0})
 
 
 def test_a_restored_searcher_tells_the_trials_it_resumes(tmp_path):
@@ -139,12 +162,12 @@ def test_a_restored_searcher_tells_the_trials_it_resumes(tmp_path):
     study = {"study_name": "exp/CK", "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}
     searcher = searcher_for(**study)
     point = searcher.suggest("t")
-    searcher.on_trial_result("t", {"objective": 0.3, "training_iteration": 1})
+    searcher.on_trial_result("t", report(0.3, 1))
     searcher.save(str(tmp_path / "searcher.pkl"))
 
     restored = searcher_for(seed=1, **study)  # as Tune builds it before restoring
     restored.restore(str(tmp_path / "searcher.pkl"))
-    restored.on_trial_complete("t", {"objective": 0.5, "training_iteration": 2, "final_evaluation": 1.0})
+    restored.on_trial_complete("t", report(0.5, 2, final=True))
     (trial,) = optuna.load_study(**study).trials
     assert (trial.state, trial.value, trial.intermediate_values) == (State.COMPLETE, 0.5, {1: 0.3, 2: 0.5})
     assert trial.params == point and trial.user_attrs[TUNE_TRIAL_ID] == "t"

@@ -101,8 +101,7 @@ def test_trial_reports_every_evaluation_with_a_loadable_checkpoint(normal_and_di
     history = result.metrics_dataframe
     assert history["step"].tolist() == [2.0, 4.0, 6.0]
     assert history["training_iteration"].tolist() == [1, 2, 3]
-    assert history["final_evaluation"].tolist() == [0.0, 0.0, 1.0]
-    assert history["diverged"].tolist() == [0.0, 0.0, 0.0]
+    assert history["status"].tolist() == ["stopped early", "stopped early", "completed"]  # were it to end there
     for key in METRICS:
         assert history[key].notna().all(), key
 
@@ -139,13 +138,13 @@ def test_trial_reports_every_evaluation_with_a_loadable_checkpoint(normal_and_di
 def test_diverging_trial_ends_itself_and_the_other_completes(normal_and_diverging):
     diverging, normal = normal_and_diverging[DIVERGING_LR], normal_and_diverging[NORMAL_LR]
     assert diverging.error is None and normal.error is None
-    assert diverging.metrics["diverged"] == 1.0 and diverging.metrics["final_evaluation"] == 0.0
+    assert diverging.metrics["status"] == "diverged"
     assert math.isnan(diverging.metrics["objective"])
     assert diverging.metrics["step"] < STEPS  # it stopped training instead of running on
     # Every report before the divergence was finite and not flagged.
     earlier = diverging.metrics_dataframe.iloc[:-1]
-    assert (earlier["diverged"] == 0.0).all() and earlier["objective"].notna().all()
-    assert normal.metrics["final_evaluation"] == 1.0 and normal.metrics["diverged"] == 0.0
+    assert (earlier["status"] == "stopped early").all() and earlier["objective"].notna().all()
+    assert normal.metrics["status"] == "completed"
     # Both trials' TensorBoard runs reached the storage folder, the second from a reused worker.
     assert normal.metrics["pid"] == diverging.metrics["pid"]
     for result in (diverging, normal):
@@ -178,7 +177,7 @@ def test_trial_resumed_after_a_crash_continues_exactly(ray_session, base_config,
     # The retry ran in a new process and went on from the checkpoint, not from step 0.
     assert history["pid"].iloc[0] == killer.killed_pid and history["pid"].iloc[-1] != killer.killed_pid
     assert history["step"].tolist() == [2.0, 4.0, 6.0]
-    assert history["final_evaluation"].tolist() == [0.0, 0.0, 1.0]
+    assert history["status"].tolist() == ["stopped early", "stopped early", "completed"]
 
     straight = normal_and_diverging[NORMAL_LR].metrics_dataframe
     for key in METRICS:

@@ -109,8 +109,9 @@ BAD_TRIAL_VALUE = ("lacmfer.errors.UserError: trial values {'threshold': 1.4}: l
 
 @pytest.mark.parametrize("errors, code", [
     ([BAD_TRIAL_VALUE, BAD_TRIAL_VALUE], 2),
+    ([BAD_TRIAL_VALUE, BAD_TRIAL_VALUE.replace("1.4", "1.6")], 2),
     ([BAD_TRIAL_VALUE, "RuntimeError: out of memory on cpu"], 1),  # not only bad input: the usual NO RESULT
-], ids=["every trial", "one trial otherwise"])
+], ids=["every trial alike", "every trial", "one trial otherwise"])
 def test_bad_input_found_in_every_trial_is_one_line_and_exit_2(saved_experiment, monkeypatch, capsys, errors, code):
     """Bad input that only a trial could find (here a sampled value the schema refuses), raised
     by every trial in its Ray worker, ends the search as bad input found before Ray does."""
@@ -128,8 +129,9 @@ def test_bad_input_found_in_every_trial_is_one_line_and_exit_2(saved_experiment,
         tune.main(["--config", str(path), "--results", str(results), "--targets", "CK"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
+    others = "" if errors[0] == errors[1] else f" (and 1 other error(s), in the trials' error.txt under {results / 'exp'})"
     assert err == ("error: trial values {'threshold': 1.4}: loss.threshold: Input should be less than or equal to 1 "
-                   f"(got 1.4) (and 1 more trial(s) alike: error.txt under {results / 'exp'})\n")
+                   f"(got 1.4){others}\n")
 
 
 def test_a_split_whose_driver_stopped_says_why_once_and_exits_1(saved_experiment, monkeypatch, capsys):

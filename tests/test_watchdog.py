@@ -40,7 +40,7 @@ def test_a_hung_run_is_ended_with_its_reason_and_resumes_from_its_checkpoint(syn
         train_run(run)
     assert time.monotonic() - started < 60
     result = train_run(run)
-    assert result["status"] == "completed" and result["resumed_at"] == [10] and result["steps"] == 20
+    assert result.status == "completed" and result.resumed_at == [10] and result.steps == 20
 
 
 def test_a_run_blocked_outside_python_ends_its_process():

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 from lacmfer.errors import UserError
-from lacmfer.run.final_run import FinalRun, failed_result, train_run
+from lacmfer.run.final_run import FinalResult, FinalRun, failed_result, train_run
 from lacmfer.run.lifecycle import out_of_memory_as_error, with_threads
 from trainables.ray_session import ray_placement
 
 
-def final_task(run: FinalRun, train: Callable[..., dict[str, Any]] = train_run) -> dict[str, Any]:
+def final_task(run: FinalRun, train: Callable[..., FinalResult] = train_run) -> FinalResult:
     """Inside the task: the threads and the device of the resources Ray gave it, then `train(run, placement=...)`.
 
     `train` is `train_run` (tests pass one that crashes its worker once); its result, what

@@ -57,10 +57,11 @@ def trial_artifact_dir() -> Path:
 def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], target: str) -> None:
     """Train one trial on `target`, reporting `Trainer.evaluate()` at every evaluation.
 
-    Every report holds the trainer's metrics plus `final_evaluation` (1.0 on the last
-    evaluation of the schedule, else 0.0: a trial whose last report has 0.0 was stopped
-    early or diverged) and `diverged` (1.0 when `loss_total` or the predictions are NaN or
-    inf). A diverged trial reports once with its objective set to NaN and ends itself.
+    Every report holds the trainer's metrics plus `status` (`Evaluation.to_report`): how the
+    trial ends if it ends there (`lacmfer.run.outcome.run_status`), `completed` on the
+    schedule's last evaluation, `diverged` when `loss_total` or the predictions are NaN or
+    inf, else `stopped early`. A diverged trial reports once with its objective set to NaN
+    and ends itself.
     """
     # Ray logs every checkpoint it persists at INFO in the trial's process and forwards it to
     # the driver's console: a line per evaluation of every trial, burying the progress line.
@@ -82,9 +83,8 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
         # closing: ASHA's stop raises SystemExit inside `tune.report`; the run's events are closed at once.
         with contextlib.closing(run.evaluations()) as evaluations:
             for evaluation in evaluations:
-                metrics = {**evaluation.metrics, "final_evaluation": float(evaluation.final),
-                           "diverged": float(evaluation.diverged)}
+                report = evaluation.to_report()
                 if evaluation.checkpoint is None:
-                    tune.report(metrics)
+                    tune.report(report)
                 else:
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(evaluation.checkpoint))
+                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(evaluation.checkpoint))

@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lacmfer.files import atomic_path, write_text_atomic
-from lacmfer.names import ORACLE_METRIC, is_oracle, non_oracle_objectives
+from lacmfer.names import ORACLE_METRIC, RunStatus, is_oracle, non_oracle_objectives
 from lacmfer.reports.oracle_gap import Pick, pick
 
+if TYPE_CHECKING:  # a report reads results, it trains nothing: no torch for a type
+    from lacmfer.run.final_run import FinalResult
+
 MEAN_ROW = "mean"
-#: The accuracies of a run, each a function of its metrics.json: name → (column title, oracle?)
+#: The accuracies of a run, each a function of its result (metrics.json): name → (column title, oracle?)
 STATISTICS: dict[str, tuple[str, bool]] = {
     "selected": ("selected", False),
     "last": ("last step", False),
@@ -42,31 +46,32 @@ REPORT_MD, REPORT_PARQUET, BAR_CHART = "report.md", "report.parquet", "plots/acc
 BAR_CHART_SIZE_IN, BAR_CHART_DPI = (10.0, 4.0), 100
 
 
-def run_accuracy(result: dict[str, Any], statistic: str) -> float:
+def run_accuracy(result: FinalResult, statistic: str) -> float:
     """Target test accuracy of a completed run under `statistic`, or for `oracle_gap` the
     difference selected − oracle_best (NaN when it has none)."""
-    if result["status"] != "completed":
+    if result.status is not RunStatus.COMPLETED:
         return math.nan
     if statistic == "selected":
-        return result["selected"]["target_acc"] if result["selected"] else math.nan
+        selected = result.selected
+        return selected["target_acc"] if selected else math.nan
     if statistic == "last":
-        return result["last"]["target_acc"]
+        return result.last["target_acc"]
     if statistic == "oracle_gap":
         return run_accuracy(result, "selected") - run_accuracy(result, "oracle_best")
-    return max((m["target_acc"] for m in result["history"] if math.isfinite(m["target_acc"])), default=math.nan)
+    return max((m["target_acc"] for m in result.history if math.isfinite(m["target_acc"])), default=math.nan)
 
 
-def validator_pick(result: dict[str, Any], validator: str) -> Pick | None:
+def validator_pick(result: FinalResult, validator: str) -> Pick | None:
     """The evaluation of a completed run that `validator` would select, judged by target_acc (None: no pick)."""
-    if result["status"] != "completed":
+    if result.status is not RunStatus.COMPLETED:
         return None
-    pool = [m for m in result["history"] if math.isfinite(m.get(ORACLE_METRIC, math.nan))]
+    pool = [m for m in result.history if math.isfinite(m.get(ORACLE_METRIC, math.nan))]
     if not pool:
         return None
     return pick([m.get(validator, math.nan) for m in pool], [m[ORACLE_METRIC] for m in pool])
 
 
-def validator_gap_markdown(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str],
+def validator_gap_markdown(results: Sequence[FinalResult], targets: Sequence[str], methods: Sequence[str],
                            objective: str) -> list[str]:
     """Per method: each validator's oracle gap per target (mean over seeds, points), their mean, and
     the share of runs where its pick was in the run's worst decile of evaluations."""
@@ -79,7 +84,7 @@ def validator_gap_markdown(results: Sequence[dict[str, Any]], targets: Sequence[
         lines += [f"### {method}", "", "| validator | " + " | ".join(targets) + " | mean | worst decile |",
                   "|---|" + "---|" * (len(targets) + 2)]
         for name in non_oracle_objectives():
-            picks = {t: [validator_pick(r, name) for r in results if r["target"] == t and r["method"] == method]
+            picks = {t: [validator_pick(r, name) for r in results if r.target == t and r.method == method]
                      for t in targets}
             means = [_mean_std([p.gap for p in picks[t] if p is not None])[0] for t in targets]
             made = [p for t in targets for p in picks[t] if p is not None]
@@ -96,10 +101,10 @@ def validator_gap_markdown(results: Sequence[dict[str, Any]], targets: Sequence[
 INTERVAL_LEVEL = 0.95
 
 
-def paired_differences(results: Sequence[dict[str, Any]], target: str, method: str, baseline: str,
+def paired_differences(results: Sequence[FinalResult], target: str, method: str, baseline: str,
                        statistic: str) -> list[float]:
     """`method` − `baseline` under `statistic`, one value per seed of `target` where both runs completed."""
-    runs = {(r["method"], r["seed"]): run_accuracy(r, statistic) for r in results if r["target"] == target}
+    runs = {(r.method, r.seed): run_accuracy(r, statistic) for r in results if r.target == target}
     pairs = [(runs[method, seed], runs[baseline, seed]) for m, seed in sorted(runs) if m == method
              if (baseline, seed) in runs]
     return [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
@@ -119,7 +124,7 @@ def mean_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> tup
     return mean, mean - half, mean + half
 
 
-def paired_markdown(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str]) -> list[str]:
+def paired_markdown(results: Sequence[FinalResult], targets: Sequence[str], methods: Sequence[str]) -> list[str]:
     """Per baseline (every method after the first) and statistic: the first method minus the baseline,
     per target (mean over seeds) and over all (target, seed) pairs with its interval, in points."""
     method, baselines = methods[0], methods[1:]
@@ -164,7 +169,7 @@ class Cell:
     values: dict[str, tuple[float, float]]  # statistic → (mean, std) over seeds
 
 
-def table_cells(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str]) -> list[Cell]:
+def table_cells(results: Sequence[FinalResult], targets: Sequence[str], methods: Sequence[str]) -> list[Cell]:
     """Every target × method, then the mean row of each method.
 
     The mean row averages the per-target means; its ± is the standard deviation over
@@ -175,15 +180,16 @@ def table_cells(results: Sequence[dict[str, Any]], targets: Sequence[str], metho
     for method in methods:
         per_target = []
         for target in targets:
-            runs = [r for r in results if r["target"] == target and r["method"] == method]
-            count = {s: sum(r["status"] == s for r in runs) for s in ("completed", "diverged", "failed")}
+            runs = [r for r in results if r.target == target and r.method == method]
+            count = Counter(r.status for r in runs)
             values = {s: _mean_std([run_accuracy(r, s) for r in runs]) for s in STATISTICS}
-            per_target.append((target, runs, Cell(target, method, len(runs), **count, values=values)))
+            per_target.append((target, runs, Cell(target, method, len(runs), count[RunStatus.COMPLETED],
+                                                  count[RunStatus.DIVERGED], count[RunStatus.FAILED], values)))
         cells += [cell for _, _, cell in per_target]
         mean_values = {}
         for s in STATISTICS:
             means = [cell.values[s][0] for _, _, cell in per_target]
-            seeds = [{r["seed"]: run_accuracy(r, s) for r in runs} for _, runs, _ in per_target]
+            seeds = [{r.seed: run_accuracy(r, s) for r in runs} for _, runs, _ in per_target]
             common = set(seeds[0]) if seeds else set()
             same_seeds = all(set(d) == common and all(math.isfinite(v) for v in d.values()) for d in seeds)
             if not means or not all(math.isfinite(m) for m in means):
@@ -212,7 +218,7 @@ def _cell_text(cell: Cell, statistic: str) -> str:
     return text
 
 
-def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Sequence[str],
+def report_markdown(name: str, results: Sequence[FinalResult], targets: Sequence[str],
                     methods: Sequence[str], seeds: Sequence[int], objective: str) -> str:
     cells = {(c.target, c.method): c for c in table_cells(results, targets, methods)}
     oracle_objective = is_oracle(objective)
@@ -238,17 +244,17 @@ def report_markdown(name: str, results: Sequence[dict[str, Any]], targets: Seque
             label = f"**{target}**" if target == MEAN_ROW else target
             lines.append(f"| {label} | " + " | ".join(_cell_text(cells[target, m], statistic) for m in methods) + " |")
         lines.append("")
-    bad = [r for r in results if r["status"] != "completed"]
+    bad = [r for r in results if r.status is not RunStatus.COMPLETED]
     if bad:
         lines += ["Not averaged (n = completed runs where fewer than planned): "
-                  + ", ".join(f"{r['target']}/{r['method']}/seed{r['seed']} {r['status']}" for r in bad) + ".", ""]
+                  + ", ".join(f"{r.name} {r.status}" for r in bad) + ".", ""]
     lines += paired_markdown(results, targets, methods)
     lines += validator_gap_markdown(results, targets, methods, objective)
     lines += [f"![target accuracy per target, method against baselines]({BAR_CHART})", ""]
     return "\n".join(lines)
 
 
-def report_table(results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str],
+def report_table(results: Sequence[FinalResult], targets: Sequence[str], methods: Sequence[str],
                  seeds: Sequence[int], objective: str) -> pa.Table:
     """report.parquet: one row per target (and the mean row) × method; accuracies as fractions."""
     rows = []
@@ -281,7 +287,7 @@ def save_png(fig: Any, path: Path, dpi: int) -> Path:
     return path
 
 
-def bar_chart(path: Path, results: Sequence[dict[str, Any]], targets: Sequence[str], methods: Sequence[str],
+def bar_chart(path: Path, results: Sequence[FinalResult], targets: Sequence[str], methods: Sequence[str],
               objective: str) -> None:
     """Bars per target (and the mean), one per method, error bars = std over seeds."""
     import matplotlib
@@ -310,7 +316,7 @@ def bar_chart(path: Path, results: Sequence[dict[str, Any]], targets: Sequence[s
         save_png(fig, path, BAR_CHART_DPI)
 
 
-def write_report(final_dir: Path, name: str, results: Sequence[dict[str, Any]], targets: Sequence[str],
+def write_report(final_dir: Path, name: str, results: Sequence[FinalResult], targets: Sequence[str],
                  methods: Sequence[str], seeds: Sequence[int], objective: str) -> Path:
     """Write report.md, report.parquet and the bar chart into `final_dir`; returns report.md."""
     final_dir = Path(final_dir)

@@ -9,6 +9,7 @@ A run writes into its folder (`<results>/<experiment>/final/<target>/<method>/se
     checkpoint_selected.pt   the weights at the evaluation the objective selects
     checkpoint.pt            the weights at the last step (not for a diverged run)
     metrics.json             every evaluation, the selected and the last one, the status
+                             (`FinalResult.to_dict`)
 
 `metrics.json` is written last, so its presence means the run is over. A run that is
 started again (a retry after a crash, or `--resume` after an interrupted final training)
@@ -20,7 +21,6 @@ path of `python train.py` both call `train_run`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,10 @@ from typing import Any
 from lacmfer.config import ExperimentConfig, save_config
 from lacmfer.data.loaders import SplitData
 from lacmfer.files import write_text_atomic
-from lacmfer.names import is_oracle
+from lacmfer.names import OBJECTIVE_KEY, RunStatus, is_oracle
 from lacmfer.run.device import Placement
 from lacmfer.run.lifecycle import LAST_WEIGHTS, SELECTED_WEIGHTS, STATE_FILE, Run
+from lacmfer.run.outcome import RunResult, run_status
 from lacmfer.run.tb_logging import run_hparams
 
 METRICS_FILE = "metrics.json"
@@ -56,16 +57,56 @@ class FinalRun:
         return (self.run_dir / STATE_FILE).exists() or (self.run_dir / METRICS_FILE).exists()
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
+@dataclass(kw_only=True)
+class FinalResult(RunResult):
+    """How one final-training run ended: what `metrics.json` holds, or, failed, what its every
+    attempt raised (not written: a later --resume retries it)."""
+
+    target: str
+    method: str
+    seed: int
+    objective: str  # the config's eval.objective, which selects the kept evaluation
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}/{self.method}/seed{self.seed}"
+
+    @property
+    def selected(self) -> dict[str, float] | None:
+        """The evaluation the objective selects: its highest finite value, the earliest on ties."""
+        return self.best(OBJECTIVE_KEY)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `metrics.json` form of a run that ended; its keys in the order users and benchmarks read."""
+        selected = self.selected
+        return {
+            "target": self.target, "method": self.method, "seed": self.seed, "status": self.status.value,
+            "objective": self.objective, "oracle": is_oracle(self.objective),
+            "steps": self.steps, "time_s": self.time_s, "resumed_at": self.resumed_at,
+            # Saved when reached (the selected evaluation's) and at the schedule's end (the last step's).
+            "weights": {"selected": SELECTED_WEIGHTS if selected else None,
+                        "last": LAST_WEIGHTS if self.status is RunStatus.COMPLETED else None},
+            "selected": selected, "last": self.last, "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FinalResult:
+        """A result from its `metrics.json` form (the derived keys, oracle to last, are recomputed)."""
+        return cls(target=raw["target"], method=raw["method"], seed=raw["seed"], objective=raw["objective"],
+                   status=raw["status"], history=raw["history"], steps=raw["steps"], time_s=raw["time_s"],
+                   resumed_at=raw["resumed_at"])
+
+
+def read_result(run_dir: Path) -> FinalResult | None:
     """The `metrics.json` of a run that ended, or None while it has not."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return FinalResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = False,
-              placement: Placement | None = None) -> dict[str, Any]:
+              placement: Placement | None = None) -> FinalResult:
     """Train `run` to its end (or its divergence), continuing from its saved state if any.
 
     Returns what `metrics.json` holds. The selected evaluation's weights are saved when it
@@ -85,53 +126,37 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
     for _ in lifecycle.evaluations():
         pass  # the run checkpoints itself at every evaluation (checkpoint_every 1)
     ended = lifecycle.result()
-    completed = ended["status"] == "completed"
-    result = {
-        "target": run.target,
-        "method": run.method,
-        "seed": run.seed,
-        "status": ended["status"],
-        "objective": cfg.eval.objective,
-        "oracle": is_oracle(cfg.eval.objective),
-        "steps": ended["steps"],
-        "time_s": ended["time_s"],
-        "resumed_at": ended["resumed_at"],
-        "weights": {"selected": SELECTED_WEIGHTS if ended["selected"] else None,
-                    "last": LAST_WEIGHTS if completed else None},
-        "selected": ended["selected"],
-        "last": ended["last"],
-        "history": ended["history"],
-    }
-    write_text_atomic(out / METRICS_FILE, json.dumps(result, indent=1, allow_nan=True))
+    result = FinalResult(target=run.target, method=run.method, seed=run.seed, objective=cfg.eval.objective,
+                         status=ended.status, history=ended.history, steps=ended.steps, time_s=ended.time_s,
+                         resumed_at=ended.resumed_at)
+    write_text_atomic(out / METRICS_FILE, json.dumps(result.to_dict(), indent=1, allow_nan=True))
     (out / STATE_FILE).unlink(missing_ok=True)  # after metrics.json: a crash in between keeps the state to resume
     return result
 
 
-def failed_result(run: FinalRun, error: str, user_error: bool = False) -> dict[str, Any]:
+def failed_result(run: FinalRun, error: str, user_error: bool = False) -> FinalResult:
     """The result of a run whose every attempt raised; not written (a later --resume retries it).
 
     `user_error`: the run raised a `lacmfer.errors.UserError` (bad input found only where
     it trained), and `error` is its message.
     """
-    return {"target": run.target, "method": run.method, "seed": run.seed, "status": "failed", "error": error,
-            "user_error": user_error, "objective": run.config.eval.objective,
-            "oracle": is_oracle(run.config.eval.objective), "selected": None, "last": None, "history": []}
+    return FinalResult(target=run.target, method=run.method, seed=run.seed, objective=run.config.eval.objective,
+                       status=run_status(None, raised=True), error=error, user_error=user_error)
 
 
-def result_line(result: Mapping[str, Any]) -> str:
+def result_line(result: FinalResult) -> str:
     """One progress line for a run that ended."""
-    name = f"{result['target']}/{result['method']}/seed{result['seed']}"
-    if result["status"] == "failed":
-        return f"{name}: FAILED ({result.get('error', 'unknown error')})"
-    selected, last = result["selected"], result["last"]
-    parts = [f"{name}: {result['status']}"]
+    if result.status is RunStatus.FAILED:
+        return f"{result.name}: FAILED ({result.error})"
+    selected, last = result.selected, result.last
+    parts = [f"{result.name}: {result.status}"]
     if selected is not None:
         parts.append(f"target_acc {selected['target_acc']:.4f} at the selected step {int(selected['step'])} "
-                     f"({result['objective']} {selected['objective']:.4f})")
-    if result["status"] == "completed":
+                     f"({result.objective} {selected['objective']:.4f})")
+    if result.status is RunStatus.COMPLETED:
         parts.append(f"{last['target_acc']:.4f} at the last step")
     elif last is not None:
         parts.append(f"NaN/inf loss at step {int(last['step'])}")
-    if "time_s" in result:
-        parts.append(f"{result['time_s']:.1f} s")
+    if result.time_s is not None:
+        parts.append(f"{result.time_s:.1f} s")
     return ", ".join(parts)

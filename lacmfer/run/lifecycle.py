@@ -4,7 +4,7 @@
     run.resume(folder)                 # when a checkpoint of this run exists
     for evaluation in run.evaluations():
         ...                            # report it: `tune.report`, a progress line
-    run.result()                       # status, selected and last evaluation, history
+    run.result()                       # how it ended: a `lacmfer.run.outcome.RunResult`
 
 `Run.evaluations` builds nothing the caller must keep in step: it trains the `Trainer`
 under a watchdog that ends it when it stops making progress (`lacmfer.run.watchdog`),
@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,11 @@ from tqdm import tqdm
 from lacmfer.config import ExperimentConfig
 from lacmfer.data.loaders import SplitData
 from lacmfer.files import atomic_path
+from lacmfer.method.methods import NetworkShape, build_method
 from lacmfer.method.model import LACMFERNet
+from lacmfer.names import RunStatus
 from lacmfer.run.device import Placement, out_of_memory_message
+from lacmfer.run.outcome import Evaluation, RunResult, run_status
 from lacmfer.run.tb_logging import BEST_OF, RunLogger
 from lacmfer.run.trainer import Trainer
 from lacmfer.run.watchdog import Watchdog, hang_limit
@@ -64,14 +67,16 @@ def diverged(metrics: Mapping[str, float]) -> bool:
 
 
 def state_file_bytes(cfg: ExperimentConfig) -> int:
-    """About the size of one `STATE_FILE` of a run of `cfg`: the weights, the optimiser's momentum
-    (a buffer per parameter) and BatchNorm's statistics, plus 1 MiB for the rest (RNG, samplers,
-    history). The network is built on the meta device: nothing is allocated."""
+    """About the size of one `STATE_FILE` of a run of `cfg`: the weights (the network's and the
+    method's own), the optimiser's momentum (a buffer per parameter) and BatchNorm's statistics,
+    plus 1 MiB for the rest (RNG, samplers, history). Built on the meta device: nothing is allocated."""
     m = cfg.model
     with torch.device("meta"):
         model = LACMFERNet(width=m.width, global_blocks=m.global_blocks, local_blocks=m.local_blocks, cbam=m.cbam,
                            branch_init=m.branch_init)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        sources = tuple(range(len(cfg.data.domains) - 1))
+        method = build_method(cfg, NetworkShape(model.feature_dim, model.num_classes, sources))
+    weights = sum(p.numel() * p.element_size() for module in (model, method) for p in module.parameters())
     return 2 * weights + sum(b.numel() * b.element_size() for b in model.buffers()) + 2**20
 
 
@@ -110,14 +115,12 @@ def _save_atomic(obj: Any, path: Path) -> None:
             raise
 
 
-@dataclass
-class Evaluation:
-    """One evaluation of a run, as the run's caller sees it."""
+@dataclass(frozen=True)
+class RunEvaluation(Evaluation):
+    """An evaluation as `Run.evaluations` hands it over: with its checkpoint, when one was due
+    (never for a diverged one: the run ends there)."""
 
-    metrics: dict[str, float]  # `Trainer.evaluate()`, the objective NaN when diverged
-    final: bool  # the last evaluation of the schedule
-    diverged: bool  # NaN/inf loss or predictions: the run ends here, without a checkpoint
-    checkpoint: Path | None  # a folder holding STATE_FILE at this evaluation, when one was due
+    checkpoint: Path | None = None  # a folder holding STATE_FILE at this evaluation
 
 
 class Run:
@@ -148,7 +151,7 @@ class Run:
         self.best: dict[str, float] = {}
         self.resumed_at: list[int] = []
         self.seconds = 0.0
-        self.status = "completed"  # one of lacmfer.names.RUN_STATUSES
+        self._last: Evaluation | None = None  # the latest evaluation, which decides `status`
         self._started: float | None = None  # when `evaluations` started, for the time spent
 
     def resume(self, directory: Path) -> None:
@@ -159,6 +162,13 @@ class Run:
         self.trainer.load_state_dict(state["trainer"])
         self.history, self.best, self.seconds = state["history"], state["best"], state["seconds"]
         self.resumed_at = [*state["resumed_at"], self.trainer.step_count]
+        # A state is never saved at a divergence; one saved at the schedule's end resumes completed.
+        self._last = Evaluation(self.history[-1], final=self.trainer.finished) if self.history else None
+
+    @property
+    def status(self) -> RunStatus:
+        """How the run stands after its latest evaluation (`run_status`); raising is the caller's to record."""
+        return run_status(self._last)
 
     def checkpoint_due(self) -> bool:
         """At every `checkpoint_every`-th evaluation and at the last one of the schedule."""
@@ -172,13 +182,14 @@ class Run:
         _save_atomic(state, directory / STATE_FILE)
 
     def _weights(self) -> dict[str, Any]:
-        return {"model": self.trainer.model.state_dict(), "config": self.cfg.to_dict(), "target": self.target,
-                "step": self.trainer.step_count}
+        # The method's own modules too: MFSAN's classifiers, not the network's, make its predictions.
+        return {"model": self.trainer.model.state_dict(), "method": self.trainer.method.state_dict(),
+                "config": self.cfg.to_dict(), "target": self.target, "step": self.trainer.step_count}
 
     def _selected_objective(self) -> float:
         return max((m["objective"] for m in self.history if math.isfinite(m["objective"])), default=-math.inf)
 
-    def evaluations(self) -> Iterator[Evaluation]:
+    def evaluations(self) -> Iterator[RunEvaluation]:
         """Train to the end of the schedule (or the divergence), yielding every evaluation."""
         trainer = self.trainer
         # A resumed run hides what the interrupted attempt logged after its state (the
@@ -197,7 +208,8 @@ class Run:
                 for metrics in trainer.training_loop():
                     watchdog.beat()
                     bar.update(trainer.step_count - bar.n)
-                    if diverged(metrics):
+                    evaluation = RunEvaluation(metrics, final=trainer.finished, diverged=diverged(metrics))
+                    if evaluation.diverged:
                         # NaN weights still give finite accuracies (argmax of NaN is a fixed class),
                         # so the objective must be replaced, by NaN rather than a very low number:
                         # nothing downstream ranks NaN as good or crashes on it (ASHA's cutoffs use
@@ -205,14 +217,14 @@ class Run:
                         # Tune's best-result lookup and the selection below skip it), where a finite
                         # sentinel would enter TPE's density model as a real, extreme value.
                         metrics["objective"] = math.nan
-                        self.status = "diverged"
-                        logger.mark("diverged")  # the HParams table must not show it as a good run
+                        logger.mark(RunStatus.DIVERGED)  # the HParams table must not show it as a good run
                     self.history.append(metrics)
+                    self._last = evaluation
                     logger.log(metrics, trainer.step_count)
-                    if self.status == "diverged":
+                    if evaluation.diverged:
                         # The weights are NaN from here on: no checkpoint, no more steps.
                         with watchdog.suspended():
-                            yield Evaluation(metrics, trainer.finished, True, None)
+                            yield evaluation
                         return
                     if metrics["objective"] > selected_objective:
                         selected_objective = metrics["objective"]
@@ -222,18 +234,18 @@ class Run:
                     # The caller's time (a Tune report, its checkpoint upload) is not the run's.
                     with watchdog.suspended():
                         if not self.checkpoint_due():
-                            yield Evaluation(metrics, trainer.finished, False, None)
+                            yield evaluation
                         elif self.state_dir is not None:
                             self.save_state(self.state_dir)
-                            yield Evaluation(metrics, trainer.finished, False, self.state_dir)
+                            yield replace(evaluation, checkpoint=self.state_dir)
                         else:
                             with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
                                 self.save_state(Path(directory))
-                                yield Evaluation(metrics, trainer.finished, False, Path(directory))
+                                yield replace(evaluation, checkpoint=Path(directory))
         except Exception:
             # Shown in the HParams table. Not for Tune's stop of a trial (SystemExit inside
             # its report, which closes this generator): the mark is written at the failing step.
-            logger.mark("failed")
+            logger.mark(RunStatus.FAILED)
             logger.log({}, trainer.step_count)
             raise
         finally:
@@ -244,19 +256,7 @@ class Run:
         if self.save_weights:
             _save_atomic(self._weights(), self.out / LAST_WEIGHTS)
 
-    def result(self) -> dict[str, Any]:
-        """How the run ended: its status, steps, time, selected and last evaluation, every evaluation.
-
-        The selected evaluation is the one with the highest finite objective, the earliest
-        on ties (None when none was finite).
-        """
-        selected_objective = self._selected_objective()
-        return {
-            "status": self.status,
-            "steps": self.trainer.step_count,
-            "time_s": self.seconds,
-            "resumed_at": self.resumed_at,
-            "selected": next((m for m in self.history if m["objective"] == selected_objective), None),
-            "last": self.history[-1] if self.history else None,
-            "history": self.history,
-        }
+    def result(self) -> RunResult:
+        """How the run ended: its status, steps, time, the steps it was continued at, every evaluation."""
+        return RunResult(status=self.status, history=self.history, steps=self.trainer.step_count,
+                         time_s=self.seconds, resumed_at=self.resumed_at)

@@ -34,7 +34,7 @@ def best_tag(metric: str) -> str:
 # HParams-table flags of a run that went wrong: `hparam/<flag>` is 0 until `RunLogger.mark`,
 # then 1, so a diverged or failed run never looks like a successful one in the table
 # (its best-so-far values from before the failure are still real and stay).
-RUN_FLAGS: tuple[str, ...] = ("diverged", "failed")
+RUN_FLAGS: tuple[names.RunStatus, ...] = (names.RunStatus.DIVERGED, names.RunStatus.FAILED)
 
 
 def scalar_tag(name: str) -> str:
@@ -91,7 +91,7 @@ class RunLogger:
     def restore_best(self, best: Mapping[str, float]) -> None:
         self.best.update(best)
 
-    def mark(self, flag: str) -> None:
+    def mark(self, flag: names.RunStatus) -> None:
         """Flag the run (one of RUN_FLAGS) from the next `log` on."""
         if flag not in RUN_FLAGS:
             raise ValueError(f"flag {flag!r} is not one of {RUN_FLAGS}")
