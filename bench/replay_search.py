@@ -47,6 +47,7 @@ from scipy.stats import spearmanr
 
 from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.names import SAMPLERS, SCHEDULERS
+from lacmfer.run.outcome import Evaluation
 from search.algorithms import make_sampler, make_scheduler
 from search.spaces import SearchSpace, default_point
 from search.tuner import METRIC, MODE, OptunaStudySearcher
@@ -280,17 +281,18 @@ def replay(land: Landscape, cfg: ExperimentConfig, sampler: str, scheduler: str,
         curve, start = running[trial_id]
         last = k + 1 == len(curve.objective)
         compute += curve.steps[k] - (curve.steps[k - 1] if k else 0.0)
-        result = {"training_iteration": k + 1, METRIC: float(curve.objective[k]), "final_evaluation": float(last),
-                  "diverged": float(math.isnan(curve.objective[k]))}
+        diverged = bool(math.isnan(curve.objective[k]))
+        result = {"training_iteration": k + 1,
+                  **Evaluation({METRIC: float(curve.objective[k])}, final=last, diverged=diverged).to_report()}
         decision = stopper.on_trial_result(None, _Trial(trial_id), result)
-        if decision == "CONTINUE" and not last and not result["diverged"]:
+        if decision == "CONTINUE" and not last and not diverged:
             searcher.on_trial_result(trial_id, result)
             heapq.heappush(events, (start + curve.seconds[k + 1], next(order), trial_id, k + 1))
             continue
         stopper.on_trial_complete(None, _Trial(trial_id), result)
         searcher.on_trial_complete(trial_id, result)
         del running[trial_id]
-        if last and not result["diverged"]:
+        if last and not diverged:
             finite = np.where(np.isnan(curve.objective), -np.inf, curve.objective)
             selected = int(np.argmax(finite))  # the earliest best evaluation, as the export selects
             if finite[selected] > best_value:

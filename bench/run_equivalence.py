@@ -34,8 +34,8 @@ from lacmfer import names
 REPO = Path(__file__).resolve().parents[1]
 #: The values compared at every evaluation.
 KEYS = ("step", names.OBJECTIVE_KEY, names.ORACLE_METRIC, names.SOURCE_VALIDATOR, "loss_total", "im", "entropy")
-#: Added by the search trial to each report.
-TRIAL_KEYS = ("final_evaluation", "diverged")
+#: Added by the search trial to each report: how the trial ends if it ends there.
+TRIAL_KEYS = ("status",)
 
 
 def tiny_config(synth: Path, results: Path) -> dict[str, Any]:
@@ -63,8 +63,18 @@ def _run(command: list[str], cwd: Path) -> None:
         sys.exit(f"{shlex.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
 
 
-def _evaluation(report: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
+def _evaluation(report: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: report.get(k) for k in keys}
+
+
+def _with_status(report: dict[str, Any]) -> dict[str, Any]:
+    """A trial report of a recording made before reports carried their status (0/1
+    `final_evaluation` and `diverged`) with the status those flags meant, to compare like with like."""
+    if "status" in report or "final_evaluation" not in report:
+        return report
+    flags = {k: report[k] for k in ("final_evaluation", "diverged")}
+    status = "diverged" if flags["diverged"] else "completed" if flags["final_evaluation"] else "stopped early"
+    return {**{k: v for k, v in report.items() if k not in flags}, "status": status}
 
 
 def record(work: Path, final_command: list[str]) -> dict[str, Any]:
@@ -115,7 +125,7 @@ def show(recorded: dict[str, Any]) -> None:
     for name, trial in sorted(recorded["search"].items()):
         print(f"search trial {name}: {trial['status']}")
         for r in trial["reports"]:
-            print("  " + ", ".join(f"{k} {r[k]:.6g}" for k in KEYS + TRIAL_KEYS))
+            print("  " + ", ".join(f"{k} {r[k]:.6g}" for k in KEYS) + f", status {r['status']}")
     for name, run in recorded["final"].items():
         print(f"final {name}: {run['status']}, {run['steps']} steps, selected step {run['selected_step']}")
         for e in run["history"]:
@@ -137,6 +147,8 @@ def main() -> int:
         args.record.write_text(json.dumps(figures, indent=1), encoding="utf-8")
         return 0
     recorded = json.loads(args.compare.read_text(encoding="utf-8"))
+    for trial in recorded["search"].values():
+        trial["reports"] = [_with_status(r) for r in trial["reports"]]
     for part in ("search", "final"):
         if recorded[part].keys() != figures[part].keys():
             print(f"DIFFERENT {part} runs: recorded {sorted(recorded[part])}, now {sorted(figures[part])}")

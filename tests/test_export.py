@@ -18,6 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from lacmfer.config import ExperimentConfig, config_from_dict, load_config, save_config
 from lacmfer.errors import UserError
+from lacmfer.run.outcome import Evaluation
 from search.analysis import TrialRecord, read_tune_experiment
 from search.export import export_experiment, write_export
 from search.storage import ExperimentLocations
@@ -47,9 +48,10 @@ def make_config(tmp_path: Path, objective: str = "source_val_acc", targets=("CK"
 
 
 def evaluation(i: int, objective: float, acc: float, final: bool = False, diverged: bool = False) -> dict:
-    return {"training_iteration": float(i), "step": 10.0 * i, "objective": objective, "source_val_acc": objective,
-            "target_acc": acc, "im": acc + 0.01 * i, "entropy": -acc, "bnm": 0.5, "snd": 1.0 + objective,
-            "final_evaluation": float(final), "diverged": float(diverged), "time_total_s": 2.0 * i}
+    metrics = {"training_iteration": float(i), "step": 10.0 * i, "objective": objective, "source_val_acc": objective,
+               "target_acc": acc, "im": acc + 0.01 * i, "entropy": -acc, "bnm": 0.5, "snd": 1.0 + objective,
+               "time_total_s": 2.0 * i}
+    return Evaluation(metrics, final=final, diverged=diverged).to_report()
 
 
 def curve(objectives, accs, status="completed") -> list[dict]:
@@ -298,14 +300,16 @@ TRAINABLE = textwrap.dedent('''
         return {"threshold": 0.4, "unrelated": 1}
 
     def trainable(config):
+        from lacmfer.run.outcome import Evaluation  # in the worker: the function travels by value
+
         ha = config["hyper_align"]
         for i, objective in enumerate(CURVES[ha]):
             if ha == 0.3 and i == 1:
                 raise RuntimeError("simulated crash")
             diverged = math.isnan(objective)
-            tune.report({"step": 10.0 * (i + 1), "objective": objective, "source_val_acc": objective,
-                         "target_acc": 0.5 * ha + 0.05 * i, "im": 0.1 * i, "entropy": -0.1 * i, "bnm": 0.2,
-                         "snd": 1.0, "final_evaluation": float(i == 3), "diverged": float(diverged)})
+            tune.report(Evaluation({"step": 10.0 * (i + 1), "objective": objective, "source_val_acc": objective,
+                                    "target_acc": 0.5 * ha + 0.05 * i, "im": 0.1 * i, "entropy": -0.1 * i,
+                                    "bnm": 0.2, "snd": 1.0}, final=i == 3, diverged=diverged).to_report())
             if diverged:
                 return
 ''')
