@@ -22,31 +22,16 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.data.loaders import SplitData, cache_every_list, load_split_data
 from lacmfer.errors import UserError, exit_on_user_error
 from lacmfer.method.pretrained import ensure_pretrained
-from lacmfer.names import METHOD_NAMES, RunStatus, domain_names, is_oracle
-from lacmfer.reports.final_report import write_report
-from lacmfer.run.final_run import FinalResult, FinalRun, failed_result, read_result, result_line, train_run
-from lacmfer.run.outcome import raise_bad_input_of_every_run
+from lacmfer.names import METHOD_NAMES, domain_names, is_oracle
+from lacmfer.run.final_run import FinalResult, FinalRun, failed_result, result_line, train_run
 from search.disk_space import disk_full_error, is_disk_full
-
-
-@dataclass
-class Plan:
-    """Every run of one final training, and what its report needs."""
-
-    name: str
-    final_dir: Path
-    targets: list[str]
-    methods: list[str]
-    seeds: list[int]
-    objective: str
-    runs: list[FinalRun]
+from search.protocol import FINAL_DIR, Protocol, conclude, finished_results, protocol_methods, protocol_runs
 
 
 def _experiment_configs(exp_dir: Path, targets: Sequence[str] | None,
@@ -76,7 +61,7 @@ def _experiment_configs(exp_dir: Path, targets: Sequence[str] | None,
     return configs
 
 
-def plan_runs(args: argparse.Namespace) -> Plan:
+def plan_runs(args: argparse.Namespace) -> Protocol:
     """Targets × methods × seeds, from `--experiment` or `--config`, with their run folders."""
     if args.experiment is not None:
         exp_dir = args.experiment.absolute()
@@ -97,24 +82,13 @@ def plan_runs(args: argparse.Namespace) -> Plan:
     method = configs[0][1].loss.adaptation
     if any(cfg.loss.adaptation != method for _, cfg in configs):
         raise UserError("the configs train different loss.adaptation methods; give them as --baseline instead")
-    for baseline in args.baseline:
-        if baseline not in METHOD_NAMES:
-            raise UserError(f"--baseline {baseline}: unknown adaptation method (expected one of "
-                            f"{', '.join(METHOD_NAMES)}; a plugin's method needs the plugin in the configs' plugins)")
-        if baseline == method:
-            raise UserError(f"--baseline {baseline}: that is the configs' own method (loss.adaptation)")
-    methods = [method, *dict.fromkeys(args.baseline)]
-    final_dir = exp_dir / "final"
-    runs = []
-    for target, cfg in configs:
-        for m in methods:
-            for seed in args.seeds:
-                run_cfg = cfg.with_values({"seed": seed, "loss.adaptation": m}, source=f"{target}/{m}/seed{seed}")
-                runs.append(FinalRun(target, m, seed, run_cfg, final_dir / target / m / f"seed{seed}"))
-    return Plan(name, final_dir, [t for t, _ in configs], methods, list(args.seeds), objectives.pop(), runs)
+    methods = protocol_methods(method, args.baseline, "--baseline")
+    final_dir = exp_dir / FINAL_DIR
+    runs = protocol_runs(configs, methods, args.seeds, final_dir)
+    return Protocol(name, final_dir, [t for t, _ in configs], methods, list(args.seeds), objectives.pop(), runs)
 
 
-def check_fresh(plan: Plan, resume: bool) -> None:
+def check_fresh(plan: Protocol, resume: bool) -> None:
     """Refuse to mix a new final training into started runs unless --resume says so."""
     if resume:
         return
@@ -192,14 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in plan.runs:  # trunk weights downloaded or trained once, here (cached: a file check)
         ensure_pretrained(run.config, progress=not args.no_progress)
 
-    results: dict[str, FinalResult] = {}
-    todo = []
-    for run in plan.runs:
-        finished = read_result(run.run_dir)
-        if finished is not None:
-            results[run.name] = finished
-        else:
-            todo.append(run)
+    results, todo = finished_results(plan.runs)
 
     def report(result: FinalResult) -> None:
         results[result.name] = result
@@ -224,22 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             raise disk_full_error(plan.final_dir, resume) from None
         raise
 
-    ordered = [results[r.name] for r in plan.runs]
-    # A run that failed writing to a full volume: one line with the free space and the way on.
-    if any(r.status is RunStatus.FAILED and is_disk_full(r.error or "") for r in ordered):
-        raise disk_full_error(plan.final_dir, resume)
-    raise_bad_input_of_every_run(ordered, where="in the lines above")  # found by every run: exit 2, not N failures
-    path = write_report(plan.final_dir, plan.name, ordered, plan.targets, plan.methods, plan.seeds, plan.objective)
-    print(path.read_text(encoding="utf-8"))
-    print(f"report: {path}   tensorboard --logdir {plan.final_dir}")
-    diverged = [r.name for r in ordered if r.status is RunStatus.DIVERGED]
-    if diverged:
-        print(f"warning: diverged runs (NaN/inf loss): {', '.join(diverged)}", file=sys.stderr)
-    failed = [r.name for r in ordered if r.status is RunStatus.FAILED]
-    if failed:
-        print(f"FAILED runs: {', '.join(failed)}; retry them with {resume}", file=sys.stderr)
-        return 1
-    return 0
+    return conclude(plan, results, resume)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     python tune.py --config configs/cmfer_six.yaml --address auto
     python tune.py --resume --name EXP              # continue an interrupted search
     python tune.py --export-only --name EXP         # rewrite best configs, tables, summary
+    python tune.py --final-seeds 0 1 2 --baseline source_only   # the whole protocol, one command
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from search.storage import CONFIG_FILE, ExperimentLocations, location
 
 if TYPE_CHECKING:
     from search.export import ExportSummary
+    from search.final_phase import FinalPhase
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus-per-trial", type=float, help="resources.gpu (fractions pack trials on one GPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set loss.hyper_align=0.3")
+    p.add_argument("--final-seeds", nargs="+", type=int, metavar="SEED",
+                   help="train each split's best config on these seeds as soon as its search ends (final.seeds)")
+    p.add_argument("--baseline", nargs="+", metavar="METHOD",
+                   help="methods trained beside it on the same seeds (final.baselines), any loss.adaptation")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the experiment --name")
     mode.add_argument("--export-only", action="store_true", help="only export the results of --name")
@@ -61,6 +67,8 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
         "output.results_dir": args.results,
         "resources.cpu": args.cpus_per_trial,
         "resources.gpu": args.gpus_per_trial,
+        "final.seeds": args.final_seeds,
+        "final.baselines": args.baseline,
     }
     return [*args.overrides, *(f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None)]
 
@@ -92,6 +100,11 @@ def saved_config(args: argparse.Namespace) -> ExperimentConfig:
             raise UserError(f"--num-samples {args.num_samples}: {path} already runs {cfg.search.num_samples} "
                             "trials per split; a resumed search can add trials, not remove them")
         widened["search.num_samples"] = args.num_samples
+    # ...and its final training: a finished search resumed with --final-seeds trains its protocol.
+    if args.final_seeds:
+        widened["final.seeds"] = cfg.final.seeds + [s for s in args.final_seeds if s not in cfg.final.seeds]
+    if args.baseline:
+        widened["final.baselines"] = cfg.final.baselines + [b for b in args.baseline if b not in cfg.final.baselines]
     return cfg.with_values(widened, source="--resume options") if widened else cfg
 
 
@@ -127,6 +140,34 @@ def trials_hit_a_full_disk(places: ExperimentLocations, targets: list[str]) -> b
     from search.disk_space import is_disk_full
 
     return any(is_disk_full(r.error or "") for t in targets if places.rounds(t) for r in read_split(places, t))
+
+
+def final_phase(cfg: ExperimentConfig, places: ExperimentLocations) -> FinalPhase | None:
+    """The search's own final training when `final.seeds` asks for it (checked before any search)."""
+    if not cfg.final.seeds:
+        return None
+    from search.final_phase import FinalPhase
+    from search.protocol import protocol_methods
+
+    protocol_methods(cfg.loss.adaptation, cfg.final.baselines, "final.baselines")
+    if not places.folder.is_local:
+        raise UserError(f"final.seeds: final training in the search's command writes its runs into a folder; "
+                        f"{places.folder} is object storage (train a copy with python train.py, or search to "
+                        "a shared filesystem)")
+    return FinalPhase(cfg, places)
+
+
+def conclude_final(cfg: ExperimentConfig, final: FinalPhase, resume_command: str) -> int:
+    """The protocol's table over every split whose final runs were queued; 1 if a run failed."""
+    from search.protocol import Protocol, conclude, protocol_methods
+
+    if not final.runs:
+        return 0
+    targets = [t for t in cfg.data.targets if t in final.runs]
+    methods = protocol_methods(cfg.loss.adaptation, cfg.final.baselines, "final.baselines")
+    protocol = Protocol(cfg.output.name, final.final_dir, targets, methods, list(cfg.final.seeds),
+                        cfg.eval.objective, [run for t in targets for run in final.runs[t]])
+    return conclude(protocol, final.results, resume_command)
 
 
 @exit_on_user_error
@@ -166,24 +207,28 @@ def main(argv: list[str] | None = None) -> int:
                         "set resources.gpu (e.g. 0.25, or --gpus-per-trial) or resources.device: auto")
 
     check_reachable(args.address)  # a mistyped cluster address, before minutes of data preparation
+    places = ExperimentLocations.of(cfg)
+    final = final_phase(cfg, places)  # its settings checked before the data preparation too
     # Before Ray starts: SynthFER is generated once, and a bad list or image is one
     # `file:line` error (exit 2) instead of a traceback in every trial; trials then open
     # the caches built here.
     cache_every_list(cfg.data, workers=min(8, os.cpu_count() or 1))
     ensure_pretrained(cfg)  # download or train the trunk weights once, too
-    places = ExperimentLocations.of(cfg)
     resume_command = f"python tune.py --resume --name {cfg.output.name}" + (
         f" --results {cfg.output.results_dir}" if args.results else "")
     if places.folder.is_local and not args.resume:
         # Resumed searches have part of their checkpoints on disk already: not estimated again.
         check_space(places.folder.local_path(), cfg.search.num_samples * len(cfg.data.targets), state_file_bytes(cfg))
     try:
-        outcomes = run_search(cfg, address=args.address, resume=args.resume)
+        outcomes = run_search(cfg, address=args.address, resume=args.resume, final=final)
         if any(o.error and is_disk_full(o.error) for o in outcomes):
             raise disk_full_error(places.folder, resume_command)
         summary = export(cfg, finished=[o.target for o in outcomes if o.finished])  # checkpoints pruned only there
         if trials_hit_a_full_disk(places, cfg.data.targets):  # --resume retries those trials
             raise disk_full_error(places.folder, resume_command)
+    except KeyboardInterrupt:  # in the final phase (Tune handles it while trials run)
+        print(f"\ninterrupted: continue with {resume_command}", file=sys.stderr)
+        return 130
     except Exception as err:
         if is_disk_full(err):
             raise disk_full_error(places.folder, resume_command) from None
@@ -196,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     exp = places.folder
     print(f"\nresults:     {exp}")
     print(f"tensorboard: tensorboard --logdir {exp}")
-    print(f"final:       python train.py --experiment {exp} --seeds 0 1 2 --baseline source_only"
-          + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
+    if final is None:
+        print(f"final:       python train.py --experiment {exp} --seeds 0 1 2 --baseline source_only"
+              + ("" if exp.is_local else "   (final training runs on a local copy of the experiment)"))
     if no_result and len(no_result) == len(summary.splits) and not unfinished:
         # Bad input that every trial found in its Ray worker ends the search as if found before Ray.
         from search.analysis import read_split
@@ -215,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     if unfinished:
         print(f"\nNOT FINISHED: split(s) {', '.join(unfinished)} did not complete. Continue with: {resume_command}",
               file=sys.stderr)
+    protocol_code = 0 if final is None else conclude_final(cfg, final, resume_command)
     if unfinished or no_result:
         return 1
     print("every split finished.")
-    return 0
+    return protocol_code
 
 
 if __name__ == "__main__":

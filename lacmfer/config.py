@@ -397,6 +397,23 @@ class OutputConfig(_Section):
         return text.rstrip("/") if is_uri(text) else Path(text)
 
 
+class FinalConfig(_Section):
+    """Final training in the search's own command (`tune.py --final-seeds`): as soon as a
+    split's search ends, its best config trains on `seeds` beside each of `baselines`, on
+    the same Ray cluster; `final/report.md` is written when the last run ends. No seeds:
+    the search stops at its export (`python train.py` trains the exported configs later)."""
+
+    seeds: list[int] = Field(default_factory=list)
+    baselines: list[MethodName] = Field(default_factory=list)
+    # Attempts after a run raises (a crash, a lost node), each from its last checkpoint.
+    retries: Annotated[int, Field(ge=0)] = 1
+
+    @field_validator("seeds", "baselines")
+    @classmethod
+    def _once_each(cls, values: list[Any]) -> list[Any]:
+        return list(dict.fromkeys(values))
+
+
 class ExperimentConfig(_Section):
     # Modules imported before the config is validated, in every process (lacmfer/plugins.py).
     plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")]] = Field(default_factory=list)
@@ -410,6 +427,7 @@ class ExperimentConfig(_Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    final: FinalConfig = Field(default_factory=FinalConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 import ray
@@ -34,6 +35,9 @@ from search.driver_processes import run_in_processes
 from search.slots import TrialTimeline, mark_run, progress_display, record_usage
 from search.storage import OPTUNA_DB, ExperimentLocations, Location
 from search.tuner import TUNE_TRIAL_ID, build_tuner, restore_tuner
+
+if TYPE_CHECKING:  # the final phase imports torch; a split's driver process never does
+    from search.final_phase import FinalPhase
 
 
 @dataclass(frozen=True)
@@ -165,12 +169,14 @@ def run_split(cfg: ExperimentConfig, places: ExperimentLocations, target: str, m
 
 
 def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool = False,
-               callbacks: Sequence[tune.Callback] = ()) -> list[SplitOutcome]:
+               callbacks: Sequence[tune.Callback] = (), final: FinalPhase | None = None) -> list[SplitOutcome]:
     """Search every split of `cfg.data.targets`, all at once; a split that fails or is
     interrupted does not stop the others (each outcome says whether its split finished).
 
     `callbacks` are added to every new Tuner (tests observe the scheduling through them);
     with several splits they run in the splits' driver processes, so they must be picklable.
+    `final`: each split's final training starts there as soon as its search ends, and the
+    search returns once the last final run has ended.
     """
     places = ExperimentLocations.of(cfg)
     quiet_optuna()
@@ -187,14 +193,17 @@ def run_search(cfg: ExperimentConfig, address: str | None = None, resume: bool =
         mark_run(places.timeline, slots, cfg.data.targets)
         try:
             with progress_display(places.timeline):
-                return _run_splits(cfg, places, resume, slots, callbacks)
+                outcomes = _run_splits(cfg, places, resume, slots, callbacks, final)
+                if final is not None:
+                    final.wait()
+                return outcomes
         finally:
             print(f"slot usage: {record_usage(places.timeline, places.slots_record).text()}")
             places.upload_study_copy()
 
 
 def _run_splits(cfg: ExperimentConfig, places: ExperimentLocations, resume: bool, slots: int,
-                callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
+                callbacks: Sequence[tune.Callback], final: FinalPhase | None) -> list[SplitOutcome]:
     max_concurrent = trials_at_once(cfg, slots)
     targets = cfg.data.targets
     print(
@@ -204,8 +213,11 @@ def _run_splits(cfg: ExperimentConfig, places: ExperimentLocations, resume: bool
     )
     with ray_environment({"TUNE_MAX_PENDING_TRIALS_PG": str(pending_per_split(len(targets), slots))}):
         if len(targets) == 1:
-            return [run_split(cfg, places, targets[0], max_concurrent, resume, callbacks)]
-        return _run_in_processes(cfg, places, resume, max_concurrent, callbacks)
+            outcome = run_split(cfg, places, targets[0], max_concurrent, resume, callbacks)
+            if final is not None:
+                final.split_ended(outcome.target, outcome.finished)
+            return [outcome]
+        return _run_in_processes(cfg, places, resume, max_concurrent, callbacks, final)
 
 
 def pending_per_split(splits: int, slots: int) -> int:
@@ -226,14 +238,19 @@ def pending_per_split(splits: int, slots: int) -> int:
 
 
 def _run_in_processes(cfg: ExperimentConfig, places: ExperimentLocations, resume: bool, max_concurrent: int,
-                      callbacks: Sequence[tune.Callback]) -> list[SplitOutcome]:
+                      callbacks: Sequence[tune.Callback], final: FinalPhase | None) -> list[SplitOutcome]:
     targets = cfg.data.targets
     # Opening the storage here creates its tables once: split drivers creating SQLite's
     # schema at the same time fail all but one (tests/test_optuna_storage.py).
     places.optuna_storage()
     job = functools.partial(_split_driver, cfg.to_dict(), places=places, address=ray.get_runtime_context().gcs_address,
                             max_concurrent=max_concurrent, resume=resume, callbacks=list(callbacks))
-    ends = run_in_processes({target: functools.partial(job, target=target) for target in targets})
+    jobs = {target: functools.partial(job, target=target) for target in targets}
+    if final is None:
+        ends = run_in_processes(jobs)
+    else:  # a split's final runs queue as soon as its search ends, while the others search on
+        ends = run_in_processes(jobs, on_end=lambda target, end: final.split_ended(
+            target, end.value is not None and end.value.finished), on_tick=final.collect)
     # A split whose driver stopped carries why in its outcome; tune.py prints it once.
     return [end.value or SplitOutcome(target, False, 0, 0, 0, error=end.error) for target, end in ends.items()]
 

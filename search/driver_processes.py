@@ -30,7 +30,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -80,28 +80,41 @@ def _passing_on_interrupts(processes: list[multiprocessing.Process]) -> Iterator
         signal.signal(signal.SIGINT, previous)
 
 
-def run_in_processes(jobs: Mapping[str, Callable[[], T]]) -> dict[str, JobEnd[T]]:
+def run_in_processes(jobs: Mapping[str, Callable[[], T]], on_end: Callable[[str, JobEnd[T]], None] = lambda n, e: None,
+                     on_tick: Callable[[], None] = lambda: None, tick_s: float = 1.0) -> dict[str, JobEnd[T]]:
     """Run every job (a picklable callable) at once, each in a spawned process; wait for all.
 
-    Must be called from the main thread (it handles SIGINT while it waits).
+    `on_end(name, end)` is called in this process as each job ends, in the order they end;
+    `on_tick()` about every `tick_s` while any runs (the search's final phase starts a split's
+    final training, and collects it, from there). Must be called from the main thread (it
+    handles SIGINT while it waits).
     """
     context = multiprocessing.get_context("spawn")
-    processes: list[multiprocessing.Process] = []
-    answers: dict[str, Connection] = {}
-    with _passing_on_interrupts(processes):
+    processes: dict[str, multiprocessing.Process] = {}
+    answers: dict[Connection, str] = {}
+    ends: dict[str, JobEnd[T]] = {}
+    started: list[multiprocessing.Process] = []  # what an interrupt is passed on to
+    with _passing_on_interrupts(started):
         for name, job in jobs.items():
             receive, send = context.Pipe(duplex=False)
             process = context.Process(target=_child, args=(job, send, os.getpid()), name=f"driver-{name}")
             process.start()
             send.close()  # only the child writes: its end closing means it ended
-            processes.append(process)
-            answers[name] = receive
-        return {name: _wait(process, answers[name]) for name, process in zip(jobs, processes, strict=True)}
+            processes[name] = process
+            started.append(process)
+            answers[receive] = name
+        while answers:
+            for receive in wait(list(answers), timeout=tick_s):  # retried after a signal (PEP 475)
+                name = answers.pop(receive)
+                ends[name] = _end(processes[name], receive)
+                on_end(name, ends[name])
+            on_tick()
+    return {name: ends[name] for name in jobs}
 
 
-def _wait(process: multiprocessing.Process, receive: Connection) -> JobEnd:
+def _end(process: multiprocessing.Process, receive: Connection) -> JobEnd:
     try:
-        end = receive.recv()  # retried after a signal (PEP 475)
+        end = receive.recv()
     except EOFError:  # died without answering
         end = None
     process.join()

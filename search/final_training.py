@@ -66,27 +66,57 @@ def run_on_ray(runs: Sequence[FinalRun], *, address: str | None = None, retries:
         return []
     with ray_connection(address, runs[0].config.cluster.runtime_env):
         _check_placeable(runs)
-        remote = ray.remote(final_task)
-        pending = {}
+        tasks = FinalTasks(retries, on_result, train)
+        tasks.submit(runs)
+        results = tasks.wait()
+    return [results[run.name] for run in runs]
+
+
+class FinalTasks:
+    """Final-training runs as Ray tasks on the cluster this process is connected to: submitted
+    as they become due (`submit`), collected as they end (`collect`, `wait`).
+
+    A run still failing after `retries` retries gets a `failed` result (nothing written:
+    `--resume` tries it again); `on_result` sees each result as it is collected; `train`
+    is what a task calls (see `run_on_ray`).
+    """
+
+    def __init__(self, retries: int, on_result: Callable[[FinalResult], None] = lambda result: None,
+                 train: Callable[..., FinalResult] = train_run) -> None:
+        self.retries, self.on_result, self.train = retries, on_result, train
+        self.remote = ray.remote(final_task)
+        self.pending: dict[ray.ObjectRef, FinalRun] = {}
+        self.results: dict[str, FinalResult] = {}
+
+    def submit(self, runs: Sequence[FinalRun]) -> None:
         for run in runs:
-            task = remote.options(
+            task = self.remote.options(
                 num_cpus=run.config.resources.cpu,
                 num_gpus=run.config.resources.gpu,
-                max_retries=retries,  # a worker that died (a crash, a lost node)
+                max_retries=self.retries,  # a worker that died (a crash, a lost node)
                 retry_exceptions=True,  # an exception in the run (e.g. out of memory)
                 name=f"final {run.name}",
             )
-            pending[task.remote(run, train)] = run
-        results: dict[str, FinalResult] = {}
-        waiting = list(pending)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            for ref in done:
-                run = pending[ref]
-                try:
-                    result = ray.get(ref)  # bad input found in the task is a failed result, not retried
-                except ray.exceptions.RayError as err:  # a worker or node lost beyond the retries
-                    result = failed_result(run, str(err).strip().splitlines()[-1])
-                results[run.name] = result
-                on_result(result)
-    return [results[run.name] for run in runs]
+            self.pending[task.remote(run, self.train)] = run
+
+    def collect(self, until_one: bool = False) -> None:
+        """Take in the results of the runs that have ended; `until_one`: wait for one first."""
+        if not self.pending:
+            return
+        if until_one:
+            ray.wait(list(self.pending), num_returns=1)
+        done, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+        for ref in done:
+            run = self.pending.pop(ref)
+            try:
+                result = ray.get(ref)  # bad input found in the task is a failed result, not retried
+            except ray.exceptions.RayError as err:  # a worker or node lost beyond the retries
+                result = failed_result(run, str(err).strip().splitlines()[-1])
+            self.results[run.name] = result
+            self.on_result(result)
+
+    def wait(self) -> dict[str, FinalResult]:
+        """Every submitted run's result, by run name, once the last has ended."""
+        while self.pending:
+            self.collect(until_one=True)
+        return self.results

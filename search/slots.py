@@ -62,6 +62,13 @@ class TrialTimeline(tune.Callback):
         self._write("end", trial)
 
 
+def record_final_run(path: Path, target: str, name: str, started: float, ended: float) -> None:
+    """A final-training run of split `target` (`search.final_phase`), from its task's own start and
+    end, once it has ended: it held a slot like a trial, so it counts like one."""
+    _append(path, {"event": "start", "t": started, "target": target, "trial": f"final {name}", "final": True})
+    _append(path, {"event": "end", "t": ended, "target": target, "trial": f"final {name}", "final": True})
+
+
 def mark_run(path: Path, slots: int, targets: Sequence[str]) -> None:
     """Begin a run in the timeline: what follows belongs to it."""
     _append(path, {"event": "run", "t": time.time(), "slots": slots, "targets": list(targets)})
@@ -168,10 +175,14 @@ def slot_usage(run: dict[str, Any], events: Sequence[dict[str, Any]], until: flo
 
 
 def progress_line(run: dict[str, Any], events: Sequence[dict[str, Any]]) -> str:
-    """`busy/slots` and, per split, its trials running and ended."""
+    """`busy/slots` and, per split, its trials running and ended, and its final runs ended."""
     running: dict[str, set[str]] = {t: set() for t in run["targets"]}
     ended: dict[str, int] = dict.fromkeys(run["targets"], 0)
+    final: dict[str, int] = {}
     for e in sorted(events, key=lambda e: e["t"]):
+        if e.get("final"):  # recorded once it ended (`record_final_run`)
+            final[e["target"]] = final.get(e["target"], 0) + (e["event"] == "end")
+            continue
         live = running.setdefault(e["target"], set())
         if e["event"] == "start":
             live.add(e["trial"])
@@ -179,7 +190,8 @@ def progress_line(run: dict[str, Any], events: Sequence[dict[str, Any]]) -> str:
             live.discard(e["trial"])
             ended[e["target"]] = ended.get(e["target"], 0) + 1
     busy = sum(len(v) for v in running.values())
-    splits = "  ".join(f"{t} {len(running[t])}▶ {ended.get(t, 0)}✓" for t in running)
+    splits = "  ".join(f"{t} {len(running[t])}▶ {ended.get(t, 0)}✓" + (f" final {final[t]}✓" if t in final else "")
+                       for t in running)
     return f"slots {busy}/{run['slots']} busy | {splits}"
 
 

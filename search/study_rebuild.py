@@ -95,7 +95,9 @@ def rebuild_experiment(places: ExperimentLocations, cfg: ExperimentConfig) -> li
     created: dict[str, int] = {}  # Tune trial id → its place in the order Tune created (asked) them
     for target in targets:
         for path in places.rounds(target):
-            trials = ExperimentAnalysis(str(path)).trials
+            # ExperimentAnalysis lists trials in no set order; Tune's tag starts with the trial's
+            # creation count within its round ("3_hyper_align=..."), which is the order asked.
+            trials = sorted(ExperimentAnalysis(str(path)).trials, key=lambda t: int(t.experiment_tag.split("_", 1)[0]))
             created.update((t.trial_id, len(created)) for t in trials)
             unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
             if unfinished:

@@ -100,7 +100,7 @@ def test_tune_builds_every_cache_before_ray_starts(synth_tiny, tmp_path, monkeyp
     save_config(cfg, path)
     caches_at_search_start: list[str] = []
 
-    def fake_search(cfg, address=None, resume=False):
+    def fake_search(cfg, address=None, resume=False, final=None):
         caches_at_search_start.extend(sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.arrow")))
         raise SystemExit(0)
 

@@ -33,7 +33,7 @@ def saved_experiment(synth_tiny, tmp_path) -> tuple[Path, Path]:
 def _search_ends_with(monkeypatch, outcomes: list[SplitOutcome]) -> dict:
     """The search returns `outcomes`; the export records what it was given and exports every split."""
     seen: dict = {}
-    monkeypatch.setattr("search.driver.run_search", lambda cfg, address=None, resume=False: outcomes)
+    monkeypatch.setattr("search.driver.run_search", lambda cfg, address=None, resume=False, final=None: outcomes)
 
     def export(cfg, finished=None):
         seen["finished"] = finished
@@ -144,3 +144,35 @@ def test_a_split_whose_driver_stopped_says_why_once_and_exits_1(saved_experiment
     err = capsys.readouterr().err
     assert err.count("SPLIT STOPPED:") == 1
     assert "SPLIT STOPPED: JAFFE: its driver process ended with exit code 3" in err
+
+
+def test_final_flags_set_the_protocol_and_a_resume_widens_it(saved_experiment):
+    """Mutations caught (tune.py): `--final-seeds` left out of `cli_overrides`; a resume's
+    `--final-seeds` replacing the saved seeds instead of adding to them."""
+    path, results = saved_experiment
+    cfg = tune.load_config(path, tune.cli_overrides(tune.parse_args(
+        ["--config", str(path), "--final-seeds", "0", "1", "--baseline", "source_only", "dann"])))
+    assert (cfg.final.seeds, cfg.final.baselines) == ([0, 1], ["source_only", "dann"])
+    widened = tune.saved_config(tune.parse_args(["--resume", "--name", "exp", "--results", str(results),
+                                                 "--final-seeds", "2", "0", "--baseline", "mfsan"]))
+    assert (widened.final.seeds, widened.final.baselines) == ([2, 0], ["mfsan"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--final-seeds", "0", "--baseline", "lacmfer"], "final.baselines lacmfer: that is the configs' own method"),
+    (["--final-seeds", "0", "--results", "s3://results/searches"],
+     "final.seeds: final training in the search's command writes its runs into a folder; "
+     "s3://results/searches/fresh is object storage"),
+], ids=["own method", "object storage"])
+def test_a_final_phase_that_cannot_run_stops_before_the_search(saved_experiment, s3, monkeypatch, capsys, argv,
+                                                               message):
+    """Checked before the data preparation and the search: one line, exit 2. Mutation caught:
+    `final_phase` called after `run_search` (the search would start)."""
+    path, _ = saved_experiment
+    monkeypatch.setattr("search.driver.run_search", lambda *a, **k: pytest.fail("the search started"))
+    monkeypatch.setattr("lacmfer.data.loaders.cache_every_list", lambda *a, **k: pytest.fail("data prepared"))
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(["--config", str(path), "--name", "fresh", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -10,6 +10,7 @@ restarting it. Bad input (a `UserError`) is not retried: it is the task's result
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 from lacmfer.errors import UserError
@@ -24,11 +25,13 @@ def final_task(run: FinalRun, train: Callable[..., FinalResult] = train_run) -> 
     `train` is `train_run` (tests pass one that crashes its worker once); its result, what
     `metrics.json` holds, is the task's result.
     """
+    started = time.time()
     config = with_threads(run.config)
     run = dataclasses.replace(run, config=config)
     placement = ray_placement(config.resources.device)
     try:
         with out_of_memory_as_error(placement):
-            return train(run, placement=placement)
+            result = train(run, placement=placement)
     except UserError as err:  # bad input fails again on a retry: returned, since Ray retries what is raised
-        return failed_result(run, str(err), user_error=True)
+        result = failed_result(run, str(err), user_error=True)
+    return dataclasses.replace(result, started_at=started, ended_at=time.time())

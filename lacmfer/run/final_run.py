@@ -66,6 +66,10 @@ class FinalResult(RunResult):
     method: str
     seed: int
     objective: str  # the config's eval.objective, which selects the kept evaluation
+    # When its last attempt started and ended (seconds since the epoch, on the machine that ran it),
+    # for the search's slot timeline; not in metrics.json.
+    started_at: float | None = None
+    ended_at: float | None = None
 
     @property
     def name(self) -> str:
