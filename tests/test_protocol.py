@@ -22,7 +22,8 @@ from tests.conftest import REPO
 from tests.test_search import local_ray, save_yaml, search_config  # noqa: F401  (local_ray: a fixture)
 from tune import conclude_final
 
-FINAL = {"seeds": [0], "baselines": ["source_only"]}
+#: MFSAN searched, DANN its baseline: both baselines with modules of their own run through Ray workers here.
+FINAL = {"seeds": [0], "baselines": ["dann"]}
 
 
 class WaitForAFinalRunOf(tune.Callback):
@@ -52,8 +53,8 @@ def test_a_splits_final_runs_start_while_another_split_still_searches(synth_tiny
     """Planted bugs caught: the final runs submitted only after every split's search
     (`final.split_ended` called after `run_in_processes` returns), or never collected (no table)."""
     local_ray(num_cpus=2)
-    cfg = search_config(synth_tiny, tmp_path, "protocol", data={"targets": ["CK", "RAF"]},
-                        search={"num_samples": 1}, final=FINAL)
+    cfg = search_config(synth_tiny, tmp_path, "protocol", data={"targets": ["CK", "RAF"]}, loss={"adaptation": "mfsan"},
+                        search={"num_samples": 1, "use_default_space": True, "space": {}}, final=FINAL)
     places = ExperimentLocations.of(cfg)
     meetings = tmp_path / "meetings"
     meetings.mkdir()
@@ -61,11 +62,12 @@ def test_a_splits_final_runs_start_while_another_split_still_searches(synth_tiny
     outcomes = run_search(cfg, callbacks=[WaitForAFinalRunOf("CK", final.final_dir, meetings, 120.0)], final=final)
     assert [(o.target, o.finished) for o in outcomes] == [("CK", True), ("RAF", True)]
     assert [p.name for p in meetings.iterdir()] == ["RAF.met"], "CK's final runs waited for RAF's search"
-    assert sorted(final.results) == [f"{t}/{m}/seed0" for t in ("CK", "RAF") for m in ("lacmfer", "source_only")]
+    assert sorted(final.results) == [f"{t}/{m}/seed0" for t in ("CK", "RAF") for m in ("dann", "mfsan")]
     assert conclude_final(cfg, final, "python tune.py --resume") == 0
     rows = pq.read_table(final.final_dir / "report.parquet").to_pylist()
     assert {(r["target"], r["method"], r["completed"]) for r in rows} >= {
-        ("CK", "lacmfer", 1), ("CK", "source_only", 1), ("RAF", "lacmfer", 1), ("RAF", "source_only", 1)}
+        ("CK", "mfsan", 1), ("CK", "dann", 1), ("RAF", "mfsan", 1), ("RAF", "dann", 1)}
+    assert "loss_domain" in final.results["CK/dann/seed0"].last  # DANN's own term, trained in a Ray worker
     # The slot record covers the final runs: four trials' worth of slots more than the two trials.
     usage = json.loads((places.folder.local_path() / "slots.json").read_text())[-1]
     assert usage["trials"] == 2 + 4

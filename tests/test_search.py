@@ -390,9 +390,11 @@ def test_a_trial_retried_on_resume_after_an_error_is_told_to_optuna(synth_tiny, 
 
     local_ray(num_cpus=2)
     # The baseline pair, random search without early stopping: every trial runs its schedule.
-    cfg = search_config(synth_tiny, tmp_path, "retry", data={"targets": ["CK"]},
+    # DANN in its own default space: a method's own modules checkpointed and resumed in a trial.
+    cfg = search_config(synth_tiny, tmp_path, "retry", data={"targets": ["CK"]}, loss={"adaptation": "dann"},
                         search={"num_samples": 2, "max_concurrent": 1, "max_failures": 0, "startup_trials": 1,
-                                "sampler": "random", "scheduler": "fifo"})
+                                "sampler": "random", "scheduler": "fifo", "use_default_space": True, "space": {}})
+    assert list(cfg.search.space) == ["hyper_domain"]
     flag = tmp_path / "killed"
     run_search(cfg, callbacks=[KillOneWorkerOnce(flag)])
     killed = flag.read_text()
