@@ -17,7 +17,7 @@ from search.analysis import read_split, select_best
 from search.export.best_configs import best_config, best_config_location, best_header
 from search.export.results import SplitExport
 from search.final_training import FinalTasks
-from search.protocol import FINAL_DIR, finished_results, split_protocol
+from search.protocol import FINAL_DIR, finished_results, split_protocol, supersede_stale_runs
 from search.slots import record_final_run
 from search.storage import ExperimentLocations
 
@@ -45,6 +45,9 @@ class FinalPhase:
         split = SplitExport(target, {}, best=record, best_evaluation=record.selected(scope))
         path.write_text(config_text(best, best_header(self.cfg, self.places, split, scope, path)))
         runs = split_protocol(self.cfg, best, target, self.final_dir)
+        for aside in supersede_stale_runs(runs):
+            print(f"{target}: a final run trained an earlier best config (the search found a better one); "
+                  f"kept as {aside}, it trains again", flush=True)
         kept, todo = finished_results(runs)
         self.runs[target] = runs
         self.results.update(kept)

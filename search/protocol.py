@@ -12,11 +12,12 @@ table: `final/report.md`, `report.parquet` (`lacmfer.reports.final_report`). No 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lacmfer.config import ExperimentConfig
+from lacmfer.config import ExperimentConfig, load_config
 from lacmfer.errors import UserError
 from lacmfer.names import METHOD_NAMES, RunStatus
 from lacmfer.reports.final_report import write_report
@@ -69,6 +70,25 @@ def split_protocol(cfg: ExperimentConfig, best: ExperimentConfig, target: str, f
     configured method and baselines, the configured seeds."""
     methods = protocol_methods(cfg.loss.adaptation, cfg.final.baselines, "final.baselines")
     return protocol_runs([(target, best)], methods, cfg.final.seeds, final_dir)
+
+
+def supersede_stale_runs(runs: Sequence[FinalRun]) -> list[Path]:
+    """Move aside the folder of every run that trained another config than it would now (a
+    resumed search whose added trials found a new best): to `<seed folder>.superseded-<unix time>`,
+    kept for the record; the run then trains afresh. Returns the folders moved."""
+    moved = []
+    for run in runs:
+        saved = run.run_dir / "config.yaml"
+        if saved.exists() and _trained(load_config(saved)) != _trained(run.config):
+            aside = run.run_dir.with_name(f"{run.run_dir.name}.superseded-{int(time.time())}")
+            run.run_dir.rename(aside)
+            moved.append(aside)
+    return moved
+
+
+def _trained(cfg: ExperimentConfig) -> dict:
+    # A run's task sets its torch threads from its CPUs (`with_threads`): not part of what it trains.
+    return {section: values for section, values in cfg.to_dict().items() if section != "resources"}
 
 
 def finished_results(runs: Sequence[FinalRun]) -> tuple[dict[str, FinalResult], list[FinalRun]]:

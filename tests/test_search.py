@@ -245,18 +245,61 @@ class MeetATrialOfAnotherSplit(tune.Callback):
         (self.folder / f"{split}.{'met' if others() else 'alone'}").touch()
 
 
+class WaitForAFinalRunOf(tune.Callback):
+    """In the driver of every split but `other`: at its trial's start, wait (at most `patience_s`)
+    until a final run of split `other` has started (its folder holds config.yaml), and record
+    whether one did. The waiting split's trial holds its slot meanwhile, so its search is
+    still running when that final run starts."""
+
+    def __init__(self, other: str, final_dir: Path, folder: Path, patience_s: float) -> None:
+        self.other, self.final_dir, self.folder, self.patience_s = other, final_dir, folder, patience_s
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        split = str(trial).split("_", 1)[0]  # the Tuner names trials <target>_<trial id>
+        if split == self.other:
+            return
+        deadline = time.monotonic() + self.patience_s
+
+        def started() -> list[Path]:
+            return list(self.final_dir.glob(f"{self.other}/*/seed*/config.yaml"))
+
+        while not started() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (self.folder / f"{split}.waited.{'met' if started() else 'alone'}").touch()
+
+
 def test_splits_run_at_once(synth_tiny, tmp_path, local_ray, capsys):
+    """Both splits' trials run at once, and with the search's own final training (`final:`) a
+    split's final runs start while the other split still searches; the table is written at the
+    end. MFSAN is searched and DANN is its baseline: both methods' own modules train in Ray
+    workers. Planted bugs caught: the final runs submitted only after every split's search
+    (`final.split_ended` called after `run_in_processes` returns), or never collected."""
+    from search.final_phase import FinalPhase
+    from tune import conclude_final
+
     local_ray(num_cpus=2)
-    cfg = search_config(synth_tiny, tmp_path, "at-once", data={"targets": ["CK", "RAF"]},
-                        search={"num_samples": 1})
+    cfg = search_config(synth_tiny, tmp_path, "at-once", data={"targets": ["CK", "RAF"]}, loss={"adaptation": "mfsan"},
+                        search={"num_samples": 1, "use_default_space": True, "space": {}},
+                        final={"seeds": [0], "baselines": ["dann"]})
     meetings = tmp_path / "meetings"
     meetings.mkdir()
-    outcomes = run_search(cfg, callbacks=[MeetATrialOfAnotherSplit(meetings, patience_s=120.0)])
+    final = FinalPhase(cfg, ExperimentLocations.of(cfg))
+    callbacks = [MeetATrialOfAnotherSplit(meetings, patience_s=120.0),
+                 WaitForAFinalRunOf("CK", final.final_dir, meetings, patience_s=120.0)]
+    outcomes = run_search(cfg, callbacks=callbacks, final=final)
     assert [(o.target, o.finished) for o in outcomes] == [("CK", True), ("RAF", True)]
-    assert sorted(p.name for p in meetings.glob("*.met")) == ["CK.met", "RAF.met"], "the splits never ran at once"
+    assert sorted(p.name for p in meetings.glob("*.met")) == ["CK.met", "RAF.met", "RAF.waited.met"], (
+        "the splits never ran at once, or CK's final runs waited for RAF's search")
+    assert sorted(final.results) == [f"{t}/{m}/seed0" for t in ("CK", "RAF") for m in ("dann", "mfsan")]
+    assert "loss_domain" in final.results["CK/dann/seed0"].last  # DANN's own term, trained in a Ray worker
+    assert conclude_final(cfg, final, "python tune.py --resume") == 0
+    rows = pq.read_table(final.final_dir / "report.parquet").to_pylist()
+    assert {(r["target"], r["method"], r["completed"]) for r in rows} >= {
+        ("CK", "mfsan", 1), ("CK", "dann", 1), ("RAF", "mfsan", 1), ("RAF", "dann", 1)}
+    # The slot record covers the protocol: the two trials and the four final runs.
     usage = json.loads((cfg.experiment_dir / "slots.json").read_text())[-1]
-    assert usage["slots"] == 2 and usage["trials"] == 2 and usage["peak"] == 2
-    assert "slot usage: 2 trial(s) on 2 slot(s)" in capsys.readouterr().out
+    assert usage["slots"] == 2 and usage["trials"] == 2 + 4 and usage["peak"] == 2
+    assert "slot usage: 6 trial(s) on 2 slot(s)" in capsys.readouterr().out
 
 
 def test_a_split_without_a_usable_trial_ends_with_an_error(synth_tiny, tmp_path, local_ray, capsys):
