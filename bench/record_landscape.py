@@ -143,7 +143,7 @@ def train_one(job: tuple[str, str, str, RecordedConfig, int]) -> str:
     import torch
 
     from lacmfer.data.loaders import load_split_data
-    from lacmfer.run.lifecycle import Run
+    from lacmfer.run.lifecycle import Keeping, Run
 
     torch.set_num_threads(1)
     base = load_config(Path(config_path))
@@ -152,7 +152,8 @@ def train_one(job: tuple[str, str, str, RecordedConfig, int]) -> str:
     if target not in _DATA:
         _DATA[target] = load_split_data(cfg, target, progress=False)
     out = Path(work) / "tb" / f"{target}__{config.config_id}__seed{seed}"
-    run = Run(cfg, target, out, {"config_id": config.config_id}, data=_DATA[target], test_every_evaluation=True)
+    run = Run(cfg, target, out, {"config_id": config.config_id}, Keeping(test_every_evaluation=True),
+              data=_DATA[target])
     history, started = [], time.perf_counter()
     for evaluation in run.evaluations():
         history.append({**evaluation.metrics, "time_s": time.perf_counter() - started})

@@ -13,7 +13,7 @@ import pytest
 
 from lacmfer.data.loaders import load_split_data
 from lacmfer.names import RunStatus
-from lacmfer.run.lifecycle import STATE_FILE, Run
+from lacmfer.run.lifecycle import STATE_FILE, Keeping, Run
 from tests.conftest import tiny_config
 
 STEPS, INTERVAL = 6, 2  # three evaluations
@@ -28,7 +28,7 @@ def setup(synth_tiny):
 
 def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(setup, tmp_path):
     cfg, data = setup
-    straight = Run(cfg, "CK", tmp_path / "straight", {}, data=data, checkpoint_every=2)
+    straight = Run(cfg, "CK", tmp_path / "straight", {}, Keeping(checkpoint_every=2), data=data)
     kept = tmp_path / "kept"
     evaluations = []
     for evaluation in straight.evaluations():
@@ -43,7 +43,7 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(setup, t
     assert ended.status is RunStatus.COMPLETED
     assert [m["step"] for m in ended.history] == [2.0, 4.0, 6.0]
 
-    resumed = Run(cfg, "CK", tmp_path / "resumed", {}, data=data, checkpoint_every=2)
+    resumed = Run(cfg, "CK", tmp_path / "resumed", {}, Keeping(checkpoint_every=2), data=data)
     resumed.resume(kept)
     assert resumed.status is RunStatus.STOPPED_EARLY  # continued from step 4 of 6: not over yet
     assert [e.metrics["step"] for e in resumed.evaluations()] == [6.0]
@@ -58,16 +58,16 @@ def test_a_run_resumed_from_the_state_of_its_last_evaluation_is_completed(setup,
 
     Catches: `resume` not restoring the last evaluation (the run would end "stopped early")."""
     cfg, data = setup
-    for _ in Run(cfg, "CK", tmp_path / "first", {}, data=data, state_dir=tmp_path).evaluations():
+    for _ in Run(cfg, "CK", tmp_path / "first", {}, Keeping(state_dir=tmp_path), data=data).evaluations():
         pass  # its state, kept in tmp_path, is the one at the schedule's last evaluation
-    again = Run(cfg, "CK", tmp_path / "again", {}, data=data, state_dir=tmp_path)
+    again = Run(cfg, "CK", tmp_path / "again", {}, Keeping(state_dir=tmp_path), data=data)
     again.resume(tmp_path)
     assert list(again.evaluations()) == [] and again.status is RunStatus.COMPLETED
 
 
 def test_a_run_keeping_its_state_rewrites_it_and_saves_the_selected_and_last_weights(setup, tmp_path):
     cfg, data = setup
-    run = Run(cfg, "CK", tmp_path, {}, data=data, state_dir=tmp_path, save_weights=True)
+    run = Run(cfg, "CK", tmp_path, {}, Keeping(state_dir=tmp_path, save_weights=True), data=data)
     for evaluation in run.evaluations():
         assert evaluation.checkpoint == tmp_path and (tmp_path / STATE_FILE).exists()
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "checkpoint_selected.pt").exists()
@@ -75,8 +75,8 @@ def test_a_run_keeping_its_state_rewrites_it_and_saves_the_selected_and_last_wei
 
 def test_a_diverging_run_ends_at_once_without_a_checkpoint(setup, tmp_path):
     cfg, data = setup
-    run = Run(cfg.with_values({"schedule.lr": 1e6}), "CK", tmp_path, {}, data=data, state_dir=tmp_path,
-              save_weights=True)
+    run = Run(cfg.with_values({"schedule.lr": 1e6}), "CK", tmp_path, {},
+              Keeping(state_dir=tmp_path, save_weights=True), data=data)
     (evaluation,) = list(run.evaluations())
     assert evaluation.diverged and evaluation.checkpoint is None and math.isnan(evaluation.metrics["objective"])
     ended = run.result()

@@ -67,15 +67,15 @@ def lacmfer_trainable(config: dict[str, Any], *, base_config: dict[str, Any], ta
     # the driver's console: a line per evaluation of every trial, burying the progress line.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # Imported in the trial's worker only: the split drivers that hold this function for Tune need no torch.
-    from lacmfer.run.lifecycle import Run, out_of_memory_as_error, with_threads
+    from lacmfer.run.lifecycle import Keeping, Run, out_of_memory_as_error, with_threads
     from lacmfer.run.tb_logging import run_hparams
 
     cfg = with_threads(trial_config(base_config, config))
     placement = ray_placement(cfg.resources.device)
     with out_of_memory_as_error(placement):
         hyperparameters = {**run_hparams(cfg, target), "trial_id": tune.get_context().get_trial_id()}
-        run = Run(cfg, target, trial_artifact_dir(), hyperparameters, placement=placement,
-                  checkpoint_every=cfg.search.checkpoint_every)
+        run = Run(cfg, target, trial_artifact_dir(), hyperparameters, Keeping.trial(cfg.search.checkpoint_every),
+                  placement=placement)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:

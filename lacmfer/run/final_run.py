@@ -30,7 +30,7 @@ from lacmfer.data.loaders import SplitData
 from lacmfer.files import write_text_atomic
 from lacmfer.names import OBJECTIVE_KEY, RunStatus, is_oracle
 from lacmfer.run.device import Placement
-from lacmfer.run.lifecycle import LAST_WEIGHTS, SELECTED_WEIGHTS, STATE_FILE, Run
+from lacmfer.run.lifecycle import LAST_WEIGHTS, SELECTED_WEIGHTS, STATE_FILE, Keeping, Run
 from lacmfer.run.outcome import RunResult, run_status
 from lacmfer.run.tb_logging import run_hparams
 
@@ -120,8 +120,7 @@ def train_run(run: FinalRun, *, data: SplitData | None = None, progress: bool = 
     cfg, out = run.config, run.run_dir
     # The report reads target_acc at the selected evaluation: the test set at every evaluation.
     lifecycle = Run(cfg, run.target, out, {**run_hparams(cfg, run.target), "method": run.method},
-                    placement=placement, data=data, progress=progress, state_dir=out, save_weights=True,
-                    test_every_evaluation=True, name=run.name)
+                    Keeping.final_run(out), placement=placement, data=data, progress=progress, name=run.name)
     if (out / STATE_FILE).exists():
         lifecycle.resume(out)
     else:

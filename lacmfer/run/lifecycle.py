@@ -123,29 +123,49 @@ class RunEvaluation(Evaluation):
     checkpoint: Path | None = None  # a folder holding STATE_FILE at this evaluation
 
 
+@dataclass(frozen=True)
+class Keeping:
+    """What a run keeps beside its evaluations: a checkpoint every `checkpoint_every`
+    evaluations and at the last one; its state in `state_dir` (rewritten at each checkpoint;
+    the caller removes it once it has recorded the run's result), or, None, in a fresh
+    temporary folder per checkpoint, valid until the next evaluation is asked for (a Tune
+    trial's storage copies it); with `save_weights`, the weights of the selected and of the
+    last evaluation in the run's folder; with `test_every_evaluation`, the whole target test
+    set read at every evaluation (`eval.test_every: 1`), so a report can give the selected
+    evaluation's test accuracy."""
+
+    checkpoint_every: int = 1
+    state_dir: Path | None = None
+    save_weights: bool = False
+    test_every_evaluation: bool = False
+
+    @classmethod
+    def trial(cls, checkpoint_every: int) -> Keeping:
+        """A search trial: a checkpoint for Tune every `checkpoint_every` evaluations."""
+        return cls(checkpoint_every=checkpoint_every)
+
+    @classmethod
+    def final_run(cls, folder: Path) -> Keeping:
+        """A final-training run: its state and weights in its own folder at every evaluation, the
+        test set read at each."""
+        return cls(checkpoint_every=1, state_dir=folder, save_weights=True, test_every_evaluation=True)
+
+
 class Run:
     """One run of `cfg` on `target`, writing its TensorBoard events under `out/tb`.
 
-    `hyperparameters` are added to the HParams columns of `lacmfer.run.tb_logging.run_hparams`.
-    `checkpoint_every`: checkpoint at every that many evaluations and at the last one.
-    `state_dir`: where the state is kept (rewritten at each checkpoint; the caller removes
-    it once it has recorded the run's result); None hands each checkpoint over in a fresh
-    temporary folder, valid until the next evaluation is asked for (a Tune trial's storage
-    copies it). `save_weights` writes the weights of the selected and of the last
-    evaluation, with `cfg`, into `out`. `test_every_evaluation` reads the whole target test
-    set at every evaluation (`eval.test_every: 1`), so a report can give the selected
-    evaluation's test accuracy.
+    `hyperparameters` are added to the HParams columns of `lacmfer.run.tb_logging.run_hparams`;
+    `keeping` says what the run keeps beside its evaluations (`Keeping.trial`, `Keeping.final_run`).
     """
 
-    def __init__(self, cfg: ExperimentConfig, target: str, out: Path, hyperparameters: Mapping[str, Any], *,
-                 placement: Placement | None = None, data: SplitData | None = None, progress: bool = False,
-                 checkpoint_every: int = 1, state_dir: Path | None = None, save_weights: bool = False,
-                 test_every_evaluation: bool = False, name: str | None = None):
+    def __init__(self, cfg: ExperimentConfig, target: str, out: Path, hyperparameters: Mapping[str, Any],
+                 keeping: Keeping = Keeping(), *, placement: Placement | None = None, data: SplitData | None = None,
+                 progress: bool = False, name: str | None = None):
         self.cfg, self.target, self.out = cfg, target, out
         self.hyperparameters = dict(hyperparameters)
-        self.checkpoint_every, self.state_dir, self.save_weights = checkpoint_every, state_dir, save_weights
+        self.keeping = keeping
         self.name, self.progress = name or target, progress
-        trainer_cfg = cfg.with_values({"eval.test_every": 1}) if test_every_evaluation else cfg
+        trainer_cfg = cfg.with_values({"eval.test_every": 1}) if keeping.test_every_evaluation else cfg
         self.trainer = Trainer(trainer_cfg, target, data=data, progress=progress, placement=placement)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
@@ -172,7 +192,7 @@ class Run:
 
     def checkpoint_due(self) -> bool:
         """At every `checkpoint_every`-th evaluation and at the last one of the schedule."""
-        return self.trainer.finished or self.trainer.evaluation_index % self.checkpoint_every == 0
+        return self.trainer.finished or self.trainer.evaluation_index % self.keeping.checkpoint_every == 0
 
     def save_state(self, directory: Path) -> None:
         """Write the run's state, `STATE_FILE`, into `directory` (through a temporary file)."""
@@ -228,16 +248,16 @@ class Run:
                         return
                     if metrics["objective"] > selected_objective:
                         selected_objective = metrics["objective"]
-                        if self.save_weights:
+                        if self.keeping.save_weights:
                             _save_atomic(self._weights(), self.out / SELECTED_WEIGHTS)
                     bar.set_postfix(objective=f"{metrics['objective']:.3f}", target_acc=f"{metrics['target_acc']:.3f}")
                     # The caller's time (a Tune report, its checkpoint upload) is not the run's.
                     with watchdog.suspended():
                         if not self.checkpoint_due():
                             yield evaluation
-                        elif self.state_dir is not None:
-                            self.save_state(self.state_dir)
-                            yield replace(evaluation, checkpoint=self.state_dir)
+                        elif self.keeping.state_dir is not None:
+                            self.save_state(self.keeping.state_dir)
+                            yield replace(evaluation, checkpoint=self.keeping.state_dir)
                         else:
                             with tempfile.TemporaryDirectory(prefix="lacmfer-ckpt-") as directory:
                                 self.save_state(Path(directory))
@@ -253,7 +273,7 @@ class Run:
             self._started = None
             bar.close()
             logger.close()
-        if self.save_weights:
+        if self.keeping.save_weights:
             _save_atomic(self._weights(), self.out / LAST_WEIGHTS)
 
     def result(self) -> RunResult:
