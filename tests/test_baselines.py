@@ -79,7 +79,9 @@ def test_dann_reverses_the_domain_gradient_into_the_features_at_the_papers_ramp(
     (0.3 * plain).backward()
     lam = alignment_warmup(step, 100, "mfsan")
     assert 0.5 < lam < 0.9
-    # The target's features feed no supervised term: their gradient is the reversed one alone.
+    # The features feed no supervised term here (the logits are separate tensors): their
+    # gradient is the reversed domain gradient alone, on both sides.
+    torch.testing.assert_close(got_s, -lam * f_s.grad)
     torch.testing.assert_close(got_t, -lam * f_t.grad)
     for got, want in zip(got_weights, (p.grad for p in method.parameters()), strict=True):
         torch.testing.assert_close(got, want)
