@@ -10,9 +10,10 @@ anywhere (Ray changes the working directory of trials).
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -488,10 +489,13 @@ class ExperimentConfig(_Section):
 
     def with_values(self, values: dict[str, Any], source: str = "values") -> ExperimentConfig:
         """A copy with dotted-key values set, re-validated (used for search samples)."""
-        raw = self.to_dict()
-        for key, value in values.items():
-            _set_dotted(raw, key, value, source)
-        return config_from_dict(raw, source=source)
+        return config_with_values(self.to_dict(), values, source)
+
+    def with_derived(self, section: str, **values: Any) -> ExperimentConfig:
+        """A copy with keys of one section set to values the code derived itself (a run's torch
+        threads from its CPUs, its test-set reads), not validated again: a run's config is
+        validated once, where its user-given values come in."""
+        return self.model_copy(update={section: getattr(self, section).model_copy(update=values)})
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -538,6 +542,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> ExperimentC
     except ValidationError as err:
         raise UserError(_format_validation_error(err, source)) from None
     return _resolve_paths(cfg)
+
+
+def config_with_values(raw: Mapping[str, Any], values: Mapping[str, Any], source: str) -> ExperimentConfig:
+    """The config of a raw dict (a dumped config) with dotted-key values set, validated once."""
+    raw = copy.deepcopy(dict(raw))
+    for key, value in values.items():
+        _set_dotted(raw, key, value, source)
+    return config_from_dict(raw, source=source)
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:

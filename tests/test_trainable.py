@@ -95,6 +95,22 @@ def test_trial_config_sets_sampled_values_and_rejects_out_of_range_ones(base_con
         trial_config(base_config, {"threshold": 1.5})
 
 
+def test_a_trials_config_is_validated_once(base_config, monkeypatch):
+    """The sampled values and the derived torch threads: one validation (each imports the
+    plugins and resolves paths again). Planted bugs caught: `trial_config` validating the base
+    config and then the values (two), `with_threads` through `with_values` (another)."""
+    from lacmfer import config as config_module
+    from lacmfer.run.lifecycle import with_threads
+
+    calls = []
+    real = config_module.config_from_dict
+    monkeypatch.setattr(config_module, "config_from_dict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = with_threads(trial_config({**base_config, "resources": {"cpu": 2.0}}, {"hyper_align": 0.3}))
+    assert len(calls) == 1
+    assert cfg == cfg.with_values({"resources.threads": 2})  # what a validated copy holds too
+    assert cfg.resources.threads == 2 and cfg.loss.hyper_align == 0.3
+
+
 def test_trial_reports_every_evaluation_with_a_loadable_checkpoint(normal_and_diverging, base_config):
     result = normal_and_diverging[NORMAL_LR]
     assert result.error is None

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from lacmfer.errors import UserError
+from lacmfer.plugins import import_plugins
 from lacmfer.run.final_run import FinalResult, FinalRun, failed_result, train_run
 from lacmfer.run.lifecycle import out_of_memory_as_error, with_threads
 from trainables.ray_session import ray_placement
@@ -26,6 +27,8 @@ def final_task(run: FinalRun, train: Callable[..., FinalResult] = train_run) -> 
     `metrics.json` holds, is the task's result.
     """
     started = time.time()
+    # The run's config arrives built, not validated here: the worker imports its plugins itself.
+    import_plugins(run.config.plugins, source=f"final run {run.name}")
     config = with_threads(run.config)
     run = dataclasses.replace(run, config=config)
     placement = ray_placement(config.resources.device)

@@ -26,7 +26,7 @@ from typing import Any
 
 from ray import tune
 
-from lacmfer.config import ExperimentConfig, config_from_dict
+from lacmfer.config import ExperimentConfig, config_with_values
 from lacmfer.hparams import to_config_values
 from trainables.ray_session import ray_placement
 
@@ -38,8 +38,7 @@ def trial_config(base_config: Mapping[str, Any], sampled: Mapping[str, Any]) -> 
     absent). Values are validated by the schema, so an out-of-range sample fails the trial
     with a message naming the key.
     """
-    base = config_from_dict(dict(base_config), source="base config")
-    return base.with_values(to_config_values(sampled), source=f"trial values {dict(sampled)}")
+    return config_with_values(base_config, to_config_values(sampled), source=f"trial values {dict(sampled)}")
 
 
 def trial_artifact_dir() -> Path:

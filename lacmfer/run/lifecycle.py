@@ -88,7 +88,7 @@ def with_threads(cfg: ExperimentConfig) -> ExperimentConfig:
     """
     if cfg.resources.threads is not None:
         return cfg
-    return cfg.with_values({"resources.threads": int(max(1.0, cfg.resources.cpu))}, source="resources.cpu")
+    return cfg.with_derived("resources", threads=int(max(1.0, cfg.resources.cpu)))
 
 
 @contextlib.contextmanager
@@ -165,7 +165,7 @@ class Run:
         self.hyperparameters = dict(hyperparameters)
         self.keeping = keeping
         self.name, self.progress = name or target, progress
-        trainer_cfg = cfg.with_values({"eval.test_every": 1}) if keeping.test_every_evaluation else cfg
+        trainer_cfg = cfg.with_derived("eval", test_every=1) if keeping.test_every_evaluation else cfg
         self.trainer = Trainer(trainer_cfg, target, data=data, progress=progress, placement=placement)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
