@@ -67,39 +67,25 @@ def previous(request, tmp_path, monkeypatch):
     return cfg, places, before
 
 
-def test_a_picture_that_fails_to_draw_leaves_the_previous_export_intact(previous, monkeypatch):
-    """The importance bars, the last picture drawn (JAFFE has no study), raise: every best
-    config and trials.parquet were computed by then, and nothing may have been written.
+@pytest.mark.parametrize("failing", ["search.plots.plot_importance", "search.export.summary.slots_section"],
+                         ids=["last picture", "summary"])
+def test_a_late_failure_leaves_the_previous_export_intact(previous, monkeypatch, failing):
+    """The importance bars (the last picture drawn: JAFFE has no study) or the slots' table (the
+    last part of summary.md rendered) raise: everything else was computed by then, and nothing
+    may have been written or deleted.
 
     Catches (search/export/__init__.py, `write_export`): trials.parquet written as soon as
     computed, `files.append((trials_path, trials_parquet(...)))` as
-    `trials_path.write_bytes(trials_parquet(...))` (the table is new, the rest old).
+    `trials_path.write_bytes(trials_parquet(...))` (the table is new, the rest old); the
+    pictures written as they are drawn, before the summary is computed (what `_plots` did),
+    `files += plots.files(exp_dir)` as `[path.write_bytes(png) for path, png in plots.files(exp_dir) if png]`.
     """
     cfg, places, before = previous
 
     def fails(*args, **kwargs):
-        raise RuntimeError("injected: the picture cannot be drawn")
+        raise RuntimeError("injected: a late part of the export fails")
 
-    monkeypatch.setattr("search.plots.plot_importance", fails)
-    with pytest.raises(RuntimeError, match="injected"):
-        next_export(places, cfg)
-    assert snapshot(places.folder) == before
-
-
-def test_a_summary_that_fails_to_render_leaves_the_previous_export_intact(previous, monkeypatch):
-    """The slots' table, the last part of summary.md rendered, raises: every other file,
-    pictures included, was computed by then, and nothing may have been written or deleted.
-
-    Catches (search/export/__init__.py, `write_export`): the pictures written as they are
-    drawn, before the summary is computed (what `_plots` did), `files += plots.files(exp_dir)`
-    as `[path.write_bytes(png) for path, png in plots.files(exp_dir) if png]`.
-    """
-    cfg, places, before = previous
-
-    def fails(*args, **kwargs):
-        raise RuntimeError("injected: the summary cannot be rendered")
-
-    monkeypatch.setattr("search.export.summary.slots_section", fails)
+    monkeypatch.setattr(failing, fails)
     with pytest.raises(RuntimeError, match="injected"):
         next_export(places, cfg)
     assert snapshot(places.folder) == before
