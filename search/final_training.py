@@ -1,4 +1,5 @@
-"""Final training on Ray: every run of `python train.py` as one Ray task.
+"""Final training on Ray: every run as one Ray task, for `python train.py` (`run_on_ray`) and for
+the search's own final phase (`FinalTasks`, which `search.final_phase` feeds as splits end).
 
 Each task asks for the run config's `resources` (`cpu`, and `gpu`, whose fractions pack
 runs on one GPU as in the search), so Ray runs as many at once as the machine or the
