@@ -20,6 +20,12 @@ start to the first trial's, and the best objective per split (trials.parquet).
     python bench/bench_cluster.py                       # 2 nodes × 4 GPUs = 32 slots, 6 splits × 16 trials, 3 seeds
     python bench/bench_cluster.py --nodes 2 --gpus-per-node 1 --splits 3 --trials 8 --seeds 0   # a 2-core machine
     python bench/bench_cluster.py --device-step-s 1 --steps 20    # 32 slots on a 2-core machine, emulated accelerator
+    python bench/bench_cluster.py --modes two-commands one-command --final-seeds 0 1 2   # the whole protocol
+
+The protocol modes time the whole protocol (search, then each split's best config on the
+final seeds beside source-only): `tune.py` followed by `train.py --experiment` against one
+`tune.py --final-seeds`; a final run is busy from its training's start to its metrics.json
+(its `time_s` before the file's time), so the slot accounting covers trials and final runs alike.
 
 Trial processes are real: 32 slots need about 13 GiB of memory and, to show the wall-time
 gain, about as many cores; on fewer cores the trials run CPU-bound and both modes are
@@ -65,6 +71,9 @@ from lacmfer.names import BUILTIN_DOMAIN_NAMES as DOMAINS
 BEFORE_COMMIT = "79d421d"
 EMULATOR = REPO / "bench" / "emulated_accelerator.py"
 DEVICE_STEP_ENV = "LACMFER_EMULATED_DEVICE_STEP_S"  # read by EMULATOR in every process
+#: The whole protocol (search, each split's best config on every final seed beside source-only):
+#: `tune.py` then `train.py --experiment` against `tune.py --final-seeds` (this checkout both).
+PROTOCOL_MODES = ("two-commands", "one-command")
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,7 +86,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=40, help="training steps of a full trial")
     p.add_argument("--evaluations", type=int, default=4, help="evaluations of a full trial (ASHA's rungs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
-    p.add_argument("--modes", nargs="+", default=["before", "after"], choices=["before", "after"])
+    p.add_argument("--modes", nargs="+", default=["before", "after"], choices=["before", "after", *PROTOCOL_MODES],
+                   help="before/after: the search alone; two-commands/one-command: the whole protocol, "
+                        "tune.py then train.py against tune.py --final-seeds")
+    p.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2], help="the protocol modes' final seeds")
     p.add_argument("--workdir", type=Path, help="keep data and experiments here (default: a temporary folder)")
     p.add_argument("--device-step-s", type=float, help="emulate an accelerator: each training step also sleeps "
                    "this long (bench/emulated_accelerator.py); default: trials CPU-bound")
@@ -184,6 +196,17 @@ def replay_makespan(spans: list[tuple[str, float, float]], slots: int) -> float:
     return max(free)
 
 
+def final_spans(exp: Path) -> list[tuple[str, float, float]]:
+    """(split, start, end) of every final run: its metrics.json written at its end, less its
+    training time (`time_s`), as a trial's span is its trainable's time up to its last report."""
+    spans = []
+    for metrics in exp.glob("final/*/*/seed*/metrics.json"):
+        run = json.loads(metrics.read_text())
+        end = metrics.stat().st_mtime
+        spans.append((run["target"], end - run["time_s"], end))
+    return spans
+
+
 def best_per_split(exp: Path) -> dict[str, float]:
     import pyarrow.parquet as pq
 
@@ -195,17 +218,28 @@ def best_per_split(exp: Path) -> dict[str, float]:
     return best
 
 
-def run_mode(mode: str, code: Path, config: Path, address: str, results: Path, name: str) -> float:
+def run_mode(mode: str, code: Path, config: Path, address: str, results: Path, name: str,
+             final_seeds: list[int]) -> float:
+    """The mode's command(s) on the cluster; their wall time, end to end."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(code)}
+    seeds = [str(s) for s in final_seeds]
+    commands = [[sys.executable, str(code / "tune.py"), "--config", str(config), "--address", address,
+                 "--results", str(results), "--name", name]]
+    if mode == "one-command":
+        commands[0] += ["--final-seeds", *seeds, "--baseline", "source_only"]
+    elif mode == "two-commands":
+        commands.append([sys.executable, str(code / "train.py"), "--experiment", str(results / name), "--seeds",
+                         *seeds, "--baseline", "source_only", "--address", address, "--no-progress"])
     began = time.monotonic()
-    proc = subprocess.run([sys.executable, str(code / "tune.py"), "--config", str(config), "--address", address,
-                           "--results", str(results), "--name", name],
-                          cwd=code, env=env, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - began
-    (results / f"{name}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        sys.exit(f"{mode}: tune.py exited {proc.returncode}; see {results / f'{name}.log'}")
-    return wall
+    log = []
+    for command in commands:
+        proc = subprocess.run(command, cwd=code, env=env, capture_output=True, text=True, check=False)
+        log.append(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            (results / f"{name}.log").write_text("\n".join(log))
+            sys.exit(f"{mode}: {Path(command[1]).name} exited {proc.returncode}; see {results / f'{name}.log'}")
+    (results / f"{name}.log").write_text("\n".join(log))
+    return time.monotonic() - began
 
 
 def main() -> int:
@@ -221,7 +255,8 @@ def main() -> int:
         workdir = (args.workdir or Path(tmp)).absolute()
         workdir.mkdir(parents=True, exist_ok=True)
         data = workdir / "synthfer-tiny"  # generated by the first tune.py (data.synth)
-        codes = {"before": before_tree(workdir) if "before" in args.modes else None, "after": REPO}
+        codes = {"before": before_tree(workdir) if "before" in args.modes else None, "after": REPO,
+                 **dict.fromkeys(PROTOCOL_MODES, REPO)}
         per_node = int(args.gpus_per_node / args.gpu_per_trial + 1e-9)  # logical CPUs: one per slot
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per_node, "num_gpus": args.gpus_per_node})
         for _ in range(args.nodes - 1):
@@ -234,9 +269,9 @@ def main() -> int:
                 for mode in args.modes:
                     launched = time.time()
                     name = f"{mode}-seed{seed}-{int(launched)}"
-                    wall = run_mode(mode, codes[mode], config, cluster.address, workdir, name)
+                    wall = run_mode(mode, codes[mode], config, cluster.address, workdir, name, args.final_seeds)
                     exp = workdir / name
-                    spans = trial_spans(exp)
+                    spans = trial_spans(exp) + final_spans(exp)
                     occ, mean, span, peak = occupancy(spans, slots)
                     idle = idle_breakdown(spans, slots)
                     busy = sum(end - start for _, start, end in spans)
@@ -285,6 +320,10 @@ def print_table(args: argparse.Namespace, slots: int, rows: list[dict]) -> None:
     if {"before", "after"} <= set(args.modes):
         print(f"\nwall-time ratio before/after: search {mean('before', 'search_s') / mean('after', 'search_s'):.2f}×, "
               f"command {mean('before', 'wall_s') / mean('after', 'wall_s'):.2f}×")
+    if set(PROTOCOL_MODES) <= set(args.modes):
+        print(f"\nthe protocol's wall time, two commands / one command: "
+              f"{mean('two-commands', 'wall_s') / mean('one-command', 'wall_s'):.2f}× (the spans: "
+              f"{mean('two-commands', 'search_s') / mean('one-command', 'search_s'):.2f}×)")
     splits = DOMAINS[:args.splits]
     print("\nbest objective per split (mean ± sd over seeds; per seed in brackets)\n")
     print("| mode | " + " | ".join(splits) + " |")
