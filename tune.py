@@ -147,9 +147,7 @@ def final_phase(cfg: ExperimentConfig, places: ExperimentLocations) -> FinalPhas
     if not cfg.final.seeds:
         return None
     from search.final_phase import FinalPhase
-    from search.protocol import protocol_methods
 
-    protocol_methods(cfg.loss.adaptation, cfg.final.baselines, "final.baselines")
     if not places.folder.is_local:
         raise UserError(f"final.seeds: final training in the search's command writes its runs into a folder; "
                         f"{places.folder} is object storage (train a copy with python train.py, or search to "
@@ -159,13 +157,12 @@ def final_phase(cfg: ExperimentConfig, places: ExperimentLocations) -> FinalPhas
 
 def conclude_final(cfg: ExperimentConfig, final: FinalPhase, resume_command: str) -> int:
     """The protocol's table over every split whose final runs were queued; 1 if a run failed."""
-    from search.protocol import Protocol, conclude, protocol_methods
+    from search.protocol import Protocol, conclude
 
     if not final.runs:
         return 0
     targets = [t for t in cfg.data.targets if t in final.runs]
-    methods = protocol_methods(cfg.loss.adaptation, cfg.final.baselines, "final.baselines")
-    protocol = Protocol(cfg.output.name, final.final_dir, targets, methods, list(cfg.final.seeds),
+    protocol = Protocol(cfg.output.name, final.final_dir, targets, final.methods, list(cfg.final.seeds),
                         cfg.eval.objective, [run for t in targets for run in final.runs[t]])
     return conclude(protocol, final.results, resume_command)
 

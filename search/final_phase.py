@@ -17,7 +17,7 @@ from search.analysis import read_split, select_best
 from search.export.best_configs import best_config, best_config_location, best_header
 from search.export.results import SplitExport
 from search.final_training import FinalTasks
-from search.protocol import FINAL_DIR, finished_results, split_protocol, supersede_stale_runs
+from search.protocol import FINAL_DIR, finished_results, protocol_methods, protocol_runs, supersede_stale_runs
 from search.slots import record_final_run
 from search.storage import ExperimentLocations
 
@@ -28,6 +28,8 @@ class FinalPhase:
     def __init__(self, cfg: ExperimentConfig, places: ExperimentLocations) -> None:
         self.cfg, self.places = cfg, places
         self.final_dir = places.folder.local_path() / FINAL_DIR
+        # The configured method, then each baseline (checked here, before any search).
+        self.methods = protocol_methods(cfg.loss.adaptation, cfg.final.baselines, "final.baselines")
         self.runs: dict[str, list[FinalRun]] = {}  # by split, once its search ended with a best trial
         self.results: dict[str, FinalResult] = {}  # by run name: kept from before, and as they end
         self.tasks = FinalTasks(cfg.final.retries, self._ended)
@@ -44,7 +46,7 @@ class FinalPhase:
         path = best_config_location(self.places, target)
         split = SplitExport(target, {}, best=record, best_evaluation=record.selected(scope))
         path.write_text(config_text(best, best_header(self.cfg, self.places, split, scope, path)))
-        runs = split_protocol(self.cfg, best, target, self.final_dir)
+        runs = protocol_runs([(target, best)], self.methods, self.cfg.final.seeds, self.final_dir)
         for aside in supersede_stale_runs(runs):
             print(f"{target}: a final run trained an earlier best config (the search found a better one); "
                   f"kept as {aside}, it trains again", flush=True)

@@ -65,13 +65,6 @@ def protocol_runs(configs: Sequence[tuple[str, ExperimentConfig]], methods: Sequ
     return runs
 
 
-def split_protocol(cfg: ExperimentConfig, best: ExperimentConfig, target: str, final_dir: Path) -> list[FinalRun]:
-    """A split's runs of the search's own protocol (`cfg.final`): its best config `best`, the
-    configured method and baselines, the configured seeds."""
-    methods = protocol_methods(cfg.loss.adaptation, cfg.final.baselines, "final.baselines")
-    return protocol_runs([(target, best)], methods, cfg.final.seeds, final_dir)
-
-
 def supersede_stale_runs(runs: Sequence[FinalRun]) -> list[Path]:
     """Move aside the folder of every run that trained another config than it would now (a
     resumed search whose added trials found a new best): to `<seed folder>.superseded-<unix time>`,
